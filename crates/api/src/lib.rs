@@ -1,0 +1,1 @@
+//! The read-only FHIR REST API and its SMART on FHIR gate.

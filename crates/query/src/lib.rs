@@ -1,0 +1,1 @@
+//! FHIR search over the Parquet lake with DataFusion.
