@@ -1,1 +1,777 @@
-//! delimited
+//! The delimited-file reader, driven by a [`Mapping`].
+//!
+//! Reads any delimiter, with or without quoting, a byte-order mark, rows with one trailing
+//! empty field (CMS RIF), and rows grouped into one record by a key column (claim lines).
+//! Streams row by row: memory holds one record's rows at a time.
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::Path;
+use std::sync::Arc;
+
+use csv::{ByteRecord, ReaderBuilder};
+
+use crate::layout::{compile, compile_groups, parse_date, parse_decimal, Field, FieldSet};
+use crate::layout::{FieldSource, FieldType, Mapping};
+use crate::model::*;
+use crate::{Error, FileSummary, Item, Reason, Reader, Reject, Stage};
+
+/// Reads a delimited file with one mapping.
+#[derive(Debug, Clone)]
+pub struct DelimitedReader {
+    mapping: Arc<Mapping>,
+}
+
+impl DelimitedReader {
+    /// A reader for files of this mapping's layout.
+    pub fn new(mapping: Arc<Mapping>) -> Self {
+        Self { mapping }
+    }
+}
+
+/// Read the header row of a delimited file (BOM stripped), for layout detection.
+///
+/// # Errors
+/// When the file cannot be read.
+pub fn read_header(path: &Path, delimiter: u8) -> Result<Vec<String>, Error> {
+    let file = File::open(path).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let mut rdr = ReaderBuilder::new()
+        .delimiter(delimiter)
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(BomSkip::new(BufReader::new(file)));
+    let mut rec = ByteRecord::new();
+    match rdr.read_byte_record(&mut rec) {
+        Ok(true) => Ok(header_names(&rec)),
+        Ok(false) | Err(_) => Ok(Vec::new()),
+    }
+}
+
+fn header_names(rec: &ByteRecord) -> Vec<String> {
+    let mut names: Vec<String> = rec
+        .iter()
+        .map(|f| String::from_utf8_lossy(f).trim().to_string())
+        .collect();
+    while names.last().is_some_and(|n| n.is_empty()) {
+        names.pop();
+    }
+    names
+}
+
+/// Skips a UTF-8 byte-order mark at the start of a stream.
+struct BomSkip<R> {
+    inner: R,
+    checked: bool,
+    pending: Vec<u8>,
+}
+
+impl<R: Read> BomSkip<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner,
+            checked: false,
+            pending: Vec::new(),
+        }
+    }
+}
+
+impl<R: Read> Read for BomSkip<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if !self.checked {
+            self.checked = true;
+            let mut head = [0u8; 3];
+            let mut n = 0;
+            while n < 3 {
+                let k = self.inner.read(&mut head[n..])?;
+                if k == 0 {
+                    break;
+                }
+                n += k;
+            }
+            if head[..n] != [0xEF, 0xBB, 0xBF] {
+                self.pending.extend_from_slice(&head[..n]);
+            }
+        }
+        if !self.pending.is_empty() {
+            let k = self.pending.len().min(buf.len());
+            buf[..k].copy_from_slice(&self.pending[..k]);
+            self.pending.drain(..k);
+            return Ok(k);
+        }
+        self.inner.read(buf)
+    }
+}
+
+/// A layout compiled against one file's header.
+struct Compiled {
+    mapping: Arc<Mapping>,
+    width: usize,
+    group_col: Option<usize>,
+    change: Option<(usize, std::collections::BTreeMap<String, String>)>,
+    part: FieldSet,
+    line: FieldSet,
+    groups: Vec<(String, Vec<FieldSet>)>,
+    line_groups: Vec<(String, Vec<FieldSet>)>,
+    coverages: Vec<FieldSet>,
+}
+
+const CLAIM_GROUPS: &[&str] = &[
+    "identifier",
+    "diagnosis",
+    "procedure",
+    "supporting",
+    "amount",
+    "care_team",
+    "adjustment",
+];
+const MEMBER_GROUPS: &[&str] = &["identifier"];
+const LINE_GROUPS: &[&str] = &["amount", "adjustment"];
+
+impl Compiled {
+    fn new(mapping: Arc<Mapping>, header: &[String]) -> Result<Self, Error> {
+        let path = mapping.path.clone();
+        let empty = Default::default();
+        let (table, group_names): (&_, &[&str]) = match mapping.source.record.as_str() {
+            "member" => (mapping.member.as_ref().unwrap_or(&empty), MEMBER_GROUPS),
+            "claim" => (mapping.claim.as_ref().unwrap_or(&empty), CLAIM_GROUPS),
+            _ => (mapping.formulary_drug.as_ref().unwrap_or(&empty), &[]),
+        };
+        let scalars = without(table, group_names);
+        let part = compile(&scalars, header, &path)?;
+        let mut groups = Vec::new();
+        for g in group_names {
+            groups.push((g.to_string(), compile_groups(table, g, header, &path)?));
+        }
+        let line_table = mapping.line.clone().unwrap_or_default();
+        let line = compile(&without(&line_table, LINE_GROUPS), header, &path)?;
+        let mut line_groups = Vec::new();
+        for g in LINE_GROUPS {
+            line_groups.push((g.to_string(), compile_groups(&line_table, g, header, &path)?));
+        }
+        let coverages = mapping
+            .coverage
+            .iter()
+            .map(|t| compile(t, header, &path))
+            .collect::<Result<_, _>>()?;
+        let col = |name: &str| header.iter().position(|h| h == name);
+        let missing = |name: &str| Error::Mapping {
+            path: path.display().to_string(),
+            message: format!("column {name:?} is not in the file's header"),
+        };
+        let group_col = match &mapping.source.group_by {
+            Some(g) => Some(col(g).ok_or_else(|| missing(g))?),
+            None => None,
+        };
+        let change = match &mapping.source.change {
+            Some(c) => Some((col(&c.column).ok_or_else(|| missing(&c.column))?, c.codes.clone())),
+            None => None,
+        };
+        Ok(Self {
+            width: header.len(),
+            group_col,
+            change,
+            part,
+            line,
+            groups,
+            line_groups,
+            coverages,
+            mapping,
+        })
+    }
+
+    fn groups(&self, name: &str) -> &[FieldSet] {
+        find_groups(&self.groups, name)
+    }
+
+    fn line_groups(&self, name: &str) -> &[FieldSet] {
+        find_groups(&self.line_groups, name)
+    }
+}
+
+fn find_groups<'a>(groups: &'a [(String, Vec<FieldSet>)], name: &str) -> &'a [FieldSet] {
+    groups
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, g)| g.as_slice())
+        .unwrap_or(&[])
+}
+
+fn without(
+    table: &std::collections::BTreeMap<String, toml::Value>,
+    keys: &[&str],
+) -> std::collections::BTreeMap<String, toml::Value> {
+    table
+        .iter()
+        .filter(|(k, _)| !keys.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// A failure to read one value: the reason code and a message naming the column.
+type ValueError = (Reason, String);
+
+/// One row with its text fields, for value lookups.
+struct Row<'a> {
+    fields: Vec<&'a str>,
+}
+
+impl Compiled {
+    /// The value of a field in a row: trimmed, typed, translated; `None` when empty.
+    fn value(&self, row: &Row<'_>, f: &Field) -> Result<Option<String>, ValueError> {
+        let joined;
+        let raw = match &f.source {
+            FieldSource::Const(c) => c.as_str(),
+            FieldSource::Column(i) => row.fields.get(*i).copied().unwrap_or(""),
+            FieldSource::Concat(cols) => {
+                let parts: Vec<&str> = cols
+                    .iter()
+                    .map(|i| row.fields.get(*i).copied().unwrap_or("").trim())
+                    .collect();
+                if parts.iter().any(|p| p.is_empty()) {
+                    return Ok(None);
+                }
+                joined = parts.concat();
+                joined.as_str()
+            }
+        };
+        let raw = raw.trim();
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        let typed = match f.ty {
+            FieldType::Text => raw.to_string(),
+            FieldType::Date => parse_date(raw, &self.mapping.source.date_formats).ok_or_else(|| {
+                (
+                    Reason::BadDate,
+                    format!("{}: {raw:?} is not a date in {:?}", f.label, self.mapping.source.date_formats),
+                )
+            })?,
+            FieldType::Decimal => parse_decimal(raw).ok_or_else(|| {
+                (Reason::BadNumber, format!("{}: {raw:?} is not a decimal", f.label))
+            })?,
+            FieldType::Int => raw
+                .parse::<i64>()
+                .map(|n| n.to_string())
+                .map_err(|_| (Reason::BadNumber, format!("{}: {raw:?} is not an integer", f.label)))?,
+        };
+        match &f.codes {
+            None => Ok(Some(typed)),
+            Some(table) => {
+                let codes = self.mapping.codes.get(table).ok_or_else(|| {
+                    (Reason::UnknownCode, format!("{}: no code table {table:?}", f.label))
+                })?;
+                match codes.get(&typed).or_else(|| codes.get("*")) {
+                    Some(v) if v.is_empty() => Ok(None),
+                    Some(v) => Ok(Some(v.clone())),
+                    None => Err((
+                        Reason::UnknownCode,
+                        format!("{}: code {typed:?} is not in table {table:?}", f.label),
+                    )),
+                }
+            }
+        }
+    }
+
+    fn get(&self, row: &Row<'_>, set: &FieldSet, name: &str) -> Result<Option<String>, ValueError> {
+        match set.one(name) {
+            Some(f) => self.value(row, f),
+            None => Ok(None),
+        }
+    }
+
+    fn list(&self, row: &Row<'_>, set: &FieldSet, name: &str) -> Result<Vec<String>, ValueError> {
+        let mut out = Vec::new();
+        for f in set.all(name) {
+            if let Some(v) = self.value(row, f)? {
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+
+    fn required(&self, row: &Row<'_>, set: &FieldSet, name: &str) -> Result<String, ValueError> {
+        self.get(row, set, name)?.ok_or_else(|| {
+            let label = set.one(name).map(|f| f.label.as_str()).unwrap_or(name);
+            (Reason::MissingValue, format!("{name} ({label}) is empty"))
+        })
+    }
+
+    fn change(&self, row: &Row<'_>) -> Result<Change, ValueError> {
+        let Some((i, codes)) = &self.change else {
+            return Ok(Change::Upsert);
+        };
+        let raw = row.fields.get(*i).copied().unwrap_or("").trim();
+        match codes.get(raw).map(String::as_str) {
+            Some("upsert") => Ok(Change::Upsert),
+            Some("replace") => Ok(Change::Replace),
+            Some("cancel") => Ok(Change::Cancel),
+            Some("delete") => Ok(Change::Delete),
+            _ => Err((Reason::UnknownCode, format!("change code {raw:?} is not known"))),
+        }
+    }
+
+    fn party(&self, row: &Row<'_>, set: &FieldSet, prefix: &str) -> Result<Option<Party>, ValueError> {
+        let id = self
+            .get(row, set, &format!("{prefix}_npi"))?
+            .filter(|n| n.bytes().any(|b| b != b'0'));
+        let (id, id_kind) = match id {
+            Some(id) => (Some(id), Some("npi".to_string())),
+            None => match self.get(row, set, &format!("{prefix}_id"))? {
+                Some(id) => (Some(id), set.attr(&format!("{prefix}_id_kind")).map(str::to_string)),
+                None => (None, None),
+            },
+        };
+        let name = self.get(row, set, &format!("{prefix}_name"))?;
+        if id.is_none() && name.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Party {
+            id,
+            id_kind,
+            name,
+            person: false,
+            tax_id: self.get(row, set, &format!("{prefix}_tax_id"))?,
+            address_lines: Vec::new(),
+            city: None,
+            state: self.get(row, set, &format!("{prefix}_state"))?,
+            postal_code: self.get(row, set, &format!("{prefix}_postal_code"))?,
+        }))
+    }
+
+    fn member(&self, row: &Row<'_>, position: Position) -> Result<Member, ValueError> {
+        let p = &self.part;
+        let mut identifiers = Vec::new();
+        for g in self.groups("identifier") {
+            if let Some(value) = self.get(row, g, "value")? {
+                identifiers.push(Ident {
+                    kind: g.attr("kind").unwrap_or("member").to_string(),
+                    value,
+                });
+            }
+        }
+        let mut coverages = Vec::new();
+        for c in &self.coverages {
+            if c.one("when").is_some() && self.get(row, c, "when")?.is_none() {
+                continue;
+            }
+            coverages.push(CoverageSpan {
+                key: c.attr("key").unwrap_or("coverage").to_string(),
+                type_code: self.get(row, c, "type_code")?,
+                type_display: c.attr("type_display").map(str::to_string),
+                subscriber_id: self.get(row, c, "subscriber_id")?,
+                relationship: self.get(row, c, "relationship")?,
+                group: self.get(row, c, "group_id")?,
+                group_name: self.get(row, c, "group_name")?,
+                plan: self.get(row, c, "plan")?,
+                plan_name: self.get(row, c, "plan_name")?,
+                start: self.get(row, c, "start")?,
+                end: self.get(row, c, "end")?,
+                status: self.get(row, c, "status")?,
+                payer: self.party(row, c, "payer")?.unwrap_or_default(),
+            });
+        }
+        Ok(Member {
+            member_id: self.required(row, p, "member_id")?,
+            identifiers,
+            family: self.get(row, p, "family")?,
+            given: self.list(row, p, "given")?,
+            gender: self.get(row, p, "gender")?,
+            birth_date: self.get(row, p, "birth_date")?,
+            death_date: self.get(row, p, "death_date")?,
+            address_lines: self.list(row, p, "address_lines")?,
+            city: self.get(row, p, "city")?,
+            state: self.get(row, p, "state")?,
+            postal_code: self.get(row, p, "postal_code")?,
+            coverages,
+            change: self.change(row)?,
+            position,
+        })
+    }
+
+    fn amounts(&self, row: &Row<'_>, groups: &[FieldSet]) -> Result<Vec<Amount>, ValueError> {
+        let mut out = Vec::new();
+        for g in groups {
+            if let Some(value) = self.get(row, g, "value")? {
+                out.push(Amount {
+                    category: g.attr("category").unwrap_or("submitted").to_string(),
+                    value,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn adjustments(&self, row: &Row<'_>, groups: &[FieldSet]) -> Result<Vec<Adjustment>, ValueError> {
+        let mut out = Vec::new();
+        for g in groups {
+            let reasons = self.list(row, g, "reason")?;
+            for reason in reasons {
+                out.push(Adjustment {
+                    group: g.attr("group").map(str::to_string),
+                    reason,
+                    amount: self.get(row, g, "amount")?,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn claim(&self, rows: &[Row<'_>], position: Position) -> Result<Claim, ValueError> {
+        let Some(first) = rows.first() else {
+            return Err((Reason::Malformed, "empty record".into()));
+        };
+        let p = &self.part;
+        let kind_text = self.required(first, p, "kind")?;
+        let kind = ClaimKind::parse(&kind_text)
+            .ok_or_else(|| (Reason::UnknownCode, format!("claim kind {kind_text:?} is not known")))?;
+        let mut identifiers = Vec::new();
+        for g in self.groups("identifier") {
+            if let Some(value) = self.get(first, g, "value")? {
+                identifiers.push(Ident {
+                    kind: g.attr("kind").unwrap_or("claim").to_string(),
+                    value,
+                });
+            }
+        }
+        let mut diagnoses = Vec::new();
+        for g in self.groups("diagnosis") {
+            let codes = g.all("code");
+            let versions = g.all("version");
+            let poas = g.all("poa");
+            for (i, f) in codes.iter().enumerate() {
+                let Some(code) = self.value(first, f)? else { continue };
+                let version = match versions.get(i) {
+                    Some(v) => self.value(first, v)?,
+                    None => None,
+                };
+                let icd_version = match version.as_deref() {
+                    Some("9") => 9,
+                    _ => 10,
+                };
+                let poa = match poas.get(i) {
+                    Some(v) => self.value(first, v)?,
+                    None => None,
+                };
+                let kind = g.attr("kind").unwrap_or("other").to_string();
+                // The principal diagnosis is usually repeated as the first of the list.
+                if diagnoses
+                    .iter()
+                    .any(|d: &Diagnosis| d.code == code && d.icd_version == icd_version)
+                {
+                    continue;
+                }
+                diagnoses.push(Diagnosis { code, icd_version, kind, poa });
+            }
+        }
+        let mut procedures = Vec::new();
+        for g in self.groups("procedure") {
+            let codes = g.all("code");
+            let versions = g.all("version");
+            let dates = g.all("date");
+            for (i, f) in codes.iter().enumerate() {
+                let Some(code) = self.value(first, f)? else { continue };
+                let version = match versions.get(i) {
+                    Some(v) => self.value(first, v)?,
+                    None => None,
+                };
+                let date = match dates.get(i) {
+                    Some(v) => self.value(first, v)?,
+                    None => None,
+                };
+                let kind = if procedures.is_empty() { "principal" } else { "other" };
+                procedures.push(Procedure {
+                    code,
+                    icd_version: if version.as_deref() == Some("9") { 9 } else { 10 },
+                    kind: kind.to_string(),
+                    date,
+                });
+            }
+        }
+        let mut supporting = Vec::new();
+        for g in self.groups("supporting") {
+            let category = g.attr("category").unwrap_or_default().to_string();
+            let value = self.get(first, g, "value")?;
+            let end = self.get(first, g, "end")?;
+            let value = match (value, end) {
+                (None, None) => continue,
+                (v, Some(e)) => format!("{}/{}", v.unwrap_or_default(), e),
+                (Some(v), None) => v,
+            };
+            supporting.push(Supporting { category, value });
+        }
+        let mut care_team = Vec::new();
+        for g in self.groups("care_team") {
+            if let Some(party) = self.party(first, g, "provider")? {
+                let mut party = party;
+                party.person = g.attr("person") != Some("false");
+                care_team.push((g.attr("role").unwrap_or("rendering").to_string(), party));
+            }
+        }
+        let mut lines = Vec::with_capacity(rows.len());
+        let has_lines = !self.line.fields.is_empty();
+        for (i, row) in rows.iter().enumerate() {
+            if !has_lines {
+                break;
+            }
+            let l = &self.line;
+            let number = match self.get(row, l, "number")? {
+                Some(n) => n
+                    .parse::<u32>()
+                    .map_err(|_| (Reason::BadNumber, format!("line number {n:?} is not a number")))?,
+                None => i as u32 + 1,
+            };
+            let rendering = self.party(row, l, "rendering")?.map(|mut p| {
+                p.person = true;
+                p
+            });
+            lines.push(ClaimLine {
+                number,
+                service_code: self.get(row, l, "service_code")?,
+                modifiers: self.list(row, l, "modifiers")?,
+                revenue_code: self.get(row, l, "revenue_code")?,
+                ndc: self
+                    .get(row, l, "ndc")?
+                    .filter(|n| n.bytes().any(|b| b != b'0')),
+                quantity: self.get(row, l, "quantity")?,
+                from: self.get(row, l, "from")?,
+                thru: self.get(row, l, "thru")?,
+                place_of_service: self.get(row, l, "place_of_service")?,
+                rendering,
+                diagnosis_pointers: Vec::new(),
+                amounts: self.amounts(row, self.line_groups("amount"))?,
+                adjustments: self.adjustments(row, self.line_groups("adjustment"))?,
+                payment_status: self.get(row, l, "payment_status")?,
+            });
+        }
+        Ok(Claim {
+            kind: Some(kind),
+            claim_id: self.required(first, p, "claim_id")?,
+            member_id: self.required(first, p, "member_id")?,
+            coverage_key: self.get(first, p, "coverage_key")?,
+            member_identifiers: Vec::new(),
+            member: None,
+            identifiers,
+            change: self.change(first)?,
+            type_code: self.get(first, p, "type_code")?,
+            type_of_bill: self.get(first, p, "type_of_bill")?,
+            from: self.get(first, p, "from")?,
+            thru: self.get(first, p, "thru")?,
+            created: self.get(first, p, "created")?,
+            received: self.get(first, p, "received")?,
+            payer: self.party(first, p, "payer")?.unwrap_or_default(),
+            billing: self.party(first, p, "billing")?,
+            facility: self.party(first, p, "facility")?,
+            care_team,
+            diagnoses,
+            procedures,
+            supporting,
+            amounts: self.amounts(first, self.groups("amount"))?,
+            adjustments: self.adjustments(first, self.groups("adjustment"))?,
+            adjudicated: self.get(first, p, "adjudicated")?.as_deref() == Some("true"),
+            payment_status: self.get(first, p, "payment_status")?,
+            network_status: self.get(first, p, "network_status")?,
+            lines,
+            position,
+        })
+    }
+
+    fn formulary_drug(&self, row: &Row<'_>, position: Position) -> Result<FormularyDrug, ValueError> {
+        let p = &self.part;
+        let flag = |name: &str| -> Result<Option<bool>, ValueError> {
+            Ok(self.get(row, p, name)?.map(|v| matches!(v.as_str(), "true" | "Y" | "1")))
+        };
+        Ok(FormularyDrug {
+            formulary_id: self.required(row, p, "formulary_id")?,
+            formulary_name: self.get(row, p, "formulary_name")?,
+            rxnorm: self.required(row, p, "rxnorm")?,
+            drug_name: self.get(row, p, "drug_name")?,
+            ndcs: self.list(row, p, "ndcs")?,
+            dose_form: self.get(row, p, "dose_form")?,
+            tier: self.get(row, p, "tier")?,
+            pharmacy_benefit_types: self.list(row, p, "pharmacy_benefit_types")?,
+            prior_auth: flag("prior_auth")?,
+            step_therapy: flag("step_therapy")?,
+            quantity_limit: flag("quantity_limit")?,
+            quantity_limit_amount: self.get(row, p, "quantity_limit_amount")?,
+            quantity_limit_days: self.get(row, p, "quantity_limit_days")?,
+            effective_start: self.get(row, p, "effective_start")?,
+            effective_end: self.get(row, p, "effective_end")?,
+            change: self.change(row)?,
+            position,
+        })
+    }
+}
+
+/// One physical row as read, with its position.
+struct RawRow {
+    record: ByteRecord,
+    line: u64,
+    byte: u64,
+}
+
+impl Reader for DelimitedReader {
+    fn read(&self, path: &Path, emit: &mut dyn FnMut(Item)) -> Result<FileSummary, Error> {
+        let io = |source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let file = File::open(path).map_err(io)?;
+        let mut builder = ReaderBuilder::new();
+        builder
+            .delimiter(self.mapping.delimiter())
+            .has_headers(false)
+            .flexible(true);
+        match &self.mapping.source.quote {
+            Some(q) => builder.quote(q.as_bytes()[0]),
+            None => builder.quoting(false),
+        };
+        let mut rdr = builder.from_reader(BomSkip::new(BufReader::with_capacity(1 << 20, file)));
+        let mut rec = ByteRecord::new();
+        let header = match rdr.read_byte_record(&mut rec) {
+            Ok(true) => header_names(&rec),
+            Ok(false) => return Ok(FileSummary::default()),
+            Err(e) => return Err(io(csv_io(e))),
+        };
+        let layout = Compiled::new(self.mapping.clone(), &header)?;
+        let file_name: Arc<str> = Arc::from(path.display().to_string());
+        let mut summary = FileSummary::default();
+        let mut group: Vec<RawRow> = Vec::new();
+        let mut group_key: Vec<u8> = Vec::new();
+        loop {
+            let pos = rdr.position().clone();
+            match rdr.read_byte_record(&mut rec) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    // A csv-level error (e.g. unbalanced quotes) rejects the rest of the row.
+                    flush(&layout, &file_name, &mut group, emit);
+                    let position = Position {
+                        file: file_name.clone(),
+                        line: pos.line(),
+                        byte_offset: pos.byte(),
+                        ..Default::default()
+                    };
+                    emit(Err(Reject::new(position, Stage::Parse, Reason::Malformed, e.to_string(), "")));
+                    if matches!(e.kind(), csv::ErrorKind::Io(_)) {
+                        return Err(io(csv_io(e)));
+                    }
+                    continue;
+                }
+            }
+            summary.units += 1;
+            if rec.len() == 1 && rec.get(0).is_some_and(|f| f.iter().all(u8::is_ascii_whitespace)) {
+                continue; // blank line
+            }
+            let key = layout
+                .group_col
+                .and_then(|i| rec.get(i))
+                .map(<[u8]>::to_vec)
+                .unwrap_or_default();
+            if layout.group_col.is_none() || key != group_key || key.is_empty() {
+                flush(&layout, &file_name, &mut group, emit);
+                group_key = key;
+            }
+            group.push(RawRow {
+                record: rec.clone(),
+                line: pos.line(),
+                byte: pos.byte(),
+            });
+        }
+        flush(&layout, &file_name, &mut group, emit);
+        summary.bytes = rdr.position().byte();
+        Ok(summary)
+    }
+}
+
+fn csv_io(e: csv::Error) -> std::io::Error {
+    match e.into_kind() {
+        csv::ErrorKind::Io(e) => e,
+        other => std::io::Error::other(format!("{other:?}")),
+    }
+}
+
+fn raw_text(layout: &Compiled, rows: &[RawRow]) -> String {
+    let d = layout.mapping.delimiter() as char;
+    let mut out = String::new();
+    for (i, r) in rows.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        for (j, f) in r.record.iter().enumerate() {
+            if j > 0 {
+                out.push(d);
+            }
+            out.push_str(&String::from_utf8_lossy(f));
+        }
+    }
+    out
+}
+
+/// Turn the buffered rows of one record into an item.
+fn flush(layout: &Compiled, file: &Arc<str>, rows: &mut Vec<RawRow>, emit: &mut dyn FnMut(Item)) {
+    if rows.is_empty() {
+        return;
+    }
+    let position = Position {
+        file: file.clone(),
+        line: rows[0].line,
+        byte_offset: rows[0].byte,
+        ..Default::default()
+    };
+    let item = build(layout, rows, position.clone()).map_err(|(reason, message)| {
+        let stage = match reason {
+            Reason::FieldCount | Reason::Encoding | Reason::Malformed => Stage::Parse,
+            _ => Stage::Validate,
+        };
+        Reject::new(position, stage, reason, message, raw_text(layout, rows))
+    });
+    emit(item);
+    rows.clear();
+}
+
+fn build(layout: &Compiled, rows: &[RawRow], position: Position) -> Result<SourceRecord, ValueError> {
+    let mut parsed = Vec::with_capacity(rows.len());
+    for r in rows {
+        let n = r.record.len();
+        // CMS RIF rows may carry one extra, empty trailing field.
+        let trailing_ok = n > layout.width
+            && r.record.iter().skip(layout.width).all(|f| f.is_empty());
+        if n != layout.width && !trailing_ok {
+            return Err((
+                Reason::FieldCount,
+                format!(
+                    "line {}: {n} fields where the header has {}",
+                    r.line, layout.width
+                ),
+            ));
+        }
+        let mut fields = Vec::with_capacity(n);
+        for f in r.record.iter() {
+            let s = std::str::from_utf8(f).map_err(|e| {
+                (Reason::Encoding, format!("line {}: invalid UTF-8: {e}", r.line))
+            })?;
+            fields.push(s);
+        }
+        parsed.push(Row { fields });
+    }
+    let first = &parsed[0];
+    match layout.mapping.source.record.as_str() {
+        "member" => {
+            if parsed.len() > 1 {
+                // Grouped member rows (e.g. one per reference year): the last one is current.
+                let last = parsed.last().unwrap_or(first);
+                return layout.member(last, position).map(SourceRecord::Member);
+            }
+            layout.member(first, position).map(SourceRecord::Member)
+        }
+        "claim" => layout
+            .claim(&parsed, position)
+            .map(|c| SourceRecord::Claim(Box::new(c))),
+        _ => layout
+            .formulary_drug(first, position)
+            .map(|d| SourceRecord::FormularyDrug(Box::new(d))),
+    }
+}

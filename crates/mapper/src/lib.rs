@@ -5,6 +5,10 @@
 //! by), and the lake: the Parquet schema, the writer and the atomic snapshot publish.
 //! It knows nothing of HTTP.
 
+pub mod c4bb;
+pub mod ids;
+pub mod lake;
+pub mod pipeline;
 pub mod registry;
 pub mod resource;
 

@@ -75,6 +75,264 @@ pub struct SearchParam {
 impl SearchParam {
     /// The lake column stem for this parameter (`service-date` → `sp_service_date`).
     pub fn column(&self) -> String {
-        format!("sp_{}", self.code.replace('-', "_"))
+        match self.code {
+            "_id" => "id".to_string(),
+            "_lastUpdated" => "last_updated".to_string(),
+            code => format!("sp_{}", code.replace('-', "_")),
+        }
+    }
+
+    /// Whether the parameter is stored in a common column (`id`, `last_updated`) rather than
+    /// in index columns of its own.
+    pub fn is_common(&self) -> bool {
+        self.code.starts_with('_')
+    }
+}
+
+/// All values at a dotted path, flattening arrays at every step (`identifier.value`).
+pub fn at<'a>(v: &'a Value, path: &str) -> Vec<&'a Value> {
+    let mut cur = vec![v];
+    for step in path.split('.') {
+        let mut next = Vec::new();
+        for c in cur {
+            match c.get(step) {
+                Some(Value::Array(a)) => next.extend(a.iter()),
+                Some(x) => next.push(x),
+                None => {}
+            }
+        }
+        cur = next;
+    }
+    cur
+}
+
+fn text(v: &Value) -> Option<String> {
+    v.as_str().map(str::to_string)
+}
+
+/// Token values of `Identifier`s at a path.
+fn identifiers(v: &Value, path: &str) -> Vec<IndexValue> {
+    at(v, path)
+        .into_iter()
+        .filter_map(|i| {
+            Some(IndexValue::Token {
+                system: i.get("system").and_then(text).unwrap_or_default(),
+                code: i.get("value").and_then(text)?,
+            })
+        })
+        .collect()
+}
+
+/// Token values of the codings of `CodeableConcept`s at a path.
+pub fn codings(v: &Value, path: &str) -> Vec<IndexValue> {
+    at(v, &format!("{path}.coding"))
+        .into_iter()
+        .filter_map(|c| {
+            Some(IndexValue::Token {
+                system: c.get("system").and_then(text).unwrap_or_default(),
+                code: c.get("code").and_then(text)?,
+            })
+        })
+        .collect()
+}
+
+/// Token values of a `code` element at a path (no system).
+pub fn codes(v: &Value, path: &str) -> Vec<IndexValue> {
+    at(v, path)
+        .into_iter()
+        .filter_map(|c| {
+            Some(IndexValue::Token {
+                system: String::new(),
+                code: text(c)?,
+            })
+        })
+        .collect()
+}
+
+/// Reference values at a path (`Type/id` only: literal relative references).
+pub fn references(v: &Value, path: &str) -> Vec<IndexValue> {
+    at(v, &format!("{path}.reference"))
+        .into_iter()
+        .filter_map(|r| text(r).map(IndexValue::Reference))
+        .collect()
+}
+
+/// String values at a path.
+pub fn strings(v: &Value, path: &str) -> Vec<IndexValue> {
+    at(v, path)
+        .into_iter()
+        .filter_map(|s| text(s).map(IndexValue::String))
+        .collect()
+}
+
+/// Date values of `date`/`dateTime` elements at a path.
+pub fn dates(v: &Value, path: &str) -> Vec<IndexValue> {
+    at(v, path)
+        .into_iter()
+        .filter_map(|d| {
+            let d = text(d)?;
+            Some(IndexValue::Date {
+                start: Some(d.clone()),
+                end: Some(d),
+            })
+        })
+        .collect()
+}
+
+/// Date values of `Period` elements at a path.
+pub fn periods(v: &Value, path: &str) -> Vec<IndexValue> {
+    at(v, path)
+        .into_iter()
+        .map(|p| IndexValue::Date {
+            start: p.get("start").and_then(text),
+            end: p.get("end").and_then(text),
+        })
+        .collect()
+}
+
+fn none(_: &Value) -> Vec<IndexValue> {
+    Vec::new()
+}
+
+
+/// `_id` and `_lastUpdated` for a resource type: lake columns `id` and `last_updated`.
+const fn common(resource: &'static str) -> [SearchParam; 2] {
+    [
+        SearchParam {
+            resource,
+            code: "_id",
+            kind: ParamType::Token,
+            definition: "http://hl7.org/fhir/SearchParameter/Resource-id",
+            targets: &[],
+            extract: none,
+        },
+        SearchParam {
+            resource,
+            code: "_lastUpdated",
+            kind: ParamType::Date,
+            definition: "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated",
+            targets: &[],
+            extract: none,
+        },
+    ]
+}
+
+macro_rules! param {
+    ($res:expr, $code:expr, $kind:ident, $def:expr, $targets:expr, $extract:expr) => {
+        SearchParam {
+            resource: $res,
+            code: $code,
+            kind: ParamType::$kind,
+            definition: $def,
+            targets: $targets,
+            extract: $extract,
+        }
+    };
+}
+
+fn eob_service_date(v: &Value) -> Vec<IndexValue> {
+    let mut out = periods(v, "billablePeriod");
+    out.extend(dates(v, "item.servicedDate"));
+    out.extend(periods(v, "item.servicedPeriod"));
+    out
+}
+
+fn eob_service_start(v: &Value) -> Vec<IndexValue> {
+    let mut out: Vec<IndexValue> = at(v, "billablePeriod.start")
+        .into_iter()
+        .chain(at(v, "item.servicedDate"))
+        .chain(at(v, "item.servicedPeriod.start"))
+        .filter_map(|d| {
+            let d = text(d)?;
+            Some(IndexValue::Date { start: Some(d.clone()), end: Some(d) })
+        })
+        .collect();
+    out.dedup();
+    out
+}
+
+/// The C4BB search parameters (CARIN BB 2.1.0 CapabilityStatement), plus what `_include`
+/// needs on ExplanationOfBenefit and Coverage.
+pub fn c4bb() -> Vec<SearchParam> {
+    const EOB: &str = "ExplanationOfBenefit";
+    let mut v = Vec::new();
+    for r in ["ExplanationOfBenefit", "Coverage", "Patient", "Organization", "Practitioner"] {
+        v.extend(common(r));
+    }
+    v.extend([
+        param!(EOB, "patient", Reference, "http://hl7.org/fhir/us/carin-bb/SearchParameter/explanationofbenefit-patient", &["Patient"], |v| references(v, "patient")),
+        param!(EOB, "type", Token, "http://hl7.org/fhir/us/carin-bb/SearchParameter/explanationofbenefit-type", &[], |v| codings(v, "type")),
+        param!(EOB, "identifier", Token, "http://hl7.org/fhir/us/carin-bb/SearchParameter/explanationofbenefit-identifier", &[], |v| identifiers(v, "identifier")),
+        param!(EOB, "service-date", Date, "http://hl7.org/fhir/us/carin-bb/SearchParameter/explanationofbenefit-service-date", &[], eob_service_date),
+        param!(EOB, "service-start-date", Date, "http://hl7.org/fhir/us/carin-bb/SearchParameter/explanationofbenefit-service-start-date", &[], eob_service_start),
+        param!(EOB, "billable-period-start", Date, "http://hl7.org/fhir/us/carin-bb/SearchParameter/explanationofbenefit-billable-period-start", &[], |v| dates(v, "billablePeriod.start")),
+        param!(EOB, "provider", Reference, "http://hl7.org/fhir/us/carin-bb/SearchParameter/explanationofbenefit-provider", &["Practitioner", "Organization"], |v| references(v, "provider")),
+        param!(EOB, "care-team", Reference, "http://hl7.org/fhir/us/carin-bb/SearchParameter/explanationofbenefit-care-team", &["Practitioner", "Organization"], |v| references(v, "careTeam.provider")),
+        param!(EOB, "coverage", Reference, "http://hl7.org/fhir/us/carin-bb/SearchParameter/explanationofbenefit-coverage", &["Coverage"], |v| references(v, "insurance.coverage")),
+        param!(EOB, "insurer", Reference, "http://hl7.org/fhir/us/carin-bb/SearchParameter/explanationofbenefit-insurer", &["Organization"], |v| references(v, "insurer")),
+        param!(EOB, "payee", Reference, "http://hl7.org/fhir/SearchParameter/ExplanationOfBenefit-payee", &["Practitioner", "Organization", "Patient"], |v| references(v, "payee.party")),
+        param!("Coverage", "patient", Reference, "http://hl7.org/fhir/SearchParameter/Coverage-patient", &["Patient"], |v| references(v, "beneficiary")),
+        param!("Coverage", "beneficiary", Reference, "http://hl7.org/fhir/SearchParameter/Coverage-beneficiary", &["Patient"], |v| references(v, "beneficiary")),
+        param!("Coverage", "payor", Reference, "http://hl7.org/fhir/us/carin-bb/SearchParameter/coverage-payor", &["Organization", "Patient"], |v| references(v, "payor")),
+        param!("Coverage", "identifier", Token, "http://hl7.org/fhir/SearchParameter/Coverage-identifier", &[], |v| identifiers(v, "identifier")),
+        param!("Patient", "identifier", Token, "http://hl7.org/fhir/SearchParameter/Patient-identifier", &[], |v| identifiers(v, "identifier")),
+        param!("Organization", "identifier", Token, "http://hl7.org/fhir/SearchParameter/Organization-identifier", &[], |v| identifiers(v, "identifier")),
+        param!("Practitioner", "identifier", Token, "http://hl7.org/fhir/SearchParameter/Practitioner-identifier", &[], |v| identifiers(v, "identifier")),
+    ]);
+    v
+}
+
+/// The whole registry: every supported parameter of every served resource type.
+pub fn all() -> &'static [SearchParam] {
+    static ALL: std::sync::OnceLock<Vec<SearchParam>> = std::sync::OnceLock::new();
+    ALL.get_or_init(c4bb)
+}
+
+/// The parameters of one resource type.
+pub fn for_type(resource: &str) -> impl Iterator<Item = &'static SearchParam> + '_ {
+    all().iter().filter(move |p| p.resource == resource)
+}
+
+/// Look one parameter up.
+pub fn find(resource: &str, code: &str) -> Option<&'static SearchParam> {
+    all().iter().find(|p| p.resource == resource && p.code == code)
+}
+
+/// The resource types the lake holds (and the API serves), in a fixed order.
+pub fn resource_types() -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = Vec::new();
+    for p in all() {
+        if !v.contains(&p.resource) {
+            v.push(p.resource);
+        }
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn extractors_follow_the_paths() {
+        let eob = json!({
+            "patient": {"reference": "Patient/1"},
+            "billablePeriod": {"start": "2020-01-01", "end": "2020-01-05"},
+            "item": [{"servicedDate": "2020-01-02"}, {"servicedPeriod": {"start": "2020-01-03", "end": "2020-01-04"}}],
+            "identifier": [{"system": "s", "value": "v"}],
+            "type": {"coding": [{"system": "t", "code": "professional"}]},
+        });
+        let p = find("ExplanationOfBenefit", "patient").unwrap();
+        assert_eq!((p.extract)(&eob), vec![IndexValue::Reference("Patient/1".into())]);
+        let sd = find("ExplanationOfBenefit", "service-date").unwrap();
+        assert_eq!((sd.extract)(&eob).len(), 3);
+        let ss = find("ExplanationOfBenefit", "service-start-date").unwrap();
+        assert_eq!((ss.extract)(&eob).len(), 3);
+        let id = find("ExplanationOfBenefit", "identifier").unwrap();
+        assert_eq!((id.extract)(&eob), vec![IndexValue::Token { system: "s".into(), code: "v".into() }]);
+        let t = find("ExplanationOfBenefit", "type").unwrap();
+        assert_eq!((t.extract)(&eob), vec![IndexValue::Token { system: "t".into(), code: "professional".into() }]);
+        assert_eq!(find("ExplanationOfBenefit", "_id").unwrap().column(), "id");
     }
 }

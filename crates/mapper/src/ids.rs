@@ -1,0 +1,52 @@
+//! Stable resource ids derived from business keys.
+//!
+//! A FHIR id is `[A-Za-z0-9\-\.]{1,64}`. A key that already fits is used as it is, so ids stay
+//! readable (`professional-9991831999`); any other key becomes `h` + 40 hex digits of its
+//! SHA-256, which is stable across runs and never collides with a readable id of the same
+//! length class in practice.
+
+use sha2::{Digest, Sha256};
+
+/// The FHIR id for a business key.
+pub fn fhir_id(key: &str) -> String {
+    let fits = !key.is_empty()
+        && key.len() <= 64
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if fits {
+        return key.to_string();
+    }
+    let digest = Sha256::digest(key.as_bytes());
+    let mut out = String::with_capacity(41);
+    out.push('h');
+    for b in &digest[..20] {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// The id of an Organization from its identifier kind and value (or name).
+pub fn org_id(kind: &str, key: &str) -> String {
+    fhir_id(&format!("{kind}-{key}"))
+}
+
+/// The id of a Practitioner from their NPI.
+pub fn practitioner_id(npi: &str) -> String {
+    fhir_id(&format!("npi-{npi}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readable_keys_stay_readable_and_others_hash() {
+        assert_eq!(fhir_id("professional-9991831999"), "professional-9991831999");
+        assert_eq!(fhir_id("-567834"), "-567834");
+        let h = fhir_id("member 12/34");
+        assert_eq!(h.len(), 41);
+        assert!(h.starts_with('h'));
+        assert_eq!(h, fhir_id("member 12/34"));
+        assert_ne!(h, fhir_id("member 12/35"));
+        assert_eq!(fhir_id(&"x".repeat(65)).len(), 41);
+    }
+}
