@@ -99,3 +99,66 @@ pub fn read_bytes(name: &str, data: &[u8], emit: &mut dyn FnMut(Item)) -> FileSu
     // Reading from a slice cannot fail.
     parse::run(name, data, emit).unwrap_or_default()
 }
+
+/// Counts from a structural scan of an X12 stream (see [`scan_stream`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScanStats {
+    /// Bytes read.
+    pub bytes: u64,
+    /// Interchanges whose ISA parsed.
+    pub interchanges: u64,
+    /// Segments, ISA included.
+    pub segments: u64,
+    /// Transaction sets (ST segments).
+    pub sets: u64,
+    /// Claims (CLM segments).
+    pub claims: u64,
+    /// Bytes skipped because they were not inside a valid interchange.
+    pub skipped: u64,
+}
+
+/// Structural scan: learn each interchange's delimiters and cut it into segments, counting
+/// interchanges, sets and claims without building records. This is the tokenizer cost on
+/// its own (used by the benchmark, and cheap enough to size or split a file before reading).
+///
+/// # Errors
+/// Only I/O errors of `rdr`.
+pub fn scan_stream<R: Read>(rdr: R) -> std::io::Result<ScanStats> {
+    let mut src = token::Source::new(rdr);
+    let mut st = ScanStats::default();
+    let mut sink = Vec::new();
+    while src.skip_ws()? {
+        let isa = match token::parse_isa(src.peek_isa()?) {
+            Ok(isa) => isa,
+            Err(_) => {
+                let before = src.offset();
+                sink.clear();
+                src.seek_isa(1, &mut sink, 0)?;
+                st.skipped += src.offset() - before;
+                continue;
+            }
+        };
+        st.interchanges += 1;
+        st.segments += 1;
+        src.advance(token::ISA_LEN);
+        let d = isa.delims;
+        loop {
+            if !src.skip_ws()? || src.at_isa()? {
+                break;
+            }
+            let Some(seg) = src.next_segment(d.segment)? else {
+                break;
+            };
+            st.segments += 1;
+            let id = seg.data.split(|&b| b == d.element).next().unwrap_or(&[]);
+            match id {
+                b"CLM" => st.claims += 1,
+                b"ST" => st.sets += 1,
+                b"IEA" => break,
+                _ => {}
+            }
+        }
+    }
+    st.bytes = src.bytes;
+    Ok(st)
+}

@@ -184,13 +184,18 @@ fn valid_id(id: &[u8]) -> bool {
             .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
 }
 
-/// Segment ids that may appear inside an 837 transaction set.
-const KNOWN: &[&[u8]] = &[
-    b"BHT", b"NM1", b"PER", b"HL", b"PRV", b"CUR", b"N3", b"N4", b"REF", b"SBR", b"PAT", b"DMG",
-    b"CLM", b"DTP", b"CL1", b"PWK", b"CN1", b"AMT", b"K3", b"NTE", b"CR1", b"CR2", b"CR3", b"CR5",
-    b"CR6", b"CR7", b"CRC", b"HI", b"HCP", b"QTY", b"MEA", b"LX", b"SV1", b"SV2", b"SV3", b"SV5",
-    b"TOO", b"PS1", b"LIN", b"CTP", b"SVD", b"CAS", b"MOA", b"MIA", b"OI", b"LQ", b"FRM", b"N2",
-];
+/// Whether a segment id may appear inside an 837 transaction set.
+fn known(id: &[u8]) -> bool {
+    matches!(
+        id,
+        b"BHT" | b"NM1" | b"PER" | b"HL" | b"PRV" | b"CUR" | b"N3" | b"N4" | b"REF" | b"SBR"
+            | b"PAT" | b"DMG" | b"CLM" | b"DTP" | b"CL1" | b"PWK" | b"CN1" | b"AMT" | b"K3"
+            | b"NTE" | b"CR1" | b"CR2" | b"CR3" | b"CR5" | b"CR6" | b"CR7" | b"CRC" | b"HI"
+            | b"HCP" | b"QTY" | b"MEA" | b"LX" | b"SV1" | b"SV2" | b"SV3" | b"SV5" | b"TOO"
+            | b"PS1" | b"LIN" | b"CTP" | b"SVD" | b"CAS" | b"MOA" | b"MIA" | b"OI" | b"LQ"
+            | b"FRM" | b"N2"
+    )
+}
 
 impl Driver<'_> {
     /// Read the segments of one interchange; returns at IEA, at a new ISA, or at end of input.
@@ -504,12 +509,12 @@ struct ClaimCtx {
     claim: Claim,
     clm_pos: Position,
     taint: Option<Taint>,
-    raw: Vec<u8>,
     state: Cl,
     line: Option<ClaimLine>,
     /// Whether the current line has its SV1/SV2.
     line_has_service: bool,
-    line_pos: Position,
+    /// Segment number and byte offset of the current line's LX.
+    line_at: (u64, u64),
     /// Any payer adjudication (2320 AMT/CAS, 2430 SVD) seen.
     adjudicated: bool,
     paid: Option<String>,
@@ -535,6 +540,8 @@ struct SetCtx {
     pat: Option<Patient>,
     claim: Option<ClaimCtx>,
     claims: u64,
+    /// The open claim's segments (reused buffer, capped), for its reject.
+    claim_raw: Vec<u8>,
     loop_id: &'static str,
     /// Order rank inside the current loop or NM1 sub-loop.
     rank: u8,
@@ -637,8 +644,14 @@ pub(crate) fn d8(b: &[u8]) -> Option<String> {
     if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
         return None;
     }
-    let s = std::str::from_utf8(&b[..8]).ok()?;
-    Some(format!("{}-{}-{}", &s[..4], &s[4..6], &s[6..8]))
+    let mut s = String::with_capacity(10);
+    for (i, &c) in b[..8].iter().enumerate() {
+        if i == 4 || i == 6 {
+            s.push('-');
+        }
+        s.push(c as char);
+    }
+    Some(s)
 }
 
 /// A DTP date or period: `(from, thru)`; `Err` when the value does not parse.
@@ -865,6 +878,7 @@ impl SetCtx {
             pat: None,
             claim: None,
             claims: 0,
+            claim_raw: Vec::with_capacity(4096),
             loop_id: "ST",
             rank: 0,
             nm1_open: false,
@@ -904,8 +918,8 @@ impl SetCtx {
             return;
         }
         let id = seg.id();
-        if let (Some(c), false) = (&mut self.claim, id == b"HL" || id == b"CLM") {
-            push_raw(&mut c.raw, seg.data, d.segment);
+        if self.claim.is_some() && id != b"HL" && id != b"CLM" {
+            push_raw(&mut self.claim_raw, seg.data, d.segment);
         }
         let file = out.file.clone();
         let here = |ctx: &str| Position {
@@ -924,7 +938,7 @@ impl SetCtx {
             self.taint(t);
             return;
         }
-        if !valid_id(id) || !KNOWN.contains(&id) {
+        if !valid_id(id) || !known(id) {
             let t = Taint {
                 reason: Reason::Segment,
                 message: format!(
@@ -1288,8 +1302,8 @@ impl SetCtx {
         self.nm1_open = false;
         self.target = Target::None;
         self.rank = 0;
-        let mut raw = Vec::with_capacity(1024);
-        push_raw(&mut raw, seg.data, d.segment);
+        self.claim_raw.clear();
+        push_raw(&mut self.claim_raw, seg.data, d.segment);
         let mut claim = Claim {
             claim_id: lossy(seg.el(1)),
             position: pos.clone(),
@@ -1377,11 +1391,10 @@ impl SetCtx {
             claim,
             clm_pos: pos.clone(),
             taint,
-            raw,
             state: Cl::C2300,
             line: None,
             line_has_service: false,
-            line_pos: pos,
+            line_at: (0, 0),
             adjudicated: false,
             paid: None,
             line_paid_positive: false,
@@ -1497,7 +1510,6 @@ impl SetCtx {
                 c.state = Cl::L2400;
                 self.loop_id = "2400";
                 self.rank = 0;
-                let p = pos("2400");
                 let number = num(seg.el(1)).and_then(|v| u32::try_from(v).ok());
                 if number.is_none() {
                     c.taint.get_or_insert(Taint {
@@ -1505,7 +1517,7 @@ impl SetCtx {
                         message: format!(
                             "segment {n} LX: LX01 line number missing or not a number"
                         ),
-                        position: p.clone(),
+                        position: pos("2400"),
                     });
                 }
                 c.line = Some(ClaimLine {
@@ -1513,7 +1525,7 @@ impl SetCtx {
                     ..ClaimLine::default()
                 });
                 c.line_has_service = false;
-                c.line_pos = p;
+                c.line_at = (n, offset);
                 return;
             }
             b"LIN" if matches!(c.state, Cl::L2400) => {
@@ -1566,7 +1578,7 @@ impl SetCtx {
                         c,
                         seg,
                         n,
-                        pos("2300"),
+                        &pos,
                         institutional,
                         &mut self.hi_notice,
                         out,
@@ -1628,7 +1640,7 @@ impl SetCtx {
                         c.taint.get_or_insert(t);
                     }
                     self.rank = r;
-                    Self::line_2400(c, seg, n, pos("2400"), institutional);
+                    Self::line_2400(c, seg, n, &pos, institutional);
                 }
                 Some(_) => oo(&mut c.taint, id, pos("2400"), self.loop_id),
                 None => ne(&mut c.taint, id, pos("2400"), self.loop_id),
@@ -1674,7 +1686,7 @@ impl SetCtx {
         c: &mut ClaimCtx,
         seg: &Seg<'_>,
         n: u64,
-        pos: Position,
+        at: &dyn Fn(&str) -> Position,
         institutional: bool,
         hi_notice: &mut bool,
         out: &mut Out<'_>,
@@ -1693,7 +1705,7 @@ impl SetCtx {
                             lossy(seg.el(3)),
                             lossy(fmt)
                         ),
-                        position: pos,
+                        position: at("2300"),
                     });
                     return;
                 };
@@ -1744,7 +1756,7 @@ impl SetCtx {
                 }
             }
             b"HI" => {
-                if let Err(t) = hi(claim, seg, n, &pos, institutional, hi_notice, out) {
+                if let Err(t) = hi(claim, seg, n, at, institutional, hi_notice, out) {
                     c.taint.get_or_insert(t);
                 }
             }
@@ -1771,7 +1783,13 @@ impl SetCtx {
         }
     }
 
-    fn line_2400(c: &mut ClaimCtx, seg: &Seg<'_>, n: u64, pos: Position, institutional: bool) {
+    fn line_2400(
+        c: &mut ClaimCtx,
+        seg: &Seg<'_>,
+        n: u64,
+        at: &dyn Fn(&str) -> Position,
+        institutional: bool,
+    ) {
         let Some(l) = c.line.as_mut() else {
             return;
         };
@@ -1790,7 +1808,7 @@ impl SetCtx {
                                 "837P (expects SV1)"
                             }
                         ),
-                        position: pos.clone(),
+                        position: at("2400"),
                     });
                 }
                 c.line_has_service = true;
@@ -1829,7 +1847,7 @@ impl SetCtx {
                                 "SV102 charge"
                             }
                         ),
-                        position: pos.clone(),
+                        position: at("2400"),
                     });
                 } else if !is_decimal(charge) {
                     c.taint.get_or_insert(Taint {
@@ -1838,7 +1856,7 @@ impl SetCtx {
                             "segment {n}: charge {:?} is not a decimal",
                             lossy(charge)
                         ),
-                        position: pos.clone(),
+                        position: at("2400"),
                     });
                 } else {
                     l.amounts.push(Amount {
@@ -1869,7 +1887,7 @@ impl SetCtx {
                             lossy(seg.el(3)),
                             lossy(seg.el(2))
                         ),
-                        position: pos,
+                        position: at("2400"),
                     });
                 }
             },
@@ -1885,9 +1903,15 @@ impl SetCtx {
                     message: format!(
                         "line {} (segment {}) has no SV1/SV2 service segment",
                         l.number,
-                        c.line_pos.segment.unwrap_or(0)
+                        c.line_at.0
                     ),
-                    position: c.line_pos.clone(),
+                    position: Position {
+                        file: c.clm_pos.file.clone(),
+                        line: 0,
+                        byte_offset: c.line_at.1,
+                        segment: Some(c.line_at.0),
+                        context: Some("2400".into()),
+                    },
                 });
             }
             c.claim.lines.push(l);
@@ -1960,7 +1984,7 @@ impl SetCtx {
                 c.clm_pos.segment.unwrap_or(0),
                 t.message
             );
-            out.reject(t, msg, &c.raw);
+            out.reject(t, msg, &self.claim_raw);
             return;
         }
         let mut claim = c.claim;
@@ -1996,7 +2020,7 @@ impl SetCtx {
                 c.clm_pos.segment.unwrap_or(0),
                 t.message
             );
-            out.reject(t, msg, &c.raw);
+            out.reject(t, msg, &self.claim_raw);
             return;
         }
         let payer_key = claim
@@ -2279,7 +2303,7 @@ fn hi(
     claim: &mut Claim,
     seg: &Seg<'_>,
     n: u64,
-    pos: &Position,
+    at: &dyn Fn(&str) -> Position,
     institutional: bool,
     hi_notice: &mut bool,
     out: &mut Out<'_>,
@@ -2303,7 +2327,7 @@ fn hi(
             if !*hi_notice {
                 *hi_notice = true;
                 out.notice(
-                    pos.clone(),
+                    at("2300"),
                     format!(
                         "segment {n} HI: qualifier and code in separate elements instead of a composite (read leniently)"
                     ),
@@ -2321,7 +2345,7 @@ fn hi(
                 return Err(Taint {
                     reason: Reason::MissingValue,
                     message: format!("segment {n} HI: {} diagnosis without a code", lossy(qual)),
-                    position: pos.clone(),
+                    position: at("2300"),
                 });
             }
             let poa = if institutional {
@@ -2340,7 +2364,7 @@ fn hi(
                 return Err(Taint {
                     reason: Reason::MissingValue,
                     message: format!("segment {n} HI: {} procedure without a code", lossy(qual)),
-                    position: pos.clone(),
+                    position: at("2300"),
                 });
             }
             let date = if component(el, seg.comp, 2) == b"D8" {
