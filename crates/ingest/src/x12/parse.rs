@@ -188,12 +188,54 @@ fn valid_id(id: &[u8]) -> bool {
 fn known(id: &[u8]) -> bool {
     matches!(
         id,
-        b"BHT" | b"NM1" | b"PER" | b"HL" | b"PRV" | b"CUR" | b"N3" | b"N4" | b"REF" | b"SBR"
-            | b"PAT" | b"DMG" | b"CLM" | b"DTP" | b"CL1" | b"PWK" | b"CN1" | b"AMT" | b"K3"
-            | b"NTE" | b"CR1" | b"CR2" | b"CR3" | b"CR5" | b"CR6" | b"CR7" | b"CRC" | b"HI"
-            | b"HCP" | b"QTY" | b"MEA" | b"LX" | b"SV1" | b"SV2" | b"SV3" | b"SV5" | b"TOO"
-            | b"PS1" | b"LIN" | b"CTP" | b"SVD" | b"CAS" | b"MOA" | b"MIA" | b"OI" | b"LQ"
-            | b"FRM" | b"N2"
+        b"BHT"
+            | b"NM1"
+            | b"PER"
+            | b"HL"
+            | b"PRV"
+            | b"CUR"
+            | b"N3"
+            | b"N4"
+            | b"REF"
+            | b"SBR"
+            | b"PAT"
+            | b"DMG"
+            | b"CLM"
+            | b"DTP"
+            | b"CL1"
+            | b"PWK"
+            | b"CN1"
+            | b"AMT"
+            | b"K3"
+            | b"NTE"
+            | b"CR1"
+            | b"CR2"
+            | b"CR3"
+            | b"CR5"
+            | b"CR6"
+            | b"CR7"
+            | b"CRC"
+            | b"HI"
+            | b"HCP"
+            | b"QTY"
+            | b"MEA"
+            | b"LX"
+            | b"SV1"
+            | b"SV2"
+            | b"SV3"
+            | b"SV5"
+            | b"TOO"
+            | b"PS1"
+            | b"LIN"
+            | b"CTP"
+            | b"SVD"
+            | b"CAS"
+            | b"MOA"
+            | b"MIA"
+            | b"OI"
+            | b"LQ"
+            | b"FRM"
+            | b"N2"
     )
 }
 
@@ -1574,15 +1616,7 @@ impl SetCtx {
             Cl::C2300 => match rank_2300(id) {
                 Some(r) if r >= self.rank => {
                     self.rank = r;
-                    Self::claim_2300(
-                        c,
-                        seg,
-                        n,
-                        &pos,
-                        institutional,
-                        &mut self.hi_notice,
-                        out,
-                    );
+                    Self::claim_2300(c, seg, n, &pos, institutional, &mut self.hi_notice, out);
                 }
                 Some(_) => oo(&mut c.taint, id, pos("2300"), self.loop_id),
                 None => ne(&mut c.taint, id, pos("2300"), self.loop_id),
@@ -1902,8 +1936,7 @@ impl SetCtx {
                     reason: Reason::MissingValue,
                     message: format!(
                         "line {} (segment {}) has no SV1/SV2 service segment",
-                        l.number,
-                        c.line_at.0
+                        l.number, c.line_at.0
                     ),
                     position: Position {
                         file: c.clm_pos.file.clone(),

@@ -833,7 +833,8 @@ fn fuzz_mutations_never_panic_and_account_for_claims() {
         .collect();
     let mut rng = Lcg(0x5eed);
     let start = std::time::Instant::now();
-    let cases = 4_000;
+    let cases = 6_000;
+    let mut exact = 0;
     for case in 0..cases {
         let base = &samples[rng.below(samples.len())];
         let mut data = base.clone();
@@ -863,6 +864,7 @@ fn fuzz_mutations_never_panic_and_account_for_claims() {
             let claim_rejects = rejects.iter().filter(|r| is_claim_reject(r)).count();
             let set_rejects = rejects.len() - claim_rejects;
             if set_rejects == 0 {
+                exact += 1;
                 assert_eq!(
                     claims.len() + claim_rejects,
                     expected,
@@ -944,6 +946,7 @@ fn fuzz_mutations_never_panic_and_account_for_claims() {
             }
         }
     }
+    assert!(exact > 1_500, "only {exact} exact-accounting cases ran");
     assert!(
         start.elapsed().as_secs() < 30,
         "fuzz too slow: {:?}",
