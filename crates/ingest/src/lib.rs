@@ -11,6 +11,7 @@ pub mod detect;
 pub mod layout;
 pub mod model;
 pub mod reject;
+pub mod x12;
 
 use std::path::Path;
 

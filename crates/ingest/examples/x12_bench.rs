@@ -1,0 +1,120 @@
+//! Throughput of the X12 reader against a plain memchr scan.
+//!
+//! `cargo run --release -p ingest --example x12_bench -- SIZE_MB [professional|institutional]`
+//!
+//! Generates a SIZE_MB 837 file in a temp dir, then reports MB/s and claims/s for
+//! (a) a plain `memchr` count of segment terminators over the same buffered reads and
+//! (b) the X12 reader (records built, then discarded), (c) the tokenizer/envelope scan alone
+//! (`scan_stream`, no records), and the ratios b/a and c/a. Best of 3 runs, one core, file in
+//! the page cache.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::time::Instant;
+
+use ingest::x12::{generate_837, scan_stream, X12Reader};
+use ingest::{Reader, SourceRecord};
+
+fn peak_rss_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn main() -> std::io::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let size_mb: f64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(200.0);
+    let professional = args.next().as_deref() != Some("institutional");
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("bench.837");
+
+    // Bytes per claim, to size the file.
+    let mut probe = Vec::new();
+    let probe_bytes = generate_837(&mut probe, professional, 2_000, 1)?;
+    let per_claim = probe_bytes as f64 / 2_000.0;
+    let claims = ((size_mb * 1e6) / per_claim).ceil() as usize;
+    let t = Instant::now();
+    let mut w = BufWriter::new(File::create(&path)?);
+    let bytes = generate_837(&mut w, professional, claims, 7)?;
+    w.flush()?;
+    drop(w);
+    println!(
+        "generated {:.1} MB, {claims} claims ({}) in {:.1?}",
+        bytes as f64 / 1e6,
+        if professional { "837P" } else { "837I" },
+        t.elapsed()
+    );
+
+    let mb = bytes as f64 / 1e6;
+    let mut best_a = f64::MAX;
+    let mut terms = 0u64;
+    let mut best_b = f64::MAX;
+    let mut seen = 0u64;
+    let mut rejects = 0u64;
+    let mut best_c = f64::MAX;
+    let mut scanned = 0u64;
+    for _ in 0..3 {
+        // (c) tokenizer only: delimiters, segments, CLM count; no records.
+        let t = Instant::now();
+        let s = scan_stream(File::open(&path)?)?;
+        best_c = best_c.min(t.elapsed().as_secs_f64());
+        scanned = s.claims;
+
+        // (a) plain memchr count of segment terminators (the generator uses '~' and 0x1C).
+        let t = Instant::now();
+        let mut f = File::open(&path)?;
+        let mut buf = vec![0u8; 128 * 1024];
+        let mut n = 0u64;
+        loop {
+            let k = f.read(&mut buf)?;
+            if k == 0 {
+                break;
+            }
+            n += memchr::memchr2_iter(b'~', 0x1C, &buf[..k]).count() as u64;
+        }
+        best_a = best_a.min(t.elapsed().as_secs_f64());
+        terms = n;
+
+        // (b) the reader, records discarded.
+        let t = Instant::now();
+        let mut c = 0u64;
+        let mut r = 0u64;
+        X12Reader
+            .read(&path, &mut |item| match item {
+                Ok(SourceRecord::Claim(claim)) => {
+                    c += 1;
+                    std::hint::black_box(claim);
+                }
+                Ok(_) => {}
+                Err(_) => r += 1,
+            })
+            .map_err(std::io::Error::other)?;
+        best_b = best_b.min(t.elapsed().as_secs_f64());
+        seen = c;
+        rejects = r;
+    }
+    println!(
+        "(a) memchr terminator count: {:>8.0} MB/s  {terms} segments  {:.3} s",
+        mb / best_a,
+        best_a
+    );
+    println!(
+        "(b) X12Reader parse-only:    {:>8.0} MB/s  {:.0} claims/s  {seen} claims, {rejects} rejects  {:.3} s",
+        mb / best_b,
+        seen as f64 / best_b,
+        best_b
+    );
+    println!(
+        "(c) tokenizer/envelope scan: {:>8.0} MB/s  {:.0} claims/s  {scanned} claims  {:.3} s",
+        mb / best_c,
+        scanned as f64 / best_c,
+        best_c
+    );
+    println!("ratio b/a (records built): {:.3}", best_a / best_b);
+    println!("ratio c/a (tokenizer only): {:.3}", best_a / best_c);
+    if let Some(rss) = peak_rss_mb() {
+        println!("peak RSS: {rss:.1} MB (file {mb:.0} MB)");
+    }
+    Ok(())
+}

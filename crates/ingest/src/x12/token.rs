@@ -1,0 +1,536 @@
+//! Delimiters and the segment tokenizer: ISA parsing and a buffered, streaming segment source.
+//!
+//! The tokenizer knows bytes, not loops: it finds the interchange header, learns the
+//! delimiters it declares and cuts the stream into segments (borrowed slices of one reusable
+//! buffer). Memory grows only with the longest segment, capped at [`MAX_SEGMENT`].
+
+use std::io::{self, Read};
+
+use memchr::memmem;
+
+/// Length of the fixed-width ISA segment including its terminator.
+pub(crate) const ISA_LEN: usize = 106;
+/// Byte offsets of the 16 element separators inside the fixed-width ISA.
+const ISA_SEPS: [usize; 16] = [
+    3, 6, 17, 20, 31, 34, 50, 53, 69, 76, 81, 83, 89, 99, 101, 103,
+];
+/// Longest segment the tokenizer keeps; a longer one is cut and reported.
+pub(crate) const MAX_SEGMENT: usize = 1 << 20;
+const CHUNK: usize = 64 * 1024;
+
+/// The delimiters one interchange declares in its ISA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delimiters {
+    /// Element separator (ISA byte 3).
+    pub element: u8,
+    /// Component (sub-element) separator (ISA16).
+    pub component: u8,
+    /// Repetition separator (ISA11), only for versions 00402 and later.
+    pub repetition: Option<u8>,
+    /// Segment terminator (the byte after ISA16).
+    pub segment: u8,
+}
+
+/// What the ISA header says, besides its delimiters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Isa {
+    pub delims: Delimiters,
+    /// ISA13 interchange control number (trimmed).
+    pub control: String,
+}
+
+/// Why bytes that should start an interchange do not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum IsaError {
+    /// Not single-byte text (UTF-16, NULs, binary).
+    Encoding(String),
+    /// Text, but not a well-formed ISA.
+    Envelope(String),
+}
+
+fn looks_utf16(b: &[u8]) -> bool {
+    b.starts_with(&[0xFF, 0xFE])
+        || b.starts_with(&[0xFE, 0xFF])
+        || b.iter().take(8).any(|&c| c == 0)
+}
+
+/// Parse the fixed-width ISA at the start of `b` (which holds up to [`ISA_LEN`] bytes).
+pub(crate) fn parse_isa(b: &[u8]) -> Result<Isa, IsaError> {
+    if looks_utf16(b) {
+        return Err(IsaError::Encoding(
+            "interchange is not single-byte text (UTF-16 or binary: NUL bytes or a UTF-16 byte-order mark)"
+                .into(),
+        ));
+    }
+    if !b.starts_with(b"ISA") {
+        let id: String = b
+            .iter()
+            .take(3)
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .map(|&c| c as char)
+            .collect();
+        return Err(IsaError::Envelope(format!(
+            "interchange must start with ISA, found {id:?}"
+        )));
+    }
+    if b.len() < ISA_LEN {
+        return Err(IsaError::Envelope(format!(
+            "ISA truncated: {} bytes, the fixed-width ISA needs {ISA_LEN}",
+            b.len()
+        )));
+    }
+    let isa = &b[..ISA_LEN];
+    if isa.iter().any(|&c| c == 0 || c >= 0x80) {
+        return Err(IsaError::Encoding("ISA holds non-ASCII bytes".into()));
+    }
+    let element = isa[3];
+    if element.is_ascii_alphanumeric() || element.is_ascii_whitespace() {
+        return Err(IsaError::Envelope(format!(
+            "ISA element separator {:?} is alphanumeric or whitespace",
+            element as char
+        )));
+    }
+    for &p in &ISA_SEPS {
+        if isa[p] != element {
+            return Err(IsaError::Envelope(format!(
+                "ISA is not fixed-width: element separator {:?} expected at byte offset {p}, found {:?}",
+                element as char, isa[p] as char
+            )));
+        }
+    }
+    let component = isa[104];
+    let segment = isa[105];
+    if component.is_ascii_alphanumeric()
+        || segment.is_ascii_alphanumeric()
+        || component == element
+        || segment == element
+        || segment == component
+        || segment == b' '
+    {
+        return Err(IsaError::Envelope(format!(
+            "ISA delimiters are ambiguous: element {:?}, component {:?}, segment {:?}",
+            element as char, component as char, segment as char
+        )));
+    }
+    let version = &isa[84..89];
+    let rep = isa[82];
+    let repetition = (version >= &b"00402"[..]
+        && !rep.is_ascii_alphanumeric()
+        && rep != element
+        && rep != component
+        && rep != segment
+        && rep != b' ')
+        .then_some(rep);
+    let control = String::from_utf8_lossy(&isa[90..99]).trim().to_string();
+    Ok(Isa {
+        delims: Delimiters {
+            element,
+            component,
+            repetition,
+            segment,
+        },
+        control,
+    })
+}
+
+/// A buffered byte source cut into segments.
+pub(crate) struct Source<R> {
+    rdr: R,
+    buf: Vec<u8>,
+    pos: usize,
+    end: usize,
+    /// File offset of `buf[0]`.
+    base: u64,
+    eof: bool,
+    /// Set while discarding the tail of an over-long segment.
+    skipping: bool,
+    pub(crate) bytes: u64,
+}
+
+/// One segment as the tokenizer found it.
+pub(crate) struct RawSeg<'a> {
+    /// The bytes, without terminator and surrounding whitespace.
+    pub data: &'a [u8],
+    /// File offset of the first byte.
+    pub offset: u64,
+    /// Whether the segment was longer than [`MAX_SEGMENT`] and was cut.
+    pub oversized: bool,
+}
+
+fn is_ws(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+impl<R: Read> Source<R> {
+    pub(crate) fn new(rdr: R) -> Self {
+        Self {
+            rdr,
+            buf: vec![0; CHUNK * 2],
+            pos: 0,
+            end: 0,
+            base: 0,
+            eof: false,
+            skipping: false,
+            bytes: 0,
+        }
+    }
+
+    /// Read more bytes; returns false at end of input.
+    fn fill_more(&mut self) -> io::Result<bool> {
+        if self.eof {
+            return Ok(false);
+        }
+        if self.pos > 0 && (self.pos == self.end || self.buf.len() - self.end < CHUNK) {
+            self.buf.copy_within(self.pos..self.end, 0);
+            self.base += self.pos as u64;
+            self.end -= self.pos;
+            self.pos = 0;
+        }
+        if self.buf.len() - self.end < CHUNK {
+            let new_len = (self.buf.len() * 2).max(self.end + CHUNK);
+            self.buf.resize(new_len, 0);
+        }
+        loop {
+            match self.rdr.read(&mut self.buf[self.end..]) {
+                Ok(0) => {
+                    self.eof = true;
+                    return Ok(false);
+                }
+                Ok(n) => {
+                    self.end += n;
+                    self.bytes += n as u64;
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Make at least `n` bytes available (fewer only at end of input).
+    fn ensure(&mut self, n: usize) -> io::Result<()> {
+        while self.end - self.pos < n {
+            if !self.fill_more()? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// File offset of the next unread byte.
+    pub(crate) fn offset(&self) -> u64 {
+        self.base + self.pos as u64
+    }
+
+    /// Skip a UTF-8 byte-order mark and whitespace; false at end of input.
+    pub(crate) fn skip_ws(&mut self) -> io::Result<bool> {
+        loop {
+            self.ensure(3)?;
+            let avail = &self.buf[self.pos..self.end];
+            if avail.is_empty() {
+                return Ok(false);
+            }
+            if avail.starts_with(&[0xEF, 0xBB, 0xBF]) {
+                self.pos += 3;
+                continue;
+            }
+            match avail.iter().position(|&c| !is_ws(c)) {
+                Some(i) => {
+                    self.pos += i;
+                    return Ok(true);
+                }
+                None => self.pos = self.end,
+            }
+        }
+    }
+
+    /// The next bytes (up to [`ISA_LEN`]), for ISA detection.
+    pub(crate) fn peek_isa(&mut self) -> io::Result<&[u8]> {
+        self.ensure(ISA_LEN)?;
+        let n = (self.end - self.pos).min(ISA_LEN);
+        Ok(&self.buf[self.pos..self.pos + n])
+    }
+
+    /// Whether the next bytes start a new ISA (after whitespace was skipped).
+    pub(crate) fn at_isa(&mut self) -> io::Result<bool> {
+        self.ensure(4)?;
+        let a = &self.buf[self.pos..self.end];
+        Ok(a.len() >= 4 && a.starts_with(b"ISA") && !a[3].is_ascii_alphanumeric())
+    }
+
+    /// Consume `n` bytes.
+    pub(crate) fn advance(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.end);
+    }
+
+    /// Discard bytes up to the next plausible `ISA` at or after `from` bytes ahead, copying
+    /// up to `cap` of the discarded bytes into `raw`. Returns false at end of input.
+    pub(crate) fn seek_isa(
+        &mut self,
+        from: usize,
+        raw: &mut Vec<u8>,
+        cap: usize,
+    ) -> io::Result<bool> {
+        let finder = memmem::Finder::new(b"ISA");
+        let mut skip = from;
+        loop {
+            self.ensure(skip + 4)?;
+            let avail = self.end - self.pos;
+            let start = skip.min(avail);
+            let hit = finder.find(&self.buf[self.pos + start..self.end]);
+            let upto = match hit {
+                Some(i) => start + i,
+                None => avail.saturating_sub(2).max(start.min(avail)),
+            };
+            let take = upto.min(cap.saturating_sub(raw.len()));
+            raw.extend_from_slice(&self.buf[self.pos..self.pos + take]);
+            self.pos += upto;
+            skip = 0;
+            if hit.is_some() {
+                return Ok(true);
+            }
+            if !self.fill_more()? {
+                let rest = self.end - self.pos;
+                let take = rest.min(cap.saturating_sub(raw.len()));
+                raw.extend_from_slice(&self.buf[self.pos..self.pos + take]);
+                self.pos = self.end;
+                return Ok(false);
+            }
+        }
+    }
+
+    /// The next segment ended by `term`, or `None` at end of input.
+    pub(crate) fn next_segment(&mut self, term: u8) -> io::Result<Option<RawSeg<'_>>> {
+        if self.skipping {
+            // Discard the rest of an over-long segment.
+            loop {
+                if let Some(i) = memchr::memchr(term, &self.buf[self.pos..self.end]) {
+                    self.pos += i + 1;
+                    self.skipping = false;
+                    break;
+                }
+                self.pos = self.end;
+                if !self.fill_more()? {
+                    self.skipping = false;
+                    return Ok(None);
+                }
+            }
+        }
+        // Leading whitespace (CR/LF after terminators, indentation).
+        loop {
+            let a = &self.buf[self.pos..self.end];
+            match a.iter().position(|&c| !is_ws(c) || c == term) {
+                Some(i) => {
+                    self.pos += i;
+                    if self.buf[self.pos] == term {
+                        // An empty segment: skip its terminator.
+                        self.pos += 1;
+                        continue;
+                    }
+                    break;
+                }
+                None => {
+                    self.pos = self.end;
+                    if !self.fill_more()? {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+        let mut scanned = 0;
+        loop {
+            if let Some(i) = memchr::memchr(term, &self.buf[self.pos + scanned..self.end]) {
+                let start = self.pos;
+                let stop = start + scanned + i;
+                self.pos = stop + 1;
+                return Ok(Some(self.seg(start, stop, false)));
+            }
+            scanned = self.end - self.pos;
+            if scanned >= MAX_SEGMENT {
+                let start = self.pos;
+                self.pos += scanned;
+                self.skipping = true;
+                return Ok(Some(self.seg(start, start + 256, true)));
+            }
+            let before = self.pos;
+            if !self.fill_more()? {
+                // Last segment without terminator.
+                let start = self.pos;
+                self.pos = self.end;
+                if start == self.end {
+                    return Ok(None);
+                }
+                return Ok(Some(self.seg(start, self.end, false)));
+            }
+            // fill_more may have compacted the buffer.
+            debug_assert!(self.pos <= before);
+        }
+    }
+
+    fn seg(&self, start: usize, mut stop: usize, oversized: bool) -> RawSeg<'_> {
+        while stop > start && is_ws(self.buf[stop - 1]) {
+            stop -= 1;
+        }
+        RawSeg {
+            data: &self.buf[start..stop],
+            offset: self.base + start as u64,
+            oversized,
+        }
+    }
+}
+
+/// A segment split into elements (no allocation: up to [`MAX_ELEMENTS`] element boundaries).
+pub(crate) struct Seg<'a> {
+    pub data: &'a [u8],
+    ends: [u32; MAX_ELEMENTS],
+    n: usize,
+    pub comp: u8,
+}
+
+/// Elements kept per segment; later ones are ignored (no 837 segment that fhirlake reads has
+/// more).
+pub(crate) const MAX_ELEMENTS: usize = 32;
+
+impl<'a> Seg<'a> {
+    pub(crate) fn split(data: &'a [u8], d: &Delimiters) -> Self {
+        let mut ends = [0u32; MAX_ELEMENTS];
+        let mut n = 0;
+        for i in memchr::memchr_iter(d.element, data) {
+            if n + 1 >= MAX_ELEMENTS {
+                break;
+            }
+            ends[n] = i as u32;
+            n += 1;
+        }
+        ends[n] = data.len() as u32;
+        n += 1;
+        Self {
+            data,
+            ends,
+            n,
+            comp: d.component,
+        }
+    }
+
+    /// The segment id (element 0).
+    pub(crate) fn id(&self) -> &'a [u8] {
+        self.el(0)
+    }
+
+    /// Element `i` (0 = id), empty if absent.
+    pub(crate) fn el(&self, i: usize) -> &'a [u8] {
+        if i >= self.n {
+            return &[];
+        }
+        let start = if i == 0 {
+            0
+        } else {
+            self.ends[i - 1] as usize + 1
+        };
+        let end = self.ends[i] as usize;
+        self.data.get(start..end).unwrap_or(&[])
+    }
+
+    /// Number of elements after the id.
+    pub(crate) fn len(&self) -> usize {
+        self.n - 1
+    }
+
+    /// Component `j` (0-based) of element `i`.
+    pub(crate) fn comp(&self, i: usize, j: usize) -> &'a [u8] {
+        component(self.el(i), self.comp, j)
+    }
+
+    /// Element `i` as trimmed text, `None` if empty.
+    pub(crate) fn s(&self, i: usize) -> Option<String> {
+        text(self.el(i))
+    }
+}
+
+/// Component `j` of a composite.
+pub(crate) fn component(el: &[u8], sep: u8, j: usize) -> &[u8] {
+    el.split(|&c| c == sep).nth(j).unwrap_or(&[])
+}
+
+/// Trimmed lossy text, `None` if empty.
+pub(crate) fn text(b: &[u8]) -> Option<String> {
+    let t = b.trim_ascii();
+    if t.is_empty() {
+        None
+    } else {
+        Some(String::from_utf8_lossy(t).into_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ISA: &[u8] = b"ISA*00*          *01*SECRET    *ZZ*SUBMITTERS.ID  *ZZ*RECEIVERS.ID   *030101*1253*^*00501*000000905*1*T*:~";
+
+    #[test]
+    fn isa_delimiters() {
+        let isa = parse_isa(ISA).unwrap();
+        assert_eq!(isa.delims.element, b'*');
+        assert_eq!(isa.delims.component, b':');
+        assert_eq!(isa.delims.segment, b'~');
+        assert_eq!(isa.delims.repetition, Some(b'^'));
+        assert_eq!(isa.control, "000000905");
+    }
+
+    #[test]
+    fn isa_u_is_not_repetition() {
+        let mut v = ISA.to_vec();
+        v[82] = b'U';
+        assert_eq!(parse_isa(&v).unwrap().delims.repetition, None);
+    }
+
+    #[test]
+    fn short_isa_rejected() {
+        let mut v = ISA.to_vec();
+        v.remove(10);
+        assert!(matches!(parse_isa(&v), Err(IsaError::Envelope(_))));
+        assert!(matches!(parse_isa(&ISA[..50]), Err(IsaError::Envelope(_))));
+        assert!(matches!(
+            parse_isa(b"I\0S\0A\0"),
+            Err(IsaError::Encoding(_))
+        ));
+    }
+
+    #[test]
+    fn segments_across_chunks() {
+        let mut data = Vec::new();
+        for i in 0..50_000 {
+            data.extend_from_slice(format!("AB*{i}~\r\n  ").as_bytes());
+        }
+        data.extend_from_slice(b"ZZ*last");
+        let mut src = Source::new(&data[..]);
+        let mut n = 0;
+        let mut last = Vec::new();
+        while let Some(s) = src.next_segment(b'~').unwrap() {
+            n += 1;
+            last = s.data.to_vec();
+        }
+        assert_eq!(n, 50_001);
+        assert_eq!(last, b"ZZ*last");
+    }
+
+    #[test]
+    fn split_elements() {
+        let d = Delimiters {
+            element: b'*',
+            component: b':',
+            repetition: None,
+            segment: b'~',
+        };
+        let s = Seg::split(b"SV1*HC:99213:25*40**1", &d);
+        assert_eq!(s.id(), b"SV1");
+        assert_eq!(s.comp(1, 1), b"99213");
+        assert_eq!(s.comp(1, 2), b"25");
+        assert_eq!(s.comp(1, 7), b"");
+        assert_eq!(s.el(3), b"");
+        assert_eq!(s.el(4), b"1");
+        assert_eq!(s.el(40), b"");
+        assert_eq!(s.len(), 4);
+    }
+}
