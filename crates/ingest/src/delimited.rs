@@ -763,9 +763,13 @@ fn build(layout: &Compiled, rows: &[RawRow], position: Position) -> Result<Sourc
             if parsed.len() > 1 {
                 // Grouped member rows (e.g. one per reference year): the last one is current.
                 let last = parsed.last().unwrap_or(first);
-                return layout.member(last, position).map(SourceRecord::Member);
+                return layout
+                    .member(last, position)
+                    .map(|m| SourceRecord::Member(Box::new(m)));
             }
-            layout.member(first, position).map(SourceRecord::Member)
+            layout
+                .member(first, position)
+                .map(|m| SourceRecord::Member(Box::new(m)))
         }
         "claim" => layout
             .claim(&parsed, position)

@@ -44,7 +44,7 @@ pub enum Change {
 #[derive(Debug, Clone, PartialEq)]
 pub enum SourceRecord {
     /// A member with their coverages.
-    Member(Member),
+    Member(Box<Member>),
     /// A claim of any kind, with its lines.
     Claim(Box<Claim>),
     /// One drug on one formulary (formulary extracts).

@@ -98,26 +98,57 @@ pub fn schema(resource_type: &str) -> SchemaRef {
     ];
     for p in registry::for_type(resource_type).filter(|p| !p.is_common()) {
         for (name, ty) in index_columns(p) {
-            let ty = if ty { ts.clone() } else { list.clone() };
+            let ty = match ty {
+                ColumnKind::Timestamp => ts.clone(),
+                ColumnKind::List => list.clone(),
+                ColumnKind::Joined => DataType::Utf8,
+            };
             fields.push(Field::new(name, ty, true));
         }
     }
     Arc::new(Schema::new(fields))
 }
 
-/// The index columns of a parameter: (name, is_timestamp).
-pub fn index_columns(p: &SearchParam) -> Vec<(String, bool)> {
+/// How an index column stores its values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnKind {
+    /// `List<Utf8>`: tokens (`system|code`, codes, systems) and references (`Type/id`).
+    List,
+    /// `Timestamp(ms, UTC)`: the lowest start or highest end of a date parameter's values.
+    Timestamp,
+    /// `Utf8`: string values joined as `\u{1f}v1\u{1f}v2\u{1f}`, so that "some value starts
+    /// with x" is the substring test `\u{1f}x` and "some value is exactly x" is `\u{1f}x\u{1f}`.
+    Joined,
+}
+
+/// The separator of joined string columns.
+pub const JOIN_SEP: char = '\u{1f}';
+
+/// The index columns of a parameter.
+pub fn index_columns(p: &SearchParam) -> Vec<(String, ColumnKind)> {
     let c = p.column();
     match p.kind {
         ParamType::Token => vec![
-            (c.clone(), false),
-            (format!("{c}__code"), false),
-            (format!("{c}__system"), false),
+            (c.clone(), ColumnKind::List),
+            (format!("{c}__code"), ColumnKind::List),
+            (format!("{c}__system"), ColumnKind::List),
         ],
-        ParamType::String => vec![(c.clone(), false), (format!("{c}__exact"), false)],
-        ParamType::Reference => vec![(c, false)],
-        ParamType::Date => vec![(format!("{c}__start"), true), (format!("{c}__end"), true)],
+        ParamType::String => vec![(c.clone(), ColumnKind::Joined), (format!("{c}__exact"), ColumnKind::Joined)],
+        ParamType::Reference => vec![(c, ColumnKind::List)],
+        ParamType::Date => vec![
+            (format!("{c}__start"), ColumnKind::Timestamp),
+            (format!("{c}__end"), ColumnKind::Timestamp),
+        ],
     }
+}
+
+fn joined<'a>(values: impl Iterator<Item = &'a str>) -> String {
+    let mut s = String::from(JOIN_SEP);
+    for v in values {
+        s.push_str(v);
+        s.push(JOIN_SEP);
+    }
+    s
 }
 
 /// Normalise a string for FHIR string search: lower case, accents removed, spaces folded.
@@ -291,20 +322,22 @@ pub fn batch(resource_type: &str, rows: &[Row]) -> Result<RecordBatch, LakeError
                 cols.push(Arc::new(system.finish()));
             }
             ParamType::String => {
-                let mut norm = ListBuilder::new(StringBuilder::new());
-                let mut exact = ListBuilder::new(StringBuilder::new());
+                let mut norm = Vec::with_capacity(values.len());
+                let mut exact = Vec::with_capacity(values.len());
                 for vals in &values {
-                    for v in vals {
-                        if let IndexValue::String(s) = v {
-                            norm.values().append_value(normalize(s));
-                            exact.values().append_value(s);
-                        }
-                    }
-                    norm.append(true);
-                    exact.append(true);
+                    let strs: Vec<&str> = vals
+                        .iter()
+                        .filter_map(|v| match v {
+                            IndexValue::String(s) => Some(s.as_str()),
+                            _ => None,
+                        })
+                        .collect();
+                    let normalized: Vec<String> = strs.iter().map(|s| normalize(s)).collect();
+                    norm.push(joined(normalized.iter().map(String::as_str)));
+                    exact.push(joined(strs.into_iter()));
                 }
-                cols.push(Arc::new(norm.finish()));
-                cols.push(Arc::new(exact.finish()));
+                cols.push(Arc::new(StringArray::from(norm)));
+                cols.push(Arc::new(StringArray::from(exact)));
             }
             ParamType::Reference => {
                 let mut refs = ListBuilder::new(StringBuilder::new());

@@ -259,6 +259,7 @@ fn reader_for(path: &Path, cfg: &Config) -> Result<(Box<dyn Reader + Send + Sync
     }
     match detect(path, &cfg.mappings)? {
         Format::Delimited(m) => Ok((Box::new(ingest::delimited::DelimitedReader::new(m.clone())), m.source.name.clone())),
+        Format::X12 => Ok((Box::new(ingest::x12::X12Reader::new()), "x12-837".to_string())),
         other => Err(RunError::Source(ingest::Error::UnknownFormat {
             path: path.display().to_string(),
             message: format!("{other:?} files are not supported by this build"),

@@ -1,0 +1,582 @@
+//! One published snapshot, opened for queries.
+//!
+//! A [`Snapshot`] holds a DataFusion `SessionContext` with one table per resource type,
+//! registered over the snapshot's Parquet files with their declared sort order and with
+//! filter pushdown, page-index and bloom-filter pruning on. It is immutable: a request is
+//! answered wholly from one snapshot, and the server swaps in a new `Snapshot` when a new one
+//! is published.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+
+use datafusion::arrow::array::{Array, StringArray, TimestampMillisecondArray};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::logical_expr::{col, lit, Expr, SortExpr};
+use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+use mapper::lake::{clustered_by_patient, Lake};
+use mapper::registry::{self, IndexValue};
+use serde_json::Value;
+
+use crate::cursor::{self, Cursor};
+use crate::params::{ts, Include, SearchRequest, SortKey};
+use crate::QueryError;
+
+/// A page of results.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    /// Matching resources (JSON text), in order.
+    pub matches: Vec<String>,
+    /// Included resources (JSON text), no duplicates, none of them also a match.
+    pub included: Vec<String>,
+    /// Total number of matches, when known or asked for.
+    pub total: Option<u64>,
+    /// Cursor of the next page.
+    pub next: Option<String>,
+    /// Index of the page's first match among all matches.
+    pub offset: u64,
+}
+
+/// A snapshot opened for queries.
+pub struct Snapshot {
+    /// The snapshot's name.
+    pub name: String,
+    /// Its directory.
+    pub dir: PathBuf,
+    ctx: SessionContext,
+    tables: HashSet<String>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot").field("name", &self.name).finish()
+    }
+}
+
+/// The phases of `Patient/$everything`, in order.
+pub const EVERYTHING_PHASES: [&str; 5] = [
+    "Patient",
+    "Coverage",
+    "ExplanationOfBenefit",
+    "Organization",
+    "Practitioner",
+];
+
+impl Snapshot {
+    /// Open the lake's current snapshot.
+    ///
+    /// # Errors
+    /// When nothing is published or a table cannot be registered.
+    pub async fn open(lake: &Lake) -> Result<Self, QueryError> {
+        let dir = lake.current()?;
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let mut config = SessionConfig::new()
+            .with_target_partitions(2)
+            .with_batch_size(1024)
+            .with_information_schema(false);
+        {
+            let opts = config.options_mut();
+            opts.execution.parquet.pushdown_filters = true;
+            opts.execution.parquet.reorder_filters = true;
+            opts.execution.parquet.enable_page_index = true;
+            opts.execution.parquet.bloom_filter_on_read = true;
+            opts.execution.parquet.schema_force_view_types = false;
+            opts.execution.collect_statistics = true;
+        }
+        let ctx = SessionContext::new_with_config(config);
+        let mut tables = HashSet::new();
+        for t in registry::resource_types() {
+            let path = Lake::table_path(&dir, t);
+            if !path.is_file() {
+                continue;
+            }
+            let sort: Vec<Vec<SortExpr>> = if clustered_by_patient(t) {
+                vec![vec![col("patient_id").sort(true, true), col("id").sort(true, false)]]
+            } else {
+                vec![vec![col("id").sort(true, false)]]
+            };
+            let opts = ParquetReadOptions::default().file_sort_order(sort);
+            ctx.register_parquet(t, path.to_string_lossy().as_ref(), opts)
+                .await?;
+            tables.insert(t.to_string());
+        }
+        Ok(Self { name, dir, ctx, tables })
+    }
+
+    /// Whether the snapshot has a table for the type.
+    pub fn has(&self, resource_type: &str) -> bool {
+        self.tables.contains(resource_type)
+    }
+
+    /// The compartment restriction of a type for the given patients (`None`: unrestricted).
+    fn compartment(resource_type: &str, patients: Option<&[String]>) -> Option<Expr> {
+        let patients = patients?;
+        let list: Vec<Expr> = patients.iter().map(|p| lit(p.clone())).collect();
+        let column = match resource_type {
+            "Patient" => "id",
+            t if clustered_by_patient(t) => "patient_id",
+            _ => return None,
+        };
+        Some(if list.is_empty() {
+            lit(false)
+        } else {
+            col(column).in_list(list, false)
+        })
+    }
+
+    async fn fetch(
+        &self,
+        resource_type: &str,
+        filter: Option<Expr>,
+        sort: Option<(Vec<SortExpr>, Expr)>,
+        limit: Option<usize>,
+    ) -> Result<Vec<RecordBatch>, QueryError> {
+        if !self.has(resource_type) {
+            return Ok(Vec::new());
+        }
+        let mut df = self.ctx.table(resource_type).await?;
+        if let Some(f) = filter {
+            df = df.filter(f)?;
+        }
+        let key = match sort {
+            Some((order, key)) => {
+                df = df.sort(order)?;
+                key
+            }
+            None => lit(0i64),
+        };
+        if let Some(n) = limit {
+            df = df.limit(0, Some(n))?;
+        }
+        df = df.select(vec![col("id"), col("resource"), key.alias("sort_key")])?;
+        Ok(df.collect().await?)
+    }
+
+    /// Read one resource, confined to the compartment (another member's reads as absent).
+    ///
+    /// # Errors
+    /// Engine errors only.
+    pub async fn read(
+        &self,
+        resource_type: &str,
+        id: &str,
+        patients: Option<&[String]>,
+    ) -> Result<Option<String>, QueryError> {
+        if !registry::resource_types().contains(&resource_type) {
+            return Err(QueryError::UnknownType(resource_type.to_string()));
+        }
+        let mut f = col("id").eq(lit(id.to_string()));
+        if let Some(c) = Self::compartment(resource_type, patients) {
+            f = f.and(c);
+        }
+        let batches = self.fetch(resource_type, Some(f), None, Some(1)).await?;
+        Ok(rows(&batches).into_iter().next().map(|r| r.1))
+    }
+
+    /// Run a search.
+    ///
+    /// `patients` confines the search to those members' compartments (`None`: no
+    /// confinement, for public resources and operator access); `secret` signs cursors.
+    ///
+    /// # Errors
+    /// A malformed value or cursor (400) or an engine error.
+    pub async fn search(
+        &self,
+        req: &SearchRequest,
+        patients: Option<&[String]>,
+        base_url: Option<&str>,
+        secret: &[u8],
+    ) -> Result<Page, QueryError> {
+        let t = req.resource_type.as_str();
+        let scope = scope_key(patients);
+        let fingerprint = req.fingerprint(&scope);
+        let mut filter = req.filter(base_url)?;
+        if let Some(c) = Self::compartment(t, patients) {
+            filter = Some(match filter {
+                Some(f) => f.and(c),
+                None => c,
+            });
+        }
+        let total = if req.summary_count || req.total_accurate {
+            Some(self.count(t, filter.clone()).await?)
+        } else {
+            None
+        };
+        if req.summary_count {
+            return Ok(Page { total, ..Default::default() });
+        }
+        let cursor = match &req.cursor {
+            Some(c) => {
+                let c = cursor::open(c, secret)?;
+                if c.snap != self.name {
+                    return Err(QueryError::InvalidCursor("the data changed since this page; start the search again"));
+                }
+                if c.query != fingerprint {
+                    return Err(QueryError::InvalidCursor("cursor belongs to another search or caller"));
+                }
+                Some(c)
+            }
+            None => None,
+        };
+        let (order, key) = sort_exprs(&req.sort);
+        if let Some(c) = &cursor {
+            let k = keyset(&req.sort, c);
+            filter = Some(match filter {
+                Some(f) => f.and(k),
+                None => k,
+            });
+        }
+        let batches = self
+            .fetch(t, filter, Some((order, key)), Some(req.count + 1))
+            .await?;
+        let mut found = rows(&batches);
+        let offset = cursor.as_ref().map_or(0, |c| c.offset);
+        let next = if found.len() > req.count {
+            found.truncate(req.count);
+            found.last().map(|(id, _, k)| {
+                cursor::seal(
+                    &Cursor {
+                        snap: self.name.clone(),
+                        query: fingerprint.clone(),
+                        key: *k,
+                        id: id.clone(),
+                        phase: 0,
+                        offset: offset + req.count as u64,
+                    },
+                    secret,
+                )
+            })
+        } else {
+            None
+        };
+        let total = total.or_else(|| (cursor.is_none() && next.is_none()).then_some(found.len() as u64));
+        let matches: Vec<String> = found.into_iter().map(|(_, r, _)| r).collect();
+        let included = self.includes(&req.includes, &matches, patients).await?;
+        Ok(Page { matches, included, total, next, offset })
+    }
+
+    async fn count(&self, resource_type: &str, filter: Option<Expr>) -> Result<u64, QueryError> {
+        if !self.has(resource_type) {
+            return Ok(0);
+        }
+        let mut df = self.ctx.table(resource_type).await?;
+        if let Some(f) = filter {
+            df = df.filter(f)?;
+        }
+        Ok(df.count().await? as u64)
+    }
+
+    /// Resolve `_include`s of a page: referenced resources, confined to the compartment.
+    async fn includes(
+        &self,
+        includes: &[Include],
+        matches: &[String],
+        patients: Option<&[String]>,
+    ) -> Result<Vec<String>, QueryError> {
+        if includes.is_empty() || matches.is_empty() {
+            return Ok(Vec::new());
+        }
+        let parsed: Vec<Value> = matches
+            .iter()
+            .map(|m| serde_json::from_str(m).map_err(|e| QueryError::Corrupt(e.to_string())))
+            .collect::<Result<_, _>>()?;
+        let mut wanted: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for inc in includes {
+            for v in &parsed {
+                for iv in (inc.param.extract)(v) {
+                    let IndexValue::Reference(r) = iv else { continue };
+                    let Some((t, id)) = r.split_once('/') else { continue };
+                    let allowed = inc.param.targets.contains(&t)
+                        && inc.target.as_deref().is_none_or(|x| x == t);
+                    if allowed {
+                        wanted.entry(t.to_string()).or_default().push(id.to_string());
+                    }
+                }
+            }
+        }
+        let own: HashSet<String> = parsed
+            .iter()
+            .filter_map(|v| Some(format!("{}/{}", v.get("resourceType")?.as_str()?, v.get("id")?.as_str()?)))
+            .collect();
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        for (t, mut ids) in wanted {
+            ids.sort();
+            ids.dedup();
+            let list: Vec<Expr> = ids.iter().map(|i| lit(i.clone())).collect();
+            let mut f = col("id").in_list(list, false);
+            if let Some(c) = Self::compartment(&t, patients) {
+                f = f.and(c);
+            }
+            for (id, r, _) in rows(&self.fetch(&t, Some(f), None, None).await?) {
+                let key = format!("{t}/{id}");
+                if !own.contains(&key) && seen.insert(key) {
+                    out.push(r);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// `Patient/{id}/$everything`: the member's resources, one phase (resource type) after
+    /// another, `count` per page. Organizations and Practitioners are those the member's
+    /// Coverages and EOBs reference.
+    ///
+    /// # Errors
+    /// A malformed parameter or cursor (400) or an engine error.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn everything(
+        &self,
+        patient: &str,
+        since: Option<&str>,
+        types: Option<&[String]>,
+        count: usize,
+        cursor_text: Option<&str>,
+        patients: Option<&[String]>,
+        secret: &[u8],
+    ) -> Result<Page, QueryError> {
+        let since_ms = match since {
+            Some(s) => Some(
+                mapper::lake::date_range(s)
+                    .ok_or_else(|| QueryError::InvalidParameter {
+                        name: "_since".into(),
+                        message: format!("{s:?} is not an instant"),
+                    })?
+                    .0,
+            ),
+            None => None,
+        };
+        let phases: Vec<&str> = EVERYTHING_PHASES
+            .iter()
+            .copied()
+            .filter(|p| types.is_none_or(|t| t.iter().any(|x| x == p)))
+            .collect();
+        let scope = scope_key(patients);
+        let fingerprint = {
+            let mut h = format!("everything|{patient}|{since:?}|{types:?}|{count}|{scope}");
+            h = format!("{:x}", sha2_short(&h));
+            h
+        };
+        let cursor = match cursor_text {
+            Some(c) => {
+                let c = cursor::open(c, secret)?;
+                if c.snap != self.name {
+                    return Err(QueryError::InvalidCursor("the data changed since this page; start again"));
+                }
+                if c.query != fingerprint {
+                    return Err(QueryError::InvalidCursor("cursor belongs to another request or caller"));
+                }
+                Some(c)
+            }
+            None => None,
+        };
+        let mut phase = cursor.as_ref().map_or(0, |c| c.phase);
+        let mut after = cursor.as_ref().map(|c| c.id.clone());
+        let offset = cursor.as_ref().map_or(0, |c| c.offset);
+        let mut referenced: Option<(Vec<String>, Vec<String>)> = None;
+        while phase < phases.len() {
+            let t = phases[phase];
+            let mut f = match t {
+                "Patient" => col("id").eq(lit(patient.to_string())),
+                "Coverage" | "ExplanationOfBenefit" => col("patient_id").eq(lit(patient.to_string())),
+                _ => {
+                    if referenced.is_none() {
+                        referenced = Some(self.referenced(patient).await?);
+                    }
+                    let empty = (Vec::new(), Vec::new());
+                    let (orgs, pracs) = referenced.as_ref().unwrap_or(&empty);
+                    let ids = if t == "Organization" { orgs } else { pracs };
+                    if ids.is_empty() {
+                        phase += 1;
+                        after = None;
+                        continue;
+                    }
+                    col("id").in_list(ids.iter().map(|i| lit(i.clone())).collect(), false)
+                }
+            };
+            if let Some(ms) = since_ms {
+                f = f.and(col("last_updated").gt_eq(ts(ms)));
+            }
+            if let Some(a) = &after {
+                f = f.and(col("id").gt(lit(a.clone())));
+            }
+            let order = vec![col("id").sort(true, false)];
+            let batches = self
+                .fetch(t, Some(f), Some((order, lit(0i64))), Some(count + 1))
+                .await?;
+            let mut found = rows(&batches);
+            if found.is_empty() {
+                phase += 1;
+                after = None;
+                continue;
+            }
+            let more_here = found.len() > count;
+            found.truncate(count);
+            let last = found.last().map(|r| r.0.clone()).unwrap_or_default();
+            let next_pos = if more_here {
+                Some((phase, last))
+            } else {
+                // Does any later phase have something? Link to it only if so.
+                let mut p = phase + 1;
+                let mut found_next = None;
+                while p < phases.len() {
+                    if self.phase_nonempty(phases[p], patient, since_ms, &mut referenced).await? {
+                        found_next = Some(p);
+                        break;
+                    }
+                    p += 1;
+                }
+                found_next.map(|p| (p, String::new()))
+            };
+            let next = next_pos.map(|(p, id)| {
+                let (phase_id, id) = if id.is_empty() { (p, String::new()) } else { (p, id) };
+                cursor::seal(
+                    &Cursor {
+                        snap: self.name.clone(),
+                        query: fingerprint.clone(),
+                        key: None,
+                        id,
+                        phase: phase_id,
+                        offset: offset + found.len() as u64,
+                    },
+                    secret,
+                )
+            });
+            return Ok(Page {
+                matches: found.into_iter().map(|r| r.1).collect(),
+                included: Vec::new(),
+                total: None,
+                next,
+                offset,
+            });
+        }
+        Ok(Page { offset, ..Default::default() })
+    }
+
+    async fn phase_nonempty(
+        &self,
+        t: &str,
+        patient: &str,
+        since_ms: Option<i64>,
+        referenced: &mut Option<(Vec<String>, Vec<String>)>,
+    ) -> Result<bool, QueryError> {
+        let mut f = match t {
+            "Patient" => col("id").eq(lit(patient.to_string())),
+            "Coverage" | "ExplanationOfBenefit" => col("patient_id").eq(lit(patient.to_string())),
+            _ => {
+                if referenced.is_none() {
+                    *referenced = Some(self.referenced(patient).await?);
+                }
+                let empty = (Vec::new(), Vec::new());
+                let (orgs, pracs) = referenced.as_ref().unwrap_or(&empty);
+                let ids = if t == "Organization" { orgs } else { pracs };
+                if ids.is_empty() {
+                    return Ok(false);
+                }
+                col("id").in_list(ids.iter().map(|i| lit(i.clone())).collect(), false)
+            }
+        };
+        if let Some(ms) = since_ms {
+            f = f.and(col("last_updated").gt_eq(ts(ms)));
+        }
+        Ok(!rows(&self.fetch(t, Some(f), None, Some(1)).await?).is_empty())
+    }
+
+    /// Organizations and Practitioners the member's Coverages and EOBs reference.
+    async fn referenced(&self, patient: &str) -> Result<(Vec<String>, Vec<String>), QueryError> {
+        let mut orgs = Vec::new();
+        let mut pracs = Vec::new();
+        for t in ["Coverage", "ExplanationOfBenefit"] {
+            let f = col("patient_id").eq(lit(patient.to_string()));
+            for (_, r, _) in rows(&self.fetch(t, Some(f), None, None).await?) {
+                let v: Value = serde_json::from_str(&r).map_err(|e| QueryError::Corrupt(e.to_string()))?;
+                for p in registry::for_type(t).filter(|p| p.kind == registry::ParamType::Reference) {
+                    for iv in (p.extract)(&v) {
+                        if let IndexValue::Reference(r) = iv {
+                            match r.split_once('/') {
+                                Some(("Organization", id)) => orgs.push(id.to_string()),
+                                Some(("Practitioner", id)) => pracs.push(id.to_string()),
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        orgs.sort();
+        orgs.dedup();
+        pracs.sort();
+        pracs.dedup();
+        Ok((orgs, pracs))
+    }
+}
+
+fn sha2_short(s: &str) -> u128 {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(s.as_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    u128::from_be_bytes(b)
+}
+
+/// A stable key for a compartment (the sorted patients), bound into cursors.
+fn scope_key(patients: Option<&[String]>) -> String {
+    match patients {
+        None => "*".to_string(),
+        Some(p) => {
+            let mut v = p.to_vec();
+            v.sort();
+            v.join(",")
+        }
+    }
+}
+
+fn sort_exprs(sort: &SortKey) -> (Vec<SortExpr>, Expr) {
+    match sort {
+        SortKey::Id => (vec![col("id").sort(true, false)], lit(0i64)),
+        SortKey::Time { column, desc, .. } => {
+            let key = datafusion::functions::expr_fn::coalesce(vec![col(column.as_str()), ts(0)]);
+            (
+                vec![key.clone().sort(!desc, false), col("id").sort(true, false)],
+                datafusion::logical_expr::cast(key, datafusion::arrow::datatypes::DataType::Int64),
+            )
+        }
+    }
+}
+
+fn keyset(sort: &SortKey, c: &Cursor) -> Expr {
+    let after_id = col("id").gt(lit(c.id.clone()));
+    match sort {
+        SortKey::Id => after_id,
+        SortKey::Time { column, desc, .. } => {
+            let key = datafusion::functions::expr_fn::coalesce(vec![col(column.as_str()), ts(0)]);
+            let k = ts(c.key.unwrap_or(0));
+            let beyond = if *desc { key.clone().lt(k.clone()) } else { key.clone().gt(k.clone()) };
+            beyond.or(key.eq(k).and(after_id))
+        }
+    }
+}
+
+/// (id, resource, sort key) of each row.
+fn rows(batches: &[RecordBatch]) -> Vec<(String, String, Option<i64>)> {
+    let mut out = Vec::new();
+    for b in batches {
+        let ids = b.column(0).as_any().downcast_ref::<StringArray>();
+        let res = b.column(1).as_any().downcast_ref::<StringArray>();
+        let key = b.column(2);
+        let (Some(ids), Some(res)) = (ids, res) else { continue };
+        for i in 0..b.num_rows() {
+            let k = if let Some(a) = key.as_any().downcast_ref::<datafusion::arrow::array::Int64Array>() {
+                (!a.is_null(i)).then(|| a.value(i))
+            } else if let Some(a) = key.as_any().downcast_ref::<TimestampMillisecondArray>() {
+                (!a.is_null(i)).then(|| a.value(i))
+            } else {
+                None
+            };
+            out.push((ids.value(i).to_string(), res.value(i).to_string(), k));
+        }
+    }
+    out
+}
