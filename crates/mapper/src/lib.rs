@@ -5,6 +5,7 @@
 //! by), and the lake: the Parquet schema, the writer and the atomic snapshot publish.
 //! It knows nothing of HTTP.
 
+pub mod formulary;
 pub mod registry;
 pub mod resource;
 
