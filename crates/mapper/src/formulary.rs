@@ -1185,3 +1185,277 @@ fn sp_mk_doseform(r: &Value) -> Vec<IndexValue> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ingest::model::{Party, PlanContact};
+
+    fn drug() -> FormularyDrug {
+        FormularyDrug {
+            formulary_id: "00099999".into(),
+            rxnorm: "248656".into(),
+            drug_name: Some("Azithromycin 500 MG Oral Tablet".into()),
+            ndcs: vec!["99999000001".into()],
+            dose_form: Some("Oral Tablet".into()),
+            tier: Some("preferred-generic".into()),
+            pharmacy_benefit_types: vec!["1-month-in-retail".into(), "3-month-in-mail".into()],
+            prior_auth: Some(false),
+            step_therapy: Some(true),
+            quantity_limit: Some(true),
+            quantity_limit_amount: Some("6".into()),
+            quantity_limit_days: Some("30".into()),
+            effective_start: Some("2026-01-01".into()),
+            effective_end: Some("2026-12-31".into()),
+            ..FormularyDrug::default()
+        }
+    }
+
+    fn plan() -> FormularyPlan {
+        FormularyPlan {
+            plan_id: "12345XX9876543".into(),
+            plan_name: Some("Gold".into()),
+            plan_type: Some("qhp".into()),
+            formulary_id: "12345XX9876543".into(),
+            payer: Party {
+                id: Some("12345".into()),
+                id_kind: Some("hios-issuer".into()),
+                ..Party::default()
+            },
+            tiers: vec![TierCostShare {
+                tier: "generic".into(),
+                pharmacy_type: Some("1-month-in-retail".into()),
+                copay: Some("20.0".into()),
+                copay_option: Some("after-deductible".into()),
+                coinsurance: Some("10".into()),
+                coinsurance_option: Some("charge".into()),
+                mail_order: Some(true),
+            }],
+            coverage_areas: vec!["CT".into()],
+            period_start: Some("2020-01-01".into()),
+            period_end: Some("2020-12-31".into()),
+            contacts: vec![PlanContact {
+                purpose: "SUMMARY".into(),
+                system: "url".into(),
+                value: "https://example.org/s".into(),
+            }],
+            ..FormularyPlan::default()
+        }
+    }
+
+    fn param(resource: &str, code: &str) -> &'static SearchParam {
+        SEARCH_PARAMS
+            .iter()
+            .find(|p| p.resource == resource && p.code == code)
+            .unwrap_or_else(|| panic!("{resource}.{code}"))
+    }
+
+    fn tok(system: &str, code: &str) -> IndexValue {
+        IndexValue::Token {
+            system: system.into(),
+            code: code.into(),
+        }
+    }
+
+    #[test]
+    fn ids_are_stable_and_fhir_safe() {
+        assert_eq!(item_id("00099999", "248656"), "item-00099999-248656");
+        assert_eq!(plan_id("H9999-001-000"), "plan-H9999-001-000");
+        let hashed = fhir_id("item", &["ABC/ü", "1"]);
+        assert!(
+            hashed.starts_with("item-") && hashed.len() == 25,
+            "{hashed}"
+        );
+        assert_eq!(hashed, fhir_id("item", &["ABC/ü", "1"]));
+        assert_ne!(fhir_id("x", &["a b", "c"]), fhir_id("x", &["a", "b c"]));
+        let long = "9".repeat(80);
+        assert!(fhir_id("plan", &[&long]).len() <= 64);
+    }
+
+    #[test]
+    fn every_param_cites_an_ig_definition_and_is_unique() {
+        for (i, p) in SEARCH_PARAMS.iter().enumerate() {
+            assert!(p
+                .definition
+                .starts_with("http://hl7.org/fhir/us/davinci-drug-formulary/SearchParameter/"));
+            assert!(p
+                .definition
+                .ends_with(&format!("{}-{}", p.resource, p.code)));
+            assert_eq!(p.kind == ParamType::Reference, !p.targets.is_empty());
+            assert!(!SEARCH_PARAMS[..i]
+                .iter()
+                .any(|q| q.resource == p.resource && q.code == p.code));
+        }
+        assert_eq!(SEARCH_PARAMS.len(), 19);
+    }
+
+    #[test]
+    fn basic_extractors() {
+        let out = map_drug(&drug()).expect("maps");
+        let item = &out[0].json;
+        let get = |code: &str| (param("Basic", code).extract)(item);
+        assert_eq!(get("code"), [tok(cs::ITEM_TYPE, "formulary-item")]);
+        assert_eq!(
+            get("subject"),
+            [IndexValue::Reference(
+                "MedicationKnowledge/rxnorm-248656".into()
+            )]
+        );
+        assert_eq!(get("status"), [tok("", "active")]);
+        assert_eq!(
+            get("period"),
+            [IndexValue::Date {
+                start: Some("2026-01-01".into()),
+                end: Some("2026-12-31".into())
+            }]
+        );
+        assert_eq!(
+            get("formulary"),
+            [IndexValue::Reference(
+                "InsurancePlan/formulary-00099999".into()
+            )]
+        );
+        assert_eq!(
+            get("pharmacy-benefit-type"),
+            [
+                tok(cs::PHARMACY_BENEFIT_TYPE, "1-month-in-retail"),
+                tok(cs::PHARMACY_BENEFIT_TYPE, "3-month-in-mail")
+            ]
+        );
+        assert_eq!(get("drug-tier"), [tok(cs::DRUG_TIER, "preferred-generic")]);
+    }
+
+    #[test]
+    fn medication_knowledge_extractors() {
+        let out = map_drug(&drug()).expect("maps");
+        let mk = &out[1].json;
+        let get = |code: &str| (param("MedicationKnowledge", code).extract)(mk);
+        assert_eq!(get("status"), [tok("", "active")]);
+        assert_eq!(
+            get("code"),
+            [tok(cs::RXNORM, "248656"), tok(cs::NDC, "99999000001")]
+        );
+        assert_eq!(
+            get("drug-name"),
+            [IndexValue::String("Azithromycin 500 MG Oral Tablet".into())]
+        );
+        // a text-only dose form has no token
+        assert!(get("doseform").is_empty());
+        let coded =
+            json!({ "doseForm": { "coding": [{ "system": cs::RXNORM, "code": "317541" }] } });
+        assert_eq!(
+            (param("MedicationKnowledge", "doseform").extract)(&coded),
+            [tok(cs::RXNORM, "317541")]
+        );
+    }
+
+    #[test]
+    fn insurance_plan_extractors() {
+        let out = map_plan(&plan()).expect("maps");
+        let kinds: Vec<_> = out
+            .iter()
+            .map(|r| format!("{}/{}", r.resource_type, r.id))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "InsurancePlan/formulary-12345XX9876543",
+                "InsurancePlan/plan-12345XX9876543",
+                "Organization/payer-12345",
+                "Location/area-CT"
+            ]
+        );
+        let formulary = &out[0].json;
+        let payer_plan = &out[1].json;
+        let get = |code: &str, r: &Value| (param("InsurancePlan", code).extract)(r);
+        assert_eq!(get("identifier", payer_plan), [tok("", "12345XX9876543")]);
+        assert_eq!(get("status", formulary), [tok("", "active")]);
+        assert_eq!(
+            get("period", payer_plan),
+            [IndexValue::Date {
+                start: Some("2020-01-01".into()),
+                end: Some("2020-12-31".into())
+            }]
+        );
+        assert_eq!(get("type", formulary), [tok(cs::ACT_CODE, "DRUGPOL")]);
+        assert_eq!(get("type", payer_plan), [tok(cs::PRODUCT_TYPE, "qhp")]);
+        assert_eq!(get("name", payer_plan), [IndexValue::String("Gold".into())]);
+        assert!(get("name", formulary).is_empty());
+        assert_eq!(
+            get("coverage-type", payer_plan),
+            [tok(cs::ACT_CODE, "DRUGPOL")]
+        );
+        assert_eq!(
+            get("formulary-coverage", payer_plan),
+            [IndexValue::Reference(
+                "InsurancePlan/formulary-12345XX9876543".into()
+            )]
+        );
+        assert!(get("formulary-coverage", formulary).is_empty());
+        assert_eq!(
+            get("coverage-area", payer_plan),
+            [IndexValue::Reference("Location/area-CT".into())]
+        );
+        // cost sharing as the profile wants it
+        let cost = &payer_plan["plan"][0]["specificCost"][0]["benefit"][0]["cost"];
+        assert_eq!(
+            cost[0]["value"],
+            json!({"value": 20.0, "unit": "$", "system": "urn:iso:std:iso:4217", "code": "USD"})
+        );
+        assert_eq!(cost[1]["value"]["value"], json!(10));
+        assert_eq!(cost[1]["qualifiers"][0]["coding"][0]["code"], "charge");
+        assert_eq!(
+            payer_plan["meta"]["profile"][0],
+            format!("{PROFILE_PLAN}|2.0.1")
+        );
+    }
+
+    #[test]
+    fn deletes_and_missing_values() {
+        let mut d = drug();
+        d.change = Change::Delete;
+        d.tier = None;
+        let out = map_drug(&d).expect("maps");
+        assert_eq!(out.len(), 1);
+        assert!(out[0].deleted && out[0].resource_type == "Basic");
+        d.change = Change::Upsert;
+        assert_eq!(map_drug(&d), Err(MapError::Missing("tier")));
+        d.tier = Some("gold".into());
+        assert!(matches!(
+            map_drug(&d),
+            Err(MapError::UnknownCode { field: "tier", .. })
+        ));
+        let mut p = plan();
+        p.tiers[0].coinsurance_option = Some("before-deductible".into());
+        assert!(matches!(map_plan(&p), Err(MapError::UnknownCode { .. })));
+        let mut p = plan();
+        p.tiers.clear();
+        let out = map_plan(&p).expect("maps");
+        assert!(
+            out[1].json.get("meta").is_none(),
+            "no cost sharing: no profile claim"
+        );
+        p.plan_id.clear();
+        assert_eq!(map_plan(&p).expect("maps").len(), 1);
+    }
+
+    #[test]
+    fn quantity_limit_detail() {
+        let out = map_drug(&drug()).expect("maps");
+        let detail = out[0].json["extension"]
+            .as_array()
+            .expect("extensions")
+            .iter()
+            .find(|e| e["url"] == ext::QUANTITY_LIMIT_DETAIL)
+            .expect("detail")
+            .clone();
+        assert_eq!(
+            detail["extension"][0]["valueString"],
+            "At most 6 per 30 days"
+        );
+        assert_eq!(
+            detail["extension"][1]["valueTiming"]["repeat"],
+            json!({"count": 6, "period": 30, "periodUnit": "d"})
+        );
+    }
+}
