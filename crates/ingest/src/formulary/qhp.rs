@@ -17,6 +17,9 @@
 //! Positions: `line` is the line where the item's object starts; `context` is the JSON path
 //! (`[3].plans[1].drug_tier`).
 
+// `Item` (a `Result` whose error is the crate's `Reject`) is the readers' contract.
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -655,6 +658,9 @@ impl<R: BufRead> Read for Src<R> {
     }
 }
 
+/// Called with each array item: its index, the item, and its (line, byte offset).
+type ItemFn<'a> = dyn FnMut(u64, &Value, (u64, u64)) + 'a;
+
 /// Stream the objects of a top-level JSON array: `each(index, item, (line, offset))`.
 /// `summary.units` counts the items. Returns a message when the bytes stop being a JSON array
 /// of objects (the items before it have been handed over).
@@ -662,7 +668,7 @@ fn stream_items<R: BufRead>(
     _file: &str,
     src: &mut Src<R>,
     summary: &mut FileSummary,
-    each: &mut dyn FnMut(u64, &Value, (u64, u64)),
+    each: &mut ItemFn<'_>,
 ) -> Result<(), String> {
     let io = |e: std::io::Error| format!("read error: {e}");
     if src.peek().map_err(io)? == Some(0xEF) {

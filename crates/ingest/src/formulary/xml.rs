@@ -22,6 +22,9 @@
 //! (or, between records, the rest of the file) becomes one [`Reason::Malformed`] reject at the
 //! error's line, and everything before it has already been emitted.
 
+// `Item` (a `Result` whose error is the crate's `Reject`) is the readers' contract.
+#![allow(clippy::result_large_err)]
+
 use std::borrow::Cow;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -434,43 +437,28 @@ impl<R: BufRead> Parser<R> {
                     self.start(&e, foreign, line, start, emit)?;
                 }
                 (_, Event::End(_)) => self.end(emit),
-                (_, Event::Text(t)) => {
-                    if self.skip_from.is_none() {
-                        match t.decode() {
-                            Ok(s) => self.text.push_str(&s),
-                            Err(e) => self.encoding_problem(line, &e.to_string()),
-                        }
-                    }
-                }
-                (_, Event::CData(t)) => {
-                    if self.skip_from.is_none() {
-                        match t.decode() {
-                            Ok(s) => self.text.push_str(&s),
-                            Err(e) => self.encoding_problem(line, &e.to_string()),
-                        }
-                    }
-                }
-                (_, Event::GeneralRef(r)) => {
-                    if self.skip_from.is_none() {
-                        let resolved = if r.is_char_ref() {
-                            r.resolve_char_ref().ok().flatten().map(String::from)
-                        } else {
-                            r.decode().ok().and_then(|name| {
-                                quick_xml::escape::resolve_predefined_entity(&name)
-                                    .map(String::from)
-                            })
-                        };
-                        match resolved {
-                            Some(s) => self.text.push_str(&s),
-                            None => {
-                                let name = String::from_utf8_lossy(&r.into_inner()).into_owned();
-                                self.fail(
-                                    emit,
-                                    &format!("unknown entity reference &{name};"),
-                                    offset,
-                                );
-                                break;
-                            }
+                (_, Event::Text(t)) if self.skip_from.is_none() => match t.decode() {
+                    Ok(s) => self.text.push_str(&s),
+                    Err(e) => self.encoding_problem(line, &e.to_string()),
+                },
+                (_, Event::CData(t)) if self.skip_from.is_none() => match t.decode() {
+                    Ok(s) => self.text.push_str(&s),
+                    Err(e) => self.encoding_problem(line, &e.to_string()),
+                },
+                (_, Event::GeneralRef(r)) if self.skip_from.is_none() => {
+                    let resolved = if r.is_char_ref() {
+                        r.resolve_char_ref().ok().flatten().map(String::from)
+                    } else {
+                        r.decode().ok().and_then(|name| {
+                            quick_xml::escape::resolve_predefined_entity(&name).map(String::from)
+                        })
+                    };
+                    match resolved {
+                        Some(s) => self.text.push_str(&s),
+                        None => {
+                            let name = String::from_utf8_lossy(&r.into_inner()).into_owned();
+                            self.fail(emit, &format!("unknown entity reference &{name};"), offset);
+                            break;
                         }
                     }
                 }
@@ -1233,7 +1221,7 @@ impl<R: BufRead> Parser<R> {
                 Some(false) => "N",
                 _ => "absent",
             };
-            for x in [&d.ql_amount, &d.ql_days].into_iter().flatten() {
+            if let Some(x) = d.ql_amount.as_ref().or(d.ql_days.as_ref()) {
                 return Err(v(Bad::at(
                     x,
                     Reason::Rule,
