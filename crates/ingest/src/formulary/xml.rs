@@ -108,7 +108,15 @@ pub fn extract_kind(path: &Path) -> Result<ExtractKind, Error> {
     loop {
         buf.clear();
         match reader.read_resolved_event_into(&mut buf) {
-            Ok((_, Event::Start(e))) => {
+            Ok((ns, Event::Start(e))) => {
+                if names.is_empty()
+                    && (e.local_name().as_ref() != ROOT.as_bytes()
+                        || !matches!(ns, ResolveResult::Bound(Namespace(n)) if n == NAMESPACE.as_bytes()))
+                {
+                    return Err(unknown(format!(
+                        "root element is not {ROOT} in namespace {NAMESPACE}"
+                    )));
+                }
                 names.push(e.local_name().as_ref().to_vec());
                 text.clear();
             }

@@ -252,6 +252,7 @@ fn wrong_namespace_is_refused_with_its_line() {
         msg.contains("urn:example:payer:formulary-extract:2"),
         "{msg}"
     );
+    assert!(extract_kind(&fixture("bad-namespace.xml")).is_err());
     assert!(!sniff_xml(&head("bad-namespace.xml")));
     assert!(sniff_xml(&head("formulary-extract-example.xml")));
 }
