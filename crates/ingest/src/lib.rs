@@ -8,6 +8,7 @@
 
 pub mod delimited;
 pub mod detect;
+pub mod formulary;
 pub mod layout;
 pub mod model;
 pub mod reject;

@@ -363,10 +363,24 @@ pub struct FormularyDrug {
     pub quantity_limit_amount: Option<String>,
     /// Quantity-limit days (only when `quantity_limit`).
     pub quantity_limit_days: Option<String>,
+    /// Quantity-limit type: `DAILY` (amount per day) or `OVER_TIME` (amount per `days`).
+    pub quantity_limit_type: Option<String>,
     /// Availability period start, ISO.
     pub effective_start: Option<String>,
     /// Availability period end, ISO.
     pub effective_end: Option<String>,
+    /// Formulary version (CMS `FORMULARY_VERSION`).
+    pub formulary_version: Option<String>,
+    /// Contract (plan) year, `YYYY` (CMS `CONTRACT_YEAR`).
+    pub contract_year: Option<String>,
+    /// Selected drug of the Medicare Drug Price Negotiation Program (CMS `SELECTED_DRUG_YN`).
+    pub selected_drug: Option<bool>,
+    /// Excluded from the basic benefit, covered as a supplemental benefit (excluded-drugs file).
+    pub excluded_drug: Option<bool>,
+    /// Capped benefit (CMS excluded-drugs `CAPPED_BENEFIT_YN`).
+    pub capped_benefit: Option<bool>,
+    /// Diseases the drug is covered for only (CMS indication-based coverage `DISEASE`).
+    pub indications: Vec<String>,
     /// What to do with the record.
     pub change: Change,
     /// Where it came from.
@@ -376,7 +390,8 @@ pub struct FormularyDrug {
 /// A plan and the formulary it uses.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct FormularyPlan {
-    /// The plan id (business key).
+    /// The plan id (business key). Empty when the source lists a formulary that no plan uses
+    /// (yet): the record then stands for the formulary alone.
     pub plan_id: String,
     /// Plan name.
     pub plan_name: Option<String>,
@@ -396,10 +411,23 @@ pub struct FormularyPlan {
     pub period_start: Option<String>,
     /// Period end, ISO.
     pub period_end: Option<String>,
+    /// Contacts and links of the plan (marketing, summary, formulary pages, e-mail).
+    pub contacts: Vec<PlanContact>,
     /// What to do with the record.
     pub change: Change,
     /// Where it came from.
     pub position: Position,
+}
+
+/// A contact point of a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PlanContact {
+    /// Purpose: `MARKETING`, `SUMMARY`, `FORMULARY` (PDex plan contact types) or `PATINF`.
+    pub purpose: String,
+    /// `url`, `email` or `phone`.
+    pub system: String,
+    /// The URL, address or number.
+    pub value: String,
 }
 
 /// Cost sharing of one drug tier in a plan.
@@ -413,10 +441,10 @@ pub struct TierCostShare {
     pub copay: Option<String>,
     /// Copay option code (PDex copay-option).
     pub copay_option: Option<String>,
-    /// Coinsurance rate as decimal text (0–1 or percent as in source).
+    /// Coinsurance rate as a percentage, decimal text (`10` for 10 %; readers convert rates).
     pub coinsurance: Option<String>,
     /// Coinsurance option code.
     pub coinsurance_option: Option<String>,
-    /// Whether the tier counts to the medical deductible... (mail order allowed etc. go here).
+    /// Whether the tier is available by mail order.
     pub mail_order: Option<bool>,
 }

@@ -6,6 +6,7 @@
 //! It knows nothing of HTTP.
 
 pub mod c4bb;
+pub mod formulary;
 pub mod ids;
 pub mod lake;
 pub mod pipeline;

@@ -1,0 +1,4 @@
+//! Integration tests of the ingest crate, one module per format.
+
+mod formulary;
+mod x12;
