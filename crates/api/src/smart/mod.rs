@@ -118,16 +118,16 @@ impl Smart {
                     patient_claims: vec!["patients".into(), "patient".into()],
                     revocations: Some(revocations.clone()),
                 };
-                let embedded = server::Embedded::new(
+                let embedded = server::Embedded::new(server::Parts {
                     base_url,
-                    endpoints.clone(),
+                    endpoints: endpoints.clone(),
                     keys,
                     revocations,
                     clients,
                     members,
-                    config.access_token_ttl.as_secs() as i64,
+                    access_ttl: config.access_token_ttl.as_secs() as i64,
                     leeway,
-                );
+                });
                 Inner {
                     validator,
                     endpoints,

@@ -104,6 +104,18 @@ pub(crate) struct Embedded {
     refresh: Mutex<HashMap<String, RefreshRecord>>,
 }
 
+/// What [`Embedded::new`] is built from.
+pub(crate) struct Parts {
+    pub base_url: String,
+    pub endpoints: Endpoints,
+    pub keys: Arc<KeyStore>,
+    pub revocations: Arc<RevocationList>,
+    pub clients: HashMap<String, ClientConfig>,
+    pub members: HashMap<String, MemberConfig>,
+    pub access_ttl: i64,
+    pub leeway: u64,
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -232,25 +244,16 @@ async fn verify_blocking(secret: String, phc: Option<String>) -> bool {
 }
 
 impl Embedded {
-    pub(crate) fn new(
-        base_url: String,
-        endpoints: Endpoints,
-        keys: Arc<KeyStore>,
-        revocations: Arc<RevocationList>,
-        clients: HashMap<String, ClientConfig>,
-        members: HashMap<String, MemberConfig>,
-        access_ttl: i64,
-        leeway: u64,
-    ) -> Self {
+    pub(crate) fn new(p: Parts) -> Self {
         Embedded {
-            base_url,
-            endpoints,
-            keys,
-            revocations,
-            clients,
-            members,
-            access_ttl,
-            leeway,
+            base_url: p.base_url,
+            endpoints: p.endpoints,
+            keys: p.keys,
+            revocations: p.revocations,
+            clients: p.clients,
+            members: p.members,
+            access_ttl: p.access_ttl,
+            leeway: p.leeway,
             pending: Mutex::new(HashMap::new()),
             codes: Mutex::new(HashMap::new()),
             redeemed: Mutex::new(HashMap::new()),
