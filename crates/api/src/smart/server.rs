@@ -48,6 +48,8 @@ pub const OFFLINE_TTL: i64 = 90 * 24 * 3600;
 /// Refresh tokens from `online_access` live this long (seconds).
 pub const ONLINE_TTL: i64 = 12 * 3600;
 const MAX_LOGIN_ATTEMPTS: u32 = 5;
+/// At most this many sign-ins in progress (bounds memory against a flood of `/authorize`).
+pub const MAX_PENDING: usize = 10_000;
 
 #[derive(Clone)]
 struct AuthRequest {
@@ -604,6 +606,12 @@ fn start_authorization(s: &Embedded, p: Params) -> Response {
     {
         let mut pend = lock(&s.pending);
         pend.retain(|_, v| v.expires > t);
+        if pend.len() >= MAX_PENDING {
+            return pages::error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Too many sign-ins in progress. Try again shortly.",
+            );
+        }
         pend.insert(
             id.clone(),
             Pending {
