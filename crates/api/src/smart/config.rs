@@ -3,6 +3,32 @@
 //!
 //! Secrets never appear in clear in these files: member passwords and client secrets are
 //! stored as argon2 PHC strings, produced by [`hash_secret`] (the CLI's `hash-secret`).
+//!
+//! ```toml
+//! # clients.toml
+//! [[client]]
+//! client_id = "growth-chart"            # public client: PKCE S256 required
+//! name = "Growth Chart"
+//! redirect_uris = ["https://app.example/callback"]   # exact match
+//!
+//! [[client]]
+//! client_id = "claims-viewer"           # confidential: client_secret_basic or _post
+//! redirect_uris = ["https://viewer.example/cb"]
+//! secret_hash = "$argon2id$v=19$m=19456,t=2,p=1$..."
+//!
+//! # members.toml
+//! [[member]]
+//! username = "alice"
+//! password_hash = "$argon2id$v=19$..."
+//! patients = ["123"]                    # fhirUser defaults to Patient/123
+//!
+//! [[member]]
+//! username = "dora"                     # a delegate: the consent page shows a patient picker
+//! password_hash = "$argon2id$v=19$..."
+//! fhir_user = "RelatedPerson/9"
+//! patients = ["456", "789"]
+//! patient_labels = { "456" = "Sam", "789" = "Kim" }
+//! ```
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -25,6 +51,9 @@ pub struct AuthConfig {
     pub leeway_secs: u64,
     /// Minimum time between two JWKS refreshes triggered by an unknown `kid` (default 60 s).
     pub jwks_refresh_min_interval: Duration,
+    /// Cached JWKS keys older than this are reloaded on the next token (default 1 h), so a
+    /// key withdrawn by the issuer stops being trusted.
+    pub jwks_max_age: Duration,
     /// Access token lifetime of the embedded server (default 3600 s).
     pub access_token_ttl: Duration,
 }
@@ -90,6 +119,7 @@ impl AuthConfig {
             mode,
             leeway_secs: 60,
             jwks_refresh_min_interval: Duration::from_secs(60),
+            jwks_max_age: super::jwks::MAX_KEY_AGE,
             access_token_ttl: Duration::from_secs(3600),
         }
     }

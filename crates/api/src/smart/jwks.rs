@@ -1,7 +1,8 @@
 //! Public keys for token validation, by `kid`: fetched from an issuer's JWKS URL or read from
 //! the embedded key store. A token with an unknown `kid` triggers one refresh, at most once
 //! per configured interval, so a key rotation at the issuer works without a restart while a
-//! flood of made-up `kid`s cannot turn into a flood of fetches.
+//! flood of made-up `kid`s cannot turn into a flood of fetches. Keys are also reloaded once
+//! they are older than a maximum age (default [`MAX_KEY_AGE`]), so a key the issuer withdrew stops being trusted.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +25,9 @@ pub const ACCEPTED_ALGORITHMS: &[Algorithm] = &[
     Algorithm::ES384,
 ];
 
+/// Default maximum age of cached keys; older keys are reloaded on the next token.
+pub const MAX_KEY_AGE: Duration = Duration::from_secs(3600);
+
 /// A verification key and the algorithms it may be used with.
 #[derive(Clone)]
 pub(crate) struct VerifyKey {
@@ -40,19 +44,24 @@ pub(crate) struct JwksCache {
     source: KeySource,
     keys: RwLock<HashMap<String, VerifyKey>>,
     last_forced: Mutex<Option<Instant>>,
+    /// When the keys were last (re)loaded or a reload was last attempted.
+    loaded_at: Mutex<Instant>,
     min_interval: Duration,
+    max_age: Duration,
     fetches: AtomicU64,
 }
 
 impl JwksCache {
     /// Builds the cache and loads the keys once. A failed first load of a remote JWKS is
     /// logged and retried on the first token.
-    pub(crate) async fn new(source: KeySource, min_interval: Duration) -> Self {
+    pub(crate) async fn new(source: KeySource, min_interval: Duration, max_age: Duration) -> Self {
         let cache = JwksCache {
             source,
             keys: RwLock::new(HashMap::new()),
             last_forced: Mutex::new(None),
+            loaded_at: Mutex::new(Instant::now()),
             min_interval,
+            max_age,
             fetches: AtomicU64::new(0),
         };
         if let Err(e) = cache.refresh().await {
@@ -63,6 +72,11 @@ impl JwksCache {
 
     /// The key for `kid`, refreshing once (rate-limited) when it is unknown.
     pub(crate) async fn get(&self, kid: &str) -> Option<VerifyKey> {
+        if self.claim_periodic_reload() {
+            if let Err(e) = self.refresh().await {
+                tracing::warn!(error = %e, "periodic JWKS reload failed; keeping the cached keys");
+            }
+        }
         if let Some(k) = self.lookup(kid) {
             return Some(k);
         }
@@ -90,6 +104,16 @@ impl JwksCache {
             .cloned()
     }
 
+    /// True for exactly one caller once the keys are older than the maximum age.
+    fn claim_periodic_reload(&self) -> bool {
+        let mut at = self.loaded_at.lock().unwrap_or_else(|e| e.into_inner());
+        if at.elapsed() < self.max_age {
+            return false;
+        }
+        *at = Instant::now();
+        true
+    }
+
     fn may_force_refresh(&self) -> bool {
         let mut last = self.last_forced.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
@@ -109,7 +133,14 @@ impl JwksCache {
                 store.jwks()
             }
         };
+        if !doc.get("keys").is_some_and(Value::is_array) {
+            return Err(SmartError::Discovery {
+                url: "jwks_uri".into(),
+                message: "the JWKS has no keys array".into(),
+            });
+        }
         let parsed = parse_jwks(&doc);
+        *self.loaded_at.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = parsed;
         Ok(())
     }

@@ -108,6 +108,7 @@ impl Smart {
                 let jwks = JwksCache::new(
                     KeySource::Local(keys.clone()),
                     config.jwks_refresh_min_interval,
+                    config.jwks_max_age,
                 )
                 .await;
                 let validator = Validator {
@@ -171,6 +172,7 @@ impl Smart {
                         http,
                     },
                     config.jwks_refresh_min_interval,
+                    config.jwks_max_age,
                 )
                 .await;
                 let validator = Validator {

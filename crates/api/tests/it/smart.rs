@@ -1266,6 +1266,10 @@ struct External {
 const AUD: &str = "https://fhir.example.org/r4";
 
 async fn external() -> External {
+    external_with(|_| {}).await
+}
+
+async fn external_with(tweak: impl FnOnce(&mut AuthConfig)) -> External {
     let (l, addr) = bind().await;
     let issuer = format!("http://{addr}/realms/payer");
     let keys: HashMap<String, IdpKey> = [
@@ -1304,9 +1308,9 @@ async fn external() -> External {
             }),
         );
     serve(l, router);
-    let smart = Smart::new(AuthConfig::external(&issuer, AUD, "fhirUser"))
-        .await
-        .unwrap();
+    let mut cfg = AuthConfig::external(&issuer, AUD, "fhirUser");
+    tweak(&mut cfg);
+    let smart = Smart::new(cfg).await.unwrap();
     let (l2, addr2) = bind().await;
     serve(l2, app(&smart));
     External {
@@ -1620,4 +1624,24 @@ async fn external_idp_key_rotation_refreshes_jwks_once() {
     }
     assert_eq!(fetches(), 2, "rate-limited");
     assert_eq!(x.smart.jwks_fetch_count(), 2);
+}
+
+#[tokio::test]
+async fn external_idp_withdrawn_key_stops_verifying() {
+    let x = external_with(|c| c.jwks_max_age = std::time::Duration::from_millis(300)).await;
+    let tok = x.sign("ec-256", &x.claims());
+    assert_eq!(x.get("Coverage", &tok).await.0, StatusCode::OK);
+    // The IdP withdraws the key; once the cache is older than its maximum age it is reloaded.
+    x.idp.jwks.lock().unwrap()["keys"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|k| k["kid"] != "ec-256");
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let (st, www, _) = x.get("Coverage", &tok).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    assert!(www.contains("unknown key"), "{www}");
+    assert_eq!(
+        x.get("Coverage", &x.sign("ec-384", &x.claims())).await.0,
+        StatusCode::OK
+    );
 }
