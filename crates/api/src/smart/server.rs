@@ -339,7 +339,7 @@ impl Embedded {
         patients: &[String],
         scopes: &str,
         nonce: Option<&str>,
-        refresh_expires: Option<i64>,
+        refresh: Option<(i64, &str)>,
         with_id_token: bool,
     ) -> Result<Response, OAuthError> {
         let member = user.and_then(|u| self.members.get(u));
@@ -379,7 +379,9 @@ impl Embedded {
                 body["id_token"] = json!(id);
             }
         }
-        if let Some(exp) = refresh_expires {
+        // A rotated refresh token keeps the scope of the one it replaces (RFC 6749 §6), even
+        // when this access token was narrowed.
+        if let Some((exp, refresh_scopes)) = refresh {
             let rt = random_token(32);
             let mut store = lock(&self.refresh);
             let t = now();
@@ -391,7 +393,7 @@ impl Embedded {
                     client_id: client_id.to_owned(),
                     user: user.map(str::to_owned),
                     patients: patients.to_vec(),
-                    scopes: scopes.to_owned(),
+                    scopes: refresh_scopes.to_owned(),
                     expires: exp,
                     used: false,
                 },
@@ -898,7 +900,7 @@ async fn token_inner(s: &Embedded, headers: &HeaderMap, p: Params) -> Result<Res
                 &rec.patients,
                 &rec.scopes,
                 rec.nonce.as_deref(),
-                refresh_expires,
+                refresh_expires.map(|e| (e, rec.scopes.as_str())),
                 true,
             )
         }
@@ -908,6 +910,7 @@ async fn token_inner(s: &Embedded, headers: &HeaderMap, p: Params) -> Result<Res
                 .map_err(bad)?
                 .ok_or_else(|| bad("refresh_token is required".into()))?;
             let key = digest(rt);
+            let asked = p.one("scope").map_err(bad)?.map(Scopes::parse);
             let invalid = || {
                 OAuthError::new(
                     "invalid_grant",
@@ -934,6 +937,17 @@ async fn token_inner(s: &Embedded, headers: &HeaderMap, p: Params) -> Result<Res
                         }
                         _ => {}
                     }
+                    // A refresh may narrow the scope, never widen it; a refused request
+                    // does not consume the token.
+                    if let Some(a) = &asked {
+                        let had = Scopes::parse(&snapshot.scopes);
+                        if a.is_empty() || a.iter().any(|x| !had.contains(x)) {
+                            return Err(OAuthError::new(
+                                "invalid_scope",
+                                "a refresh cannot add scopes",
+                            ));
+                        }
+                    }
                     rec.used = true;
                 }
                 snapshot
@@ -946,20 +960,7 @@ async fn token_inner(s: &Embedded, headers: &HeaderMap, p: Params) -> Result<Res
             if rec.expires <= now() || s.revocations.is_revoked(&rec.gid) {
                 return Err(invalid());
             }
-            let scopes = match p.one("scope").map_err(bad)? {
-                None => rec.scopes.clone(),
-                Some(asked) => {
-                    let had = Scopes::parse(&rec.scopes);
-                    let asked = Scopes::parse(asked);
-                    if asked.iter().any(|a| !had.contains(a)) {
-                        return Err(OAuthError::new(
-                            "invalid_scope",
-                            "a refresh cannot add scopes",
-                        ));
-                    }
-                    asked.to_string()
-                }
-            };
+            let scopes = asked.map_or_else(|| rec.scopes.clone(), |a| a.to_string());
             s.token_response(
                 &rec.gid,
                 &rec.client_id,
@@ -967,7 +968,7 @@ async fn token_inner(s: &Embedded, headers: &HeaderMap, p: Params) -> Result<Res
                 &rec.patients,
                 &scopes,
                 None,
-                Some(rec.expires),
+                Some((rec.expires, rec.scopes.as_str())),
                 false,
             )
         }

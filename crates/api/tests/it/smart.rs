@@ -556,7 +556,32 @@ async fn standalone_launch_refresh_revoke() {
         e.get("ExplanationOfBenefit", Some(&at2)).await.0,
         StatusCode::OK
     );
-    // Narrowing on refresh is allowed, widening is not.
+    // Narrowing on refresh is allowed (the refresh token keeps its scope), widening is not.
+    let (st, narrow) = e
+        .token(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &rt2),
+            ("scope", "patient/Patient.read"),
+        ])
+        .await;
+    assert_eq!(st, StatusCode::OK, "{narrow}");
+    assert_eq!(narrow["scope"], "patient/Patient.read");
+    let narrow_at = narrow["access_token"].as_str().unwrap();
+    assert_eq!(
+        e.get("ExplanationOfBenefit", Some(narrow_at)).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(e.get("Patient", Some(narrow_at)).await.0, StatusCode::OK);
+    let rt2 = narrow["refresh_token"].as_str().unwrap().to_owned();
+    let (st, wide) = e
+        .token(&[("grant_type", "refresh_token"), ("refresh_token", &rt2)])
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(
+        wide["scope"], tok["scope"],
+        "the rotated refresh token kept the full scope"
+    );
+    let rt2 = wide["refresh_token"].as_str().unwrap().to_owned();
     let (st, err) = e
         .token(&[
             ("grant_type", "refresh_token"),
@@ -568,6 +593,13 @@ async fn standalone_launch_refresh_revoke() {
         (st, err["error"].as_str()),
         (StatusCode::BAD_REQUEST, Some("invalid_scope"))
     );
+    // …and the refused request did not consume the refresh token.
+    let (st, tok3) = e
+        .token(&[("grant_type", "refresh_token"), ("refresh_token", &rt2)])
+        .await;
+    assert_eq!(st, StatusCode::OK, "{tok3}");
+    let rt2 = tok3["refresh_token"].as_str().unwrap().to_owned();
+    let at3 = tok3["access_token"].as_str().unwrap().to_owned();
 
     // Revoke the current refresh token: the grant's refresh and access tokens all stop.
     assert_eq!(
@@ -575,7 +607,7 @@ async fn standalone_launch_refresh_revoke() {
             .await,
         StatusCode::OK
     );
-    for at in [&at1, &at2] {
+    for at in [&at1, &at2, &at3] {
         let (st, h, body) = e.get("ExplanationOfBenefit", Some(at)).await;
         assert_eq!(st, StatusCode::UNAUTHORIZED, "{body}");
         assert!(h["www-authenticate"]
