@@ -1,1 +1,404 @@
-fn main() {}
+//! `fhirlake`: the one entry point. Sets up logging, the runtime and configuration, then hands
+//! over to the library crates (`mapper::pipeline` for ingest, `api` for serve).
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "fhirlake", version, about = "Payer extracts → FHIR R4 (CARIN BB 2.1.0, PDex formulary 2.0.1) in a Parquet lake, served through a SMART-gated FHIR API")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Ingest extract files (CMS RIF, plain CSV, X12 837, formulary XML/JSON) into a new lake snapshot.
+    Ingest(IngestArgs),
+    /// Serve a lake through the FHIR API.
+    Serve(ServeArgs),
+    /// Ingest the bundled samples into a lake and serve it, printing example requests.
+    Demo(DemoArgs),
+    /// Print an access token signed by the embedded authorization server, for curl and scripts.
+    Token(TokenArgs),
+    /// List the lake's snapshots, or roll back to one.
+    Snapshots(SnapshotArgs),
+    /// Write a deterministic synthetic X12 837 file (for benchmarks).
+    Generate(GenerateArgs),
+    /// Print the argon2 hash of a secret (for clients.toml / members.toml).
+    HashSecret {
+        /// The secret (password or client secret).
+        secret: String,
+    },
+}
+
+#[derive(Args)]
+struct IngestArgs {
+    /// The lake directory (created if missing).
+    #[arg(long)]
+    lake: PathBuf,
+    /// Files or folders to ingest; each file's layout is recognised from its content.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Read every delimited file with this mapping file instead of detecting the layout.
+    #[arg(long)]
+    mapping: Option<PathBuf>,
+    /// The folder of mapping files.
+    #[arg(long, env = "FHIRLAKE_MAPPINGS", default_value = "mappings")]
+    mappings: PathBuf,
+    /// Fail (exit status 3) when more than this share of records is rejected (0.0–1.0).
+    #[arg(long, default_value_t = 1.0)]
+    max_reject_rate: f64,
+}
+
+#[derive(Args, Clone)]
+struct AuthArgs {
+    /// Folder with the embedded authorization server's clients.toml and members.toml.
+    #[arg(long, env = "FHIRLAKE_AUTH_CONFIG", default_value = "samples/auth")]
+    auth_config: PathBuf,
+    /// Where the embedded server keeps its signing keys and revocations [default: LAKE/_auth].
+    #[arg(long)]
+    auth_state: Option<PathBuf>,
+    /// Use an external OpenID provider (its issuer URL) instead of the embedded server.
+    #[arg(long)]
+    issuer: Option<String>,
+    /// Expected token audience with --issuer [default: the FHIR base URL].
+    #[arg(long)]
+    audience: Option<String>,
+    /// Token claim naming the patient(s), with --issuer.
+    #[arg(long, default_value = "patient")]
+    patient_claim: String,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// The lake directory.
+    #[arg(long)]
+    lake: PathBuf,
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// Path the FHIR API is served under.
+    #[arg(long, default_value = "/fhir")]
+    base_path: String,
+    /// Public base URL, when behind a proxy [default: http://LISTEN/BASE_PATH].
+    #[arg(long)]
+    public_url: Option<String>,
+    #[command(flatten)]
+    auth: AuthArgs,
+    /// Serve member data without any token check. For local development only.
+    #[arg(long)]
+    insecure_no_auth: bool,
+    /// Append an audit record of every member-data access to this file (NDJSON).
+    #[arg(long)]
+    audit_log: Option<PathBuf>,
+    /// Default page size.
+    #[arg(long, default_value_t = 20)]
+    default_count: usize,
+    /// Largest page size.
+    #[arg(long, default_value_t = 200)]
+    max_count: usize,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Lake directory for the demo.
+    #[arg(long, default_value = "target/demo-lake")]
+    lake: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// The samples folder.
+    #[arg(long, default_value = "samples")]
+    samples: PathBuf,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// The patient the token is for.
+    #[arg(long)]
+    patient: String,
+    /// Space-separated scopes.
+    #[arg(long, default_value = "patient/*.rs")]
+    scope: String,
+    /// The client id the token names.
+    #[arg(long, default_value = "fhirlake-cli")]
+    client: String,
+    /// The lake (for its default key folder LAKE/_auth).
+    #[arg(long, default_value = "target/demo-lake")]
+    lake: PathBuf,
+    /// The FHIR base URL the token is for (its audience).
+    #[arg(long, default_value = "http://127.0.0.1:8080/fhir")]
+    base_url: String,
+    #[command(flatten)]
+    auth: AuthArgs,
+}
+
+#[derive(Args)]
+struct SnapshotArgs {
+    /// The lake directory.
+    #[arg(long)]
+    lake: PathBuf,
+    /// Make this snapshot current again.
+    #[arg(long)]
+    rollback: Option<String>,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// Output file.
+    #[arg(long)]
+    out: PathBuf,
+    /// Number of claims.
+    #[arg(long, default_value_t = 1000)]
+    claims: usize,
+    /// 837I (institutional) instead of 837P.
+    #[arg(long)]
+    institutional: bool,
+    /// Seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("FHIRLAKE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::io::stderr().is_terminal() {
+        b.compact().init();
+    } else {
+        b.json().init();
+    }
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("fhirlake: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Ingest(a) => ingest(&a),
+        Command::Serve(a) => runtime()?.block_on(serve(a)),
+        Command::Demo(a) => runtime()?.block_on(demo(a)),
+        Command::Token(a) => runtime()?.block_on(token(a)),
+        Command::Snapshots(a) => snapshots(&a),
+        Command::Generate(a) => {
+            let f = std::fs::File::create(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+            let mut w = std::io::BufWriter::new(f);
+            let n = ingest::x12::generate_837(&mut w, !a.institutional, a.claims, a.seed)?;
+            println!("wrote {} ({n} bytes, {} claims)", a.out.display(), a.claims);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::HashSecret { secret } => {
+            println!("{}", api::smart::config::hash_secret(&secret)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn ingest(a: &IngestArgs) -> Result<ExitCode> {
+    let opts = mapper::pipeline::Options {
+        lake: a.lake.clone(),
+        mappings: a.mappings.clone(),
+        forced_mapping: a.mapping.clone(),
+    };
+    let report = mapper::pipeline::run(&a.paths, &opts)?;
+    print_report(&report);
+    if report.reject_rate() > a.max_reject_rate {
+        eprintln!(
+            "fhirlake: reject rate {:.1}% is above --max-reject-rate {:.1}%",
+            report.reject_rate() * 100.0,
+            a.max_reject_rate * 100.0
+        );
+        return Ok(ExitCode::from(3));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_report(r: &mapper::pipeline::RunReport) {
+    println!("snapshot {} published ({:.2}s)", r.snapshot, r.seconds);
+    println!("{:<60} {:>9} {:>9} {:>9}", "source", "read", "accepted", "rejected");
+    for s in &r.sources {
+        let name = Path::new(&s.file).file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        println!("{:<60} {:>9} {:>9} {:>9}", format!("{name} [{}]", s.layout), s.records_read, s.accepted, s.rejected);
+        for n in &s.notices {
+            println!("    notice: {n}");
+        }
+    }
+    println!("{:<60} {:>9} {:>9} {:>9}", "total", r.records_read, r.accepted, r.rejected);
+    if !r.rejects_by_reason.is_empty() {
+        let reasons: Vec<String> = r.rejects_by_reason.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("rejects by reason: {} (details: {})", reasons.join(", "), r.rejects_file);
+    }
+    let tables: Vec<String> = r.tables.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!("lake tables: {}", tables.join(", "));
+}
+
+async fn smart_for(auth: &AuthArgs, lake: &Path, base_url: &str) -> Result<api::smart::Smart> {
+    use api::smart::{AuthConfig, Smart};
+    let cfg = match &auth.issuer {
+        Some(issuer) => AuthConfig::external(
+            issuer.clone(),
+            auth.audience.clone().unwrap_or_else(|| base_url.to_string()),
+            auth.patient_claim.clone(),
+        ),
+        None => AuthConfig::embedded(
+            auth.auth_state.clone().unwrap_or_else(|| lake.join("_auth")),
+            auth.auth_config.join("clients.toml"),
+            auth.auth_config.join("members.toml"),
+            base_url.to_string(),
+        ),
+    };
+    Smart::new(cfg).await.context("setting up authorization")
+}
+
+async fn serve(a: ServeArgs) -> Result<ExitCode> {
+    let listener = tokio::net::TcpListener::bind(&a.listen)
+        .await
+        .with_context(|| format!("listening on {}", a.listen))?;
+    let addr = listener.local_addr()?;
+    let base_path = format!("/{}", a.base_path.trim_matches('/'));
+    let base_path = if base_path == "/" { String::new() } else { base_path };
+    let base_url = a.public_url.clone().unwrap_or_else(|| format!("http://{addr}{base_path}"));
+    let smart = if a.insecure_no_auth {
+        eprintln!("fhirlake: WARNING: --insecure-no-auth: member data is served without any token check");
+        None
+    } else {
+        Some(smart_for(&a.auth, &a.lake, &base_url).await?)
+    };
+    let audit = match &a.audit_log {
+        Some(p) => Some(Arc::new(api::smart::audit::AuditSink::file(p)?)),
+        None => None,
+    };
+    let settings = api::Settings {
+        lake: mapper::lake::Lake::new(&a.lake),
+        base_url: base_url.clone(),
+        base_path,
+        limits: query::params::Limits { default_count: a.default_count, max_count: a.max_count },
+        smart,
+        audit,
+        reload_every: Duration::from_millis(500),
+    };
+    let app = api::App::new(settings).await?;
+    if app.snapshot().is_none() {
+        eprintln!("fhirlake: no snapshot published in {} yet; answering 503 until one is", a.lake.display());
+    }
+    println!("fhirlake serving {base_url}");
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    api::serve(app, listener, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+async fn demo(a: DemoArgs) -> Result<ExitCode> {
+    if !a.samples.is_dir() {
+        bail!("no samples folder at {} (run from the repository root)", a.samples.display());
+    }
+    let opts = mapper::pipeline::Options {
+        lake: a.lake.clone(),
+        mappings: PathBuf::from("mappings"),
+        forced_mapping: None,
+    };
+    let paths: Vec<PathBuf> = ["rif", "plain", "x12", "formulary"]
+        .iter()
+        .map(|d| a.samples.join(d))
+        .filter(|p| p.is_dir())
+        .collect();
+    let lake = a.lake.clone();
+    let report = tokio::task::spawn_blocking(move || mapper::pipeline::run(&paths, &opts)).await??;
+    print_report(&report);
+    let listener = tokio::net::TcpListener::bind(&a.listen)
+        .await
+        .with_context(|| format!("listening on {} (use --listen 127.0.0.1:0 for any free port)", a.listen))?;
+    let addr = listener.local_addr()?;
+    let base_url = format!("http://{addr}/fhir");
+    let auth = AuthArgs {
+        auth_config: a.samples.join("auth"),
+        auth_state: None,
+        issuer: None,
+        audience: None,
+        patient_claim: "patient".into(),
+    };
+    let smart = smart_for(&auth, &lake, &base_url).await?;
+    let token = smart.mint("567834", "patient/*.rs", "fhirlake-cli")?;
+    let settings = api::Settings {
+        lake: mapper::lake::Lake::new(&lake),
+        base_url: base_url.clone(),
+        base_path: "/fhir".into(),
+        limits: query::params::Limits::default(),
+        smart: Some(smart),
+        audit: None,
+        reload_every: Duration::from_millis(500),
+    };
+    let app = api::App::new(settings).await?;
+    println!();
+    println!("fhirlake serving {base_url}");
+    println!("Try (a token for member 567834, valid one hour):");
+    println!("  TOKEN={token}");
+    println!("  curl -s {base_url}/metadata | head -c 400");
+    println!("  curl -s -H \"Authorization: Bearer $TOKEN\" {base_url}/Patient/567834");
+    println!("  curl -s -H \"Authorization: Bearer $TOKEN\" '{base_url}/ExplanationOfBenefit?patient=567834&_count=2'");
+    println!("  curl -s -H \"Authorization: Bearer $TOKEN\" '{base_url}/Patient/567834/$everything'");
+    println!("  curl -s '{base_url}/MedicationKnowledge?_count=3'        # formulary: public");
+    println!("Stop with Ctrl-C.");
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    api::serve(app, listener, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn token(a: TokenArgs) -> Result<ExitCode> {
+    let smart = smart_for(&a.auth, &a.lake, &a.base_url).await?;
+    println!("{}", smart.mint(&a.patient, &a.scope, &a.client)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn snapshots(a: &SnapshotArgs) -> Result<ExitCode> {
+    let lake = mapper::lake::Lake::new(&a.lake);
+    if let Some(name) = &a.rollback {
+        lake.switch_to(name)?;
+        println!("current snapshot is now {name}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let current = lake.current_name()?;
+    for name in lake.list()? {
+        let m = lake.manifest(&name)?;
+        let mark = if Some(&name) == current.as_ref() { "*" } else { " " };
+        let counts: Vec<String> = m.counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("{mark} {name}  {}  {}", m.created, counts.join(" "));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -357,8 +357,12 @@ impl Compiled {
             if c.one("when").is_some() && self.get(row, c, "when")?.is_none() {
                 continue;
             }
+            let key = match c.one("key") {
+                Some(f) => self.value(row, f)?,
+                None => c.attr("key").map(str::to_string),
+            };
             coverages.push(CoverageSpan {
-                key: c.attr("key").unwrap_or("coverage").to_string(),
+                key: key.unwrap_or_else(|| "coverage".to_string()),
                 type_code: self.get(row, c, "type_code")?,
                 type_display: c.attr("type_display").map(str::to_string),
                 subscriber_id: self.get(row, c, "subscriber_id")?,
@@ -599,6 +603,13 @@ impl Compiled {
             quantity_limit_days: self.get(row, p, "quantity_limit_days")?,
             effective_start: self.get(row, p, "effective_start")?,
             effective_end: self.get(row, p, "effective_end")?,
+            quantity_limit_type: self.get(row, p, "quantity_limit_type")?,
+            formulary_version: self.get(row, p, "formulary_version")?,
+            contract_year: self.get(row, p, "contract_year")?,
+            selected_drug: flag("selected_drug")?,
+            excluded_drug: flag("excluded_drug")?,
+            capped_benefit: flag("capped_benefit")?,
+            indications: self.list(row, p, "indications")?,
             change: self.change(row)?,
             position,
         })

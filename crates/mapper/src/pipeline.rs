@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ingest::detect::{detect, Format};
+use ingest::formulary::QhpKind;
 use ingest::layout::Mapping;
 use ingest::{FileSummary, Item, Reader, Reason, Reject, SourceRecord, Stage};
 use rayon::prelude::*;
@@ -233,15 +234,9 @@ pub fn map_record(record: &SourceRecord, systems: &Systems) -> Result<Vec<Resour
     match record {
         SourceRecord::Member(m) => c4bb::map_member(m, systems),
         SourceRecord::Claim(c) => c4bb::map_claim(c, systems),
-        SourceRecord::FormularyDrug(_) | SourceRecord::FormularyPlan(_) => formulary(record),
+        SourceRecord::FormularyDrug(d) => crate::formulary::map_drug(d),
+        SourceRecord::FormularyPlan(p) => crate::formulary::map_plan(p),
     }
-}
-
-fn formulary(_record: &SourceRecord) -> Result<Vec<Resource>, MapError> {
-    Err(MapError::Invalid {
-        field: "record",
-        message: "formulary records are not mapped by this build".into(),
-    })
 }
 
 fn primary_type(record: &SourceRecord) -> &'static str {
@@ -260,11 +255,32 @@ fn reader_for(path: &Path, cfg: &Config) -> Result<(Box<dyn Reader + Send + Sync
     match detect(path, &cfg.mappings)? {
         Format::Delimited(m) => Ok((Box::new(ingest::delimited::DelimitedReader::new(m.clone())), m.source.name.clone())),
         Format::X12 => Ok((Box::new(ingest::x12::X12Reader::new()), "x12-837".to_string())),
-        other => Err(RunError::Source(ingest::Error::UnknownFormat {
-            path: path.display().to_string(),
-            message: format!("{other:?} files are not supported by this build"),
-        })),
+        Format::Xml => Ok((
+            Box::new(ingest::formulary::FormularyXmlReader::new()),
+            "formulary-xml".to_string(),
+        )),
+        Format::Json => {
+            // A QHP drugs.json is joined with the plans.json beside it, when there is one.
+            let plans = path.parent().and_then(|dir| {
+                std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).find(|p| {
+                    p != path && p.extension().is_some_and(|x| x == "json") && sniff(p) == Some(QhpKind::Plans)
+                })
+            });
+            let reader = match (sniff(path), plans) {
+                (Some(QhpKind::Drugs), Some(plans)) => ingest::formulary::QhpReader::with_plans(&plans)?,
+                _ => ingest::formulary::QhpReader::new(),
+            };
+            Ok((Box::new(reader), "cms-qhp-json".to_string()))
+        }
     }
+}
+
+fn sniff(path: &Path) -> Option<QhpKind> {
+    use std::io::Read;
+    let mut head = vec![0u8; 4096];
+    let mut f = std::fs::File::open(path).ok()?;
+    let n = f.read(&mut head).ok()?;
+    ingest::formulary::sniff_qhp(&head[..n])
 }
 
 fn map_error_reject(record: &SourceRecord, e: &MapError) -> Reject {
@@ -317,7 +333,8 @@ fn process_file(path: &Path, cfg: &Config) -> Result<FileResult, RunError> {
                 for r in resources {
                     *report.resources.entry(r.resource_type.to_string()).or_default() += 1;
                     let primary = r.resource_type == subject
-                        || (subject == "Patient" && r.resource_type == "Coverage");
+                        || (subject == "Patient" && r.resource_type == "Coverage")
+                        || matches!(record, SourceRecord::FormularyDrug(_) | SourceRecord::FormularyPlan(_));
                     produced.push(Produced { resource: r, primary });
                 }
             }

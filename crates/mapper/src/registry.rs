@@ -285,7 +285,14 @@ pub fn c4bb() -> Vec<SearchParam> {
 /// The whole registry: every supported parameter of every served resource type.
 pub fn all() -> &'static [SearchParam] {
     static ALL: std::sync::OnceLock<Vec<SearchParam>> = std::sync::OnceLock::new();
-    ALL.get_or_init(c4bb)
+    ALL.get_or_init(|| {
+        let mut v = c4bb();
+        for t in ["InsurancePlan", "Basic", "MedicationKnowledge"] {
+            v.extend(common(t));
+        }
+        v.extend(crate::formulary::SEARCH_PARAMS.iter().copied());
+        v
+    })
 }
 
 /// The parameters of one resource type.
