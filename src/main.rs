@@ -31,6 +31,15 @@ enum Command {
     Snapshots(SnapshotArgs),
     /// Write a deterministic synthetic X12 837 file (for benchmarks).
     Generate(GenerateArgs),
+    /// Write every resource of the current snapshot as NDJSON (one resource per line).
+    Export {
+        /// The lake directory.
+        #[arg(long)]
+        lake: PathBuf,
+        /// Output file (`-` for standard output).
+        #[arg(long, default_value = "-")]
+        out: PathBuf,
+    },
     /// Print the argon2 hash of a secret (for clients.toml / members.toml).
     HashSecret {
         /// The secret (password or client secret).
@@ -203,6 +212,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("wrote {} ({n} bytes, {} claims)", a.out.display(), a.claims);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Export { lake, out } => export(&lake, &out),
         Command::HashSecret { secret } => {
             println!("{}", api::smart::config::hash_secret(&secret)?);
             Ok(ExitCode::SUCCESS)
@@ -400,5 +410,26 @@ fn snapshots(a: &SnapshotArgs) -> Result<ExitCode> {
         let counts: Vec<String> = m.counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!("{mark} {name}  {}  {}", m.created, counts.join(" "));
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn export(lake: &Path, out: &Path) -> Result<ExitCode> {
+    use std::io::Write;
+    let lake = mapper::lake::Lake::new(lake);
+    let dir = lake.current()?;
+    let mut w: Box<dyn Write> = if out == Path::new("-") {
+        Box::new(std::io::BufWriter::new(std::io::stdout()))
+    } else {
+        Box::new(std::io::BufWriter::new(std::fs::File::create(out)?))
+    };
+    for t in mapper::registry::resource_types() {
+        let path = mapper::lake::Lake::table_path(&dir, t);
+        if path.is_file() {
+            for row in mapper::lake::read_rows(&path)? {
+                writeln!(w, "{}", row.resource)?;
+            }
+        }
+    }
+    w.flush()?;
     Ok(ExitCode::SUCCESS)
 }

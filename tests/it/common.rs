@@ -1,0 +1,141 @@
+//! Test helpers: run the binary, build a lake from `samples/`, start `fhirlake serve`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+/// The fhirlake binary under test.
+pub fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_fhirlake"));
+    c.current_dir(root());
+    c.env("FHIRLAKE_LOG", "warn");
+    c
+}
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Run `fhirlake ingest` and return (status code, stdout).
+pub fn ingest(lake: &Path, paths: &[&str]) -> (i32, String) {
+    let out = bin()
+        .arg("ingest")
+        .arg("--lake")
+        .arg(lake)
+        .args(paths)
+        .output()
+        .expect("run fhirlake ingest");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    (out.status.code().unwrap_or(-1), format!("{stdout}{stderr}"))
+}
+
+/// All resources of the lake's current snapshot, via `fhirlake export`.
+pub fn export(lake: &Path) -> Vec<Value> {
+    let out = bin().arg("export").arg("--lake").arg(lake).output().expect("export");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("exported line is JSON"))
+        .collect()
+}
+
+/// A running `fhirlake serve`, stopped on drop.
+pub struct Server {
+    child: Child,
+    /// The FHIR base URL.
+    pub base: String,
+    /// The lake it serves.
+    pub lake: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Start `fhirlake serve` on port 0 over `lake` and wait for its base URL.
+    pub fn start(lake: &Path) -> Server {
+        let mut child = bin()
+            .args(["serve", "--listen", "127.0.0.1:0", "--lake"])
+            .arg(lake)
+            .arg("--audit-log")
+            .arg(lake.join("audit.ndjson"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start fhirlake serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read base url");
+        let base = line
+            .trim()
+            .strip_prefix("fhirlake serving ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Server { child, base, lake: lake.to_path_buf() }
+    }
+
+    /// A token for `patient` with `scope`, from `fhirlake token` (same signing key).
+    pub fn token(&self, patient: &str, scope: &str) -> String {
+        let out = bin()
+            .args(["token", "--patient", patient, "--scope", scope, "--lake"])
+            .arg(&self.lake)
+            .args(["--base-url", &self.base])
+            .output()
+            .expect("fhirlake token");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// GET a path (relative to the base, or absolute) with an optional token.
+    pub fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let url = if path.starts_with("http") { path.to_string() } else { format!("{}/{}", self.base, path) };
+        let client = reqwest::blocking::Client::new();
+        let mut req = client.get(url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().expect("request");
+        let status = resp.status().as_u16();
+        let body = resp.text().unwrap_or_default();
+        (status, serde_json::from_str(&body).unwrap_or(Value::String(body)))
+    }
+}
+
+/// A lake built from the bundled samples (once per test that calls it).
+pub fn sample_lake() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (code, out) = ingest(dir.path(), &["samples/rif", "samples/plain", "samples/x12", "samples/formulary"]);
+    assert_eq!(code, 0, "{out}");
+    dir
+}
+
+/// Ids of a Bundle's entries with the given search mode.
+pub fn ids(bundle: &Value, mode: &str) -> Vec<String> {
+    bundle["entry"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|e| e["search"]["mode"] == mode)
+                .map(|e| format!("{}/{}", e["resource"]["resourceType"].as_str().unwrap_or(""), e["resource"]["id"].as_str().unwrap_or("")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The `next` link of a Bundle.
+pub fn next(bundle: &Value) -> Option<String> {
+    bundle["link"]
+        .as_array()?
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .and_then(|l| l["url"].as_str())
+        .map(str::to_string)
+}

@@ -1,0 +1,245 @@
+//! The served API over HTTP: reads, searches, paging, includes, $everything, errors, security.
+
+use std::collections::BTreeSet;
+
+use crate::common::{ids, next, sample_lake, Server};
+
+const JOHN: &str = "567834";
+const JOHN_EOBS: [&str; 4] = [
+    "ExplanationOfBenefit/inpatient-333333222222",
+    "ExplanationOfBenefit/outpatient-1234567890",
+    "ExplanationOfBenefit/pharmacy-89",
+    "ExplanationOfBenefit/professional-9991831999",
+];
+
+#[test]
+fn reads_searches_paging_and_errors() {
+    let lake = sample_lake();
+    let s = Server::start(lake.path());
+    let t = s.token(JOHN, "patient/*.rs");
+
+    // Read, with values.
+    let (st, p) = s.get(&format!("Patient/{JOHN}"), Some(&t));
+    assert_eq!(st, 200, "{p}");
+    assert_eq!(p["name"][0]["family"], "Doe");
+    assert_eq!(p["birthDate"], "1981-03-17");
+    assert_eq!(p["gender"], "male");
+    assert_eq!(p["meta"]["versionId"], "1");
+
+    // Search by patient: exactly John's four claims, in id order.
+    let (st, b) = s.get(&format!("ExplanationOfBenefit?patient={JOHN}"), Some(&t));
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b["type"], "searchset");
+    assert_eq!(ids(&b, "match"), JOHN_EOBS.to_vec());
+    assert_eq!(b["total"], 4);
+    let full = b["entry"][0]["fullUrl"].as_str().unwrap();
+    assert_eq!(full, format!("{}/{}", s.base, JOHN_EOBS[0]));
+
+    // The carrier claim keeps its seven lines and its amounts.
+    let prof = &b["entry"][3]["resource"];
+    assert_eq!(prof["item"].as_array().unwrap().len(), 7);
+    let submitted = prof["total"].as_array().unwrap().iter().find(|t| t["category"]["coding"][0]["code"] == "submitted").unwrap();
+    assert_eq!(submitted["amount"]["value"], 245.04);
+
+    // Paging with _count=1 walks every match exactly once, in order.
+    for count in [1, 3] {
+        let mut url = format!("ExplanationOfBenefit?patient={JOHN}&_count={count}");
+        let mut seen = Vec::new();
+        loop {
+            let (st, b) = s.get(&url, Some(&t));
+            assert_eq!(st, 200, "{b}");
+            let page = ids(&b, "match");
+            assert!(page.len() <= count);
+            seen.extend(page);
+            match next(&b) {
+                Some(n) => url = n,
+                None => break,
+            }
+        }
+        assert_eq!(seen, JOHN_EOBS.to_vec(), "count {count}");
+    }
+
+    // Sorting by service date, newest first, with a stable id tie-break.
+    let (_, b) = s.get(&format!("ExplanationOfBenefit?patient={JOHN}&_sort=-service-date"), Some(&t));
+    let sorted = ids(&b, "match");
+    assert_eq!(sorted.first().map(String::as_str), Some("ExplanationOfBenefit/inpatient-333333222222"));
+    // The outpatient claim has a revenue line dated 1942 in the CMS sample: its service dates start there.
+    assert_eq!(sorted.last().map(String::as_str), Some("ExplanationOfBenefit/outpatient-1234567890"));
+
+    // Token search on identifier (system|value), and type.
+    let (_, b) = s.get("ExplanationOfBenefit?identifier=https://fhirlake.example.org/fhir/sid/claim-id|pharmacy-89", Some(&t));
+    assert_eq!(ids(&b, "match"), vec!["ExplanationOfBenefit/pharmacy-89"]);
+    let (_, b) = s.get("ExplanationOfBenefit?type=pharmacy,professional", Some(&t));
+    assert_eq!(ids(&b, "match"), vec!["ExplanationOfBenefit/pharmacy-89", "ExplanationOfBenefit/professional-9991831999"]);
+
+    // Dates: service-date precision and prefixes.
+    let (_, b) = s.get("ExplanationOfBenefit?service-date=2016-01", Some(&t));
+    assert_eq!(ids(&b, "match"), vec!["ExplanationOfBenefit/inpatient-333333222222"]);
+    let (_, b) = s.get("ExplanationOfBenefit?service-date=ge2015&service-date=lt2016-06", Some(&t));
+    assert_eq!(ids(&b, "match"), vec!["ExplanationOfBenefit/inpatient-333333222222", "ExplanationOfBenefit/pharmacy-89"]);
+    let (_, b) = s.get("ExplanationOfBenefit?_lastUpdated=gt2000-01-01", Some(&t));
+    assert_eq!(ids(&b, "match").len(), 4);
+    let (_, b) = s.get("ExplanationOfBenefit?_lastUpdated=lt2000-01-01", Some(&t));
+    assert!(ids(&b, "match").is_empty());
+
+    // _summary=count.
+    let (_, b) = s.get("ExplanationOfBenefit?_summary=count", Some(&t));
+    assert_eq!(b["total"], 4);
+    assert!(b.get("entry").is_none());
+
+    // _include: providers come once, marked include.
+    let (_, b) = s.get(&format!("ExplanationOfBenefit?patient={JOHN}&_include=ExplanationOfBenefit:insurer"), Some(&t));
+    assert_eq!(ids(&b, "include"), vec!["Organization/payer-CMS"]);
+    assert_eq!(ids(&b, "match").len(), 4);
+    let (_, b) = s.get(&format!("ExplanationOfBenefit?patient={JOHN}&_include=ExplanationOfBenefit:*"), Some(&t));
+    let inc = ids(&b, "include");
+    assert!(inc.contains(&format!("Patient/{JOHN}")), "{inc:?}");
+    assert!(inc.iter().any(|i| i.starts_with("Coverage/")), "{inc:?}");
+    assert_eq!(inc.len(), inc.iter().collect::<BTreeSet<_>>().len(), "no duplicates");
+
+    // Unknown parameters are ignored and left out of the self link.
+    let (st, b) = s.get(&format!("ExplanationOfBenefit?patient={JOHN}&foo=bar"), Some(&t));
+    assert_eq!(st, 200);
+    let self_link = b["link"][0]["url"].as_str().unwrap();
+    assert!(!self_link.contains("foo"), "{self_link}");
+    assert!(self_link.contains("patient=567834"), "{self_link}");
+
+    // Errors are OperationOutcomes with the right status.
+    let (st, o) = s.get("ExplanationOfBenefit?service-date=2020-13", Some(&t));
+    assert_eq!(st, 400);
+    assert_eq!(o["resourceType"], "OperationOutcome");
+    let (st, o) = s.get("ExplanationOfBenefit/does-not-exist", Some(&t));
+    assert_eq!((st, o["issue"][0]["code"].as_str()), (404, Some("not-found")));
+    let (st, _) = s.get("Observation?patient=1", Some(&t));
+    assert_eq!(st, 404);
+    let (st, o) = s.get("ExplanationOfBenefit?_cursor=forged.cursor", Some(&t));
+    assert_eq!(st, 400, "{o}");
+
+    // A cursor cannot be altered.
+    let (_, b) = s.get(&format!("ExplanationOfBenefit?patient={JOHN}&_count=1"), Some(&t));
+    let n = next(&b).unwrap();
+    let tampered = n.replace("_cursor=e", "_cursor=f");
+    let (st, _) = s.get(&tampered, Some(&t));
+    assert_eq!(st, 400);
+
+    // Writes are refused: the API is read-only.
+    let client = reqwest::blocking::Client::new();
+    let r = client.put(format!("{}/Patient/{JOHN}", s.base)).bearer_auth(&t).body("{}").send().unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    let r = client.delete(format!("{}/Patient/{JOHN}", s.base)).bearer_auth(&t).send().unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+
+    // POST _search means the same as GET.
+    let r = client
+        .post(format!("{}/ExplanationOfBenefit/_search", s.base))
+        .bearer_auth(&t)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("patient={JOHN}&type=pharmacy"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let b: serde_json::Value = r.json().unwrap();
+    assert_eq!(ids(&b, "match"), vec!["ExplanationOfBenefit/pharmacy-89"]);
+
+    // Strict handling turns unknown parameters into 400.
+    let r = client
+        .get(format!("{}/ExplanationOfBenefit?foo=1", s.base))
+        .bearer_auth(&t)
+        .header("prefer", "handling=strict")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+}
+
+#[test]
+fn the_compartment_and_scopes_confine_every_path() {
+    let lake = sample_lake();
+    let s = Server::start(lake.path());
+    let john = s.token(JOHN, "patient/*.rs");
+
+    // Another member's data: absent, not forbidden.
+    let (st, o) = s.get("Patient/M1001", Some(&john));
+    assert_eq!(st, 404);
+    assert!(!o.to_string().contains("Núñez"));
+    let (st, b) = s.get("ExplanationOfBenefit?patient=M1001", Some(&john));
+    assert_eq!(st, 200);
+    assert!(ids(&b, "match").is_empty());
+    let (_, b) = s.get("ExplanationOfBenefit?identifier=P-5001", Some(&john));
+    assert!(ids(&b, "match").is_empty(), "{b}");
+    let (st, _) = s.get("Patient/M1001/$everything", Some(&john));
+    assert_eq!(st, 404);
+    // A search without patient is confined to the token's patient.
+    let (_, b) = s.get("ExplanationOfBenefit", Some(&john));
+    assert_eq!(ids(&b, "match"), JOHN_EOBS.to_vec());
+    let (_, b) = s.get("Coverage", Some(&john));
+    assert!(ids(&b, "match").iter().all(|c| c.starts_with("Coverage/567834-")), "{b}");
+
+    // No token, bad token, missing scope.
+    let (st, o) = s.get("ExplanationOfBenefit", None);
+    assert_eq!(st, 401);
+    assert!(!o.to_string().contains(JOHN));
+    let (st, _) = s.get("ExplanationOfBenefit", Some("not-a-jwt"));
+    assert_eq!(st, 401);
+    let cov_only = s.token(JOHN, "patient/Coverage.rs");
+    let (st, o) = s.get("ExplanationOfBenefit", Some(&cov_only));
+    assert_eq!(st, 403);
+    assert!(o.to_string().contains("ExplanationOfBenefit"), "{o}");
+    let (st, _) = s.get("Coverage", Some(&cov_only));
+    assert_eq!(st, 200);
+
+    // A cursor issued to one member cannot be replayed by another.
+    let ana = s.token("M1001", "patient/*.rs");
+    let (_, b) = s.get("ExplanationOfBenefit?_count=1", Some(&john));
+    let (st, _) = s.get(&next(&b).unwrap(), Some(&ana));
+    assert_eq!(st, 400);
+
+    // Formulary data is public.
+    let (st, b) = s.get("MedicationKnowledge", None);
+    assert_eq!(st, 200);
+    assert!(!ids(&b, "match").is_empty());
+    let (st, cs) = s.get("metadata", None);
+    assert_eq!(st, 200);
+    assert_eq!(cs["rest"][0]["security"]["service"][0]["coding"][0]["code"], "SMART-on-FHIR");
+    let (st, sc) = s.get(".well-known/smart-configuration", None);
+    assert_eq!(st, 200);
+    assert!(sc["code_challenge_methods_supported"].as_array().unwrap().iter().any(|m| m == "S256"));
+
+    // Every access to member data is audited, without PHI in the operational log.
+    let audit = std::fs::read_to_string(lake.path().join("audit.ndjson")).unwrap();
+    assert!(audit.lines().count() >= 5);
+    assert!(audit.contains("\"ExplanationOfBenefit\""));
+}
+
+#[test]
+fn everything_returns_each_resource_of_the_compartment_once() {
+    let lake = sample_lake();
+    let s = Server::start(lake.path());
+    let t = s.token(JOHN, "patient/*.rs");
+    for count in [2, 50] {
+        let mut url = format!("Patient/{JOHN}/$everything?_count={count}");
+        let mut seen = Vec::new();
+        let mut types = Vec::new();
+        loop {
+            let (st, b) = s.get(&url, Some(&t));
+            assert_eq!(st, 200, "{b}");
+            let page = ids(&b, "match");
+            let page_types: BTreeSet<String> = page.iter().map(|i| i.split('/').next().unwrap().to_string()).collect();
+            assert!(page_types.len() <= 1, "one phase per page: {page:?}");
+            types.extend(page_types);
+            seen.extend(page);
+            match next(&b) {
+                Some(n) => url = n,
+                None => break,
+            }
+        }
+        let unique: BTreeSet<&String> = seen.iter().collect();
+        assert_eq!(unique.len(), seen.len(), "no duplicates: {seen:?}");
+        assert!(seen.contains(&format!("Patient/{JOHN}")));
+        for e in JOHN_EOBS {
+            assert!(seen.contains(&e.to_string()), "{e} missing");
+        }
+        assert!(seen.contains(&"Organization/payer-CMS".to_string()));
+        types.dedup();
+        assert_eq!(types.first().map(String::as_str), Some("Patient"));
+    }
+}

@@ -1,0 +1,126 @@
+//! Ingest runs: accounting, rejects, golden output, idempotency.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::common::{export, ingest, root};
+
+fn rejects(lake: &std::path::Path) -> Vec<Value> {
+    let current = std::fs::read_to_string(lake.join("CURRENT")).unwrap();
+    let path = lake.join("snapshots").join(current.trim()).join("rejects.ndjson");
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn broken_rows_become_rejects_and_the_run_goes_on() {
+    let lake = tempfile::tempdir().unwrap();
+    let (code, out) = ingest(lake.path(), &["tests/fixtures/broken-claims.csv", "samples/plain/members.csv"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("total"), "{out}");
+    let rej = rejects(lake.path());
+    let by_line: BTreeMap<u64, (String, String)> = rej
+        .iter()
+        .map(|r| (r["line"].as_u64().unwrap(), (r["reason"].as_str().unwrap().to_string(), r["stage"].as_str().unwrap().to_string())))
+        .collect();
+    let expect = |line: u64, reason: &str| {
+        assert_eq!(by_line.get(&line).map(|r| r.0.as_str()), Some(reason), "line {line}: {by_line:?}");
+    };
+    expect(3, "bad_date");
+    expect(4, "bad_number");
+    expect(5, "field_count");
+    expect(6, "missing_value");
+    expect(7, "unknown_code");
+    expect(8, "missing_value");
+    assert_eq!(by_line[&8].1, "map");
+    assert_eq!(rej.len(), 6);
+    for r in &rej {
+        assert!(r["file"].as_str().unwrap().ends_with("broken-claims.csv"));
+        assert!(r["raw"].as_str().unwrap().contains("B-"), "raw record kept: {r}");
+    }
+    // Good claims of the same file are in the lake: read = accepted + rejected.
+    let eobs: Vec<String> = export(lake.path())
+        .into_iter()
+        .filter(|r| r["resourceType"] == "ExplanationOfBenefit")
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(eobs, vec!["professional-B-1", "professional-B-8"]);
+    let report: Value = {
+        let current = std::fs::read_to_string(lake.path().join("CURRENT")).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(lake.path().join("snapshots").join(current.trim()).join("report.json")).unwrap()).unwrap()
+    };
+    let claims = report["sources"].as_array().unwrap().iter().find(|s| s["layout"] == "plain-claims").unwrap();
+    assert_eq!((claims["records_read"].as_u64(), claims["accepted"].as_u64(), claims["rejected"].as_u64()), (Some(8), Some(2), Some(6)));
+    assert_eq!(report["records_read"], report["accepted"].as_u64().unwrap() + report["rejected"].as_u64().unwrap());
+
+    // A reject-rate threshold makes the exit status non-zero for schedulers.
+    let out = crate::common::bin()
+        .args(["ingest", "--max-reject-rate", "0.1", "--lake"])
+        .arg(lake.path())
+        .arg("tests/fixtures/broken-claims.csv")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[test]
+fn an_unknown_layout_fails_the_run_cleanly() {
+    let lake = tempfile::tempdir().unwrap();
+    let f = lake.path().join("mystery.csv");
+    std::fs::write(&f, "a,b,c\n1,2,3\n").unwrap();
+    let (code, out) = ingest(lake.path(), &[f.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(out.contains("matches no mapping file"), "{out}");
+    assert!(!lake.path().join("CURRENT").exists(), "nothing published");
+}
+
+/// Resources without the volatile meta the lake sets, sorted, as pretty JSON lines.
+fn stable(resources: Vec<Value>) -> String {
+    let mut v: Vec<Value> = resources
+        .into_iter()
+        .map(|mut r| {
+            if let Some(m) = r.get_mut("meta").and_then(Value::as_object_mut) {
+                m.remove("lastUpdated");
+            }
+            r
+        })
+        .collect();
+    v.sort_by_key(|r| format!("{}/{}", r["resourceType"], r["id"]));
+    v.iter().map(|r| serde_json::to_string_pretty(r).unwrap()).collect::<Vec<_>>().join("\n")
+}
+
+#[test]
+fn golden_rif_and_plain_samples() {
+    for (name, input) in [("rif", "samples/rif"), ("plain", "samples/plain")] {
+        let lake = tempfile::tempdir().unwrap();
+        let (code, out) = ingest(lake.path(), &[input]);
+        assert_eq!(code, 0, "{out}");
+        let got = stable(export(lake.path()));
+        let path = root().join("tests/golden").join(format!("{name}.json"));
+        if std::env::var_os("BLESS").is_some() {
+            std::fs::write(&path, &got).unwrap();
+        }
+        let want = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(got == want, "{name}: output differs from {} (review, then rerun with BLESS=1)", path.display());
+    }
+}
+
+#[test]
+fn running_the_same_input_twice_changes_nothing() {
+    let lake = tempfile::tempdir().unwrap();
+    let (code, _) = ingest(lake.path(), &["samples/rif"]);
+    assert_eq!(code, 0);
+    let first = export(lake.path());
+    let (code, _) = ingest(lake.path(), &["samples/rif"]);
+    assert_eq!(code, 0);
+    let second = export(lake.path());
+    assert_eq!(first, second, "same content, same versionId and lastUpdated");
+    let out = crate::common::bin().args(["snapshots", "--lake"]).arg(lake.path()).output().unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(listing.lines().count(), 2, "{listing}");
+    assert!(listing.lines().nth(1).unwrap().starts_with('*'));
+}
