@@ -11,7 +11,11 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "fhirlake", version, about = "Payer extracts → FHIR R4 (CARIN BB 2.1.0, PDex formulary 2.0.1) in a Parquet lake, served through a SMART-gated FHIR API")]
+#[command(
+    name = "fhirlake",
+    version,
+    about = "Payer extracts → FHIR R4 (CARIN BB 2.1.0, PDex formulary 2.0.1) in a Parquet lake, served through a SMART-gated FHIR API"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -178,7 +182,9 @@ struct GenerateArgs {
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("FHIRLAKE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if std::io::stderr().is_terminal() {
         b.compact().init();
     } else {
@@ -206,7 +212,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Token(a) => runtime()?.block_on(token(a)),
         Command::Snapshots(a) => snapshots(&a),
         Command::Generate(a) => {
-            let f = std::fs::File::create(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+            let f = std::fs::File::create(&a.out)
+                .with_context(|| format!("creating {}", a.out.display()))?;
             let mut w = std::io::BufWriter::new(f);
             let n = ingest::x12::generate_837(&mut w, !a.institutional, a.claims, a.seed)?;
             println!("wrote {} ({n} bytes, {} claims)", a.out.display(), a.claims);
@@ -221,7 +228,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn ingest(a: &IngestArgs) -> Result<ExitCode> {
@@ -245,18 +254,41 @@ fn ingest(a: &IngestArgs) -> Result<ExitCode> {
 
 fn print_report(r: &mapper::pipeline::RunReport) {
     println!("snapshot {} published ({:.2}s)", r.snapshot, r.seconds);
-    println!("{:<60} {:>9} {:>9} {:>9}", "source", "read", "accepted", "rejected");
+    println!(
+        "{:<60} {:>9} {:>9} {:>9}",
+        "source", "read", "accepted", "rejected"
+    );
     for s in &r.sources {
-        let name = Path::new(&s.file).file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-        println!("{:<60} {:>9} {:>9} {:>9}", format!("{name} [{}]", s.layout), s.records_read, s.accepted, s.rejected);
+        let name = Path::new(&s.file)
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        println!(
+            "{:<60} {:>9} {:>9} {:>9}",
+            format!("{name} [{}]", s.layout),
+            s.records_read,
+            s.accepted,
+            s.rejected
+        );
         for n in &s.notices {
             println!("    notice: {n}");
         }
     }
-    println!("{:<60} {:>9} {:>9} {:>9}", "total", r.records_read, r.accepted, r.rejected);
+    println!(
+        "{:<60} {:>9} {:>9} {:>9}",
+        "total", r.records_read, r.accepted, r.rejected
+    );
     if !r.rejects_by_reason.is_empty() {
-        let reasons: Vec<String> = r.rejects_by_reason.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        println!("rejects by reason: {} (details: {})", reasons.join(", "), r.rejects_file);
+        let reasons: Vec<String> = r
+            .rejects_by_reason
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!(
+            "rejects by reason: {} (details: {})",
+            reasons.join(", "),
+            r.rejects_file
+        );
     }
     let tables: Vec<String> = r.tables.iter().map(|(k, v)| format!("{k}={v}")).collect();
     println!("lake tables: {}", tables.join(", "));
@@ -267,11 +299,15 @@ async fn smart_for(auth: &AuthArgs, lake: &Path, base_url: &str) -> Result<api::
     let cfg = match &auth.issuer {
         Some(issuer) => AuthConfig::external(
             issuer.clone(),
-            auth.audience.clone().unwrap_or_else(|| base_url.to_string()),
+            auth.audience
+                .clone()
+                .unwrap_or_else(|| base_url.to_string()),
             auth.patient_claim.clone(),
         ),
         None => AuthConfig::embedded(
-            auth.auth_state.clone().unwrap_or_else(|| lake.join("_auth")),
+            auth.auth_state
+                .clone()
+                .unwrap_or_else(|| lake.join("_auth")),
             auth.auth_config.join("clients.toml"),
             auth.auth_config.join("members.toml"),
             base_url.to_string(),
@@ -286,10 +322,19 @@ async fn serve(a: ServeArgs) -> Result<ExitCode> {
         .with_context(|| format!("listening on {}", a.listen))?;
     let addr = listener.local_addr()?;
     let base_path = format!("/{}", a.base_path.trim_matches('/'));
-    let base_path = if base_path == "/" { String::new() } else { base_path };
-    let base_url = a.public_url.clone().unwrap_or_else(|| format!("http://{addr}{base_path}"));
+    let base_path = if base_path == "/" {
+        String::new()
+    } else {
+        base_path
+    };
+    let base_url = a
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}{base_path}"));
     let smart = if a.insecure_no_auth {
-        eprintln!("fhirlake: WARNING: --insecure-no-auth: member data is served without any token check");
+        eprintln!(
+            "fhirlake: WARNING: --insecure-no-auth: member data is served without any token check"
+        );
         None
     } else {
         Some(smart_for(&a.auth, &a.lake, &base_url).await?)
@@ -302,14 +347,20 @@ async fn serve(a: ServeArgs) -> Result<ExitCode> {
         lake: mapper::lake::Lake::new(&a.lake),
         base_url: base_url.clone(),
         base_path,
-        limits: query::params::Limits { default_count: a.default_count, max_count: a.max_count },
+        limits: query::params::Limits {
+            default_count: a.default_count,
+            max_count: a.max_count,
+        },
         smart,
         audit,
         reload_every: Duration::from_millis(500),
     };
     let app = api::App::new(settings).await?;
     if app.snapshot().is_none() {
-        eprintln!("fhirlake: no snapshot published in {} yet; answering 503 until one is", a.lake.display());
+        eprintln!(
+            "fhirlake: no snapshot published in {} yet; answering 503 until one is",
+            a.lake.display()
+        );
     }
     println!("fhirlake serving {base_url}");
     use std::io::Write;
@@ -324,7 +375,8 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };
@@ -335,7 +387,10 @@ async fn shutdown_signal() {
 
 async fn demo(a: DemoArgs) -> Result<ExitCode> {
     if !a.samples.is_dir() {
-        bail!("no samples folder at {} (run from the repository root)", a.samples.display());
+        bail!(
+            "no samples folder at {} (run from the repository root)",
+            a.samples.display()
+        );
     }
     let opts = mapper::pipeline::Options {
         lake: a.lake.clone(),
@@ -348,11 +403,17 @@ async fn demo(a: DemoArgs) -> Result<ExitCode> {
         .filter(|p| p.is_dir())
         .collect();
     let lake = a.lake.clone();
-    let report = tokio::task::spawn_blocking(move || mapper::pipeline::run(&paths, &opts)).await??;
+    let report =
+        tokio::task::spawn_blocking(move || mapper::pipeline::run(&paths, &opts)).await??;
     print_report(&report);
     let listener = tokio::net::TcpListener::bind(&a.listen)
         .await
-        .with_context(|| format!("listening on {} (use --listen 127.0.0.1:0 for any free port)", a.listen))?;
+        .with_context(|| {
+            format!(
+                "listening on {} (use --listen 127.0.0.1:0 for any free port)",
+                a.listen
+            )
+        })?;
     let addr = listener.local_addr()?;
     let base_url = format!("http://{addr}/fhir");
     let auth = AuthArgs {
@@ -381,7 +442,9 @@ async fn demo(a: DemoArgs) -> Result<ExitCode> {
     println!("  curl -s {base_url}/metadata | head -c 400");
     println!("  curl -s -H \"Authorization: Bearer $TOKEN\" {base_url}/Patient/567834");
     println!("  curl -s -H \"Authorization: Bearer $TOKEN\" '{base_url}/ExplanationOfBenefit?patient=567834&_count=2'");
-    println!("  curl -s -H \"Authorization: Bearer $TOKEN\" '{base_url}/Patient/567834/$everything'");
+    println!(
+        "  curl -s -H \"Authorization: Bearer $TOKEN\" '{base_url}/Patient/567834/$everything'"
+    );
     println!("  curl -s '{base_url}/MedicationKnowledge?_count=3'        # formulary: public");
     println!("Stop with Ctrl-C.");
     use std::io::Write;
@@ -406,7 +469,11 @@ fn snapshots(a: &SnapshotArgs) -> Result<ExitCode> {
     let current = lake.current_name()?;
     for name in lake.list()? {
         let m = lake.manifest(&name)?;
-        let mark = if Some(&name) == current.as_ref() { "*" } else { " " };
+        let mark = if Some(&name) == current.as_ref() {
+            "*"
+        } else {
+            " "
+        };
         let counts: Vec<String> = m.counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!("{mark} {name}  {}  {}", m.created, counts.join(" "));
     }

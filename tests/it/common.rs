@@ -35,8 +35,17 @@ pub fn ingest(lake: &Path, paths: &[&str]) -> (i32, String) {
 
 /// All resources of the lake's current snapshot, via `fhirlake export`.
 pub fn export(lake: &Path) -> Vec<Value> {
-    let out = bin().arg("export").arg("--lake").arg(lake).output().expect("export");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = bin()
+        .arg("export")
+        .arg("--lake")
+        .arg(lake)
+        .output()
+        .expect("export");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).expect("exported line is JSON"))
@@ -73,13 +82,19 @@ impl Server {
             .expect("start fhirlake serve");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read base url");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read base url");
         let base = line
             .trim()
             .strip_prefix("fhirlake serving ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_string();
-        Server { child, base, lake: lake.to_path_buf() }
+        Server {
+            child,
+            base,
+            lake: lake.to_path_buf(),
+        }
     }
 
     /// A token for `patient` with `scope`, from `fhirlake token` (same signing key).
@@ -90,13 +105,21 @@ impl Server {
             .args(["--base-url", &self.base])
             .output()
             .expect("fhirlake token");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     /// GET a path (relative to the base, or absolute) with an optional token.
     pub fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
-        let url = if path.starts_with("http") { path.to_string() } else { format!("{}/{}", self.base, path) };
+        let url = if path.starts_with("http") {
+            path.to_string()
+        } else {
+            format!("{}/{}", self.base, path)
+        };
         let client = reqwest::blocking::Client::new();
         let mut req = client.get(url);
         if let Some(t) = token {
@@ -105,14 +128,25 @@ impl Server {
         let resp = req.send().expect("request");
         let status = resp.status().as_u16();
         let body = resp.text().unwrap_or_default();
-        (status, serde_json::from_str(&body).unwrap_or(Value::String(body)))
+        (
+            status,
+            serde_json::from_str(&body).unwrap_or(Value::String(body)),
+        )
     }
 }
 
 /// A lake built from the bundled samples (once per test that calls it).
 pub fn sample_lake() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (code, out) = ingest(dir.path(), &["samples/rif", "samples/plain", "samples/x12", "samples/formulary"]);
+    let (code, out) = ingest(
+        dir.path(),
+        &[
+            "samples/rif",
+            "samples/plain",
+            "samples/x12",
+            "samples/formulary",
+        ],
+    );
     assert_eq!(code, 0, "{out}");
     dir
 }
@@ -124,7 +158,13 @@ pub fn ids(bundle: &Value, mode: &str) -> Vec<String> {
         .map(|a| {
             a.iter()
                 .filter(|e| e["search"]["mode"] == mode)
-                .map(|e| format!("{}/{}", e["resource"]["resourceType"].as_str().unwrap_or(""), e["resource"]["id"].as_str().unwrap_or("")))
+                .map(|e| {
+                    format!(
+                        "{}/{}",
+                        e["resource"]["resourceType"].as_str().unwrap_or(""),
+                        e["resource"]["id"].as_str().unwrap_or("")
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default()

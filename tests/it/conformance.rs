@@ -8,7 +8,14 @@ use serde_json::Value;
 use crate::common::{export, sample_lake};
 
 fn codes(v: &Value) -> Vec<String> {
-    v["coding"].as_array().map(|a| a.iter().filter_map(|c| c["code"].as_str().map(str::to_string)).collect()).unwrap_or_default()
+    v["coding"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c["code"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn refs(v: &Value, out: &mut Vec<String>) {
@@ -31,7 +38,10 @@ fn check_eob(e: &Value) -> Result<(), String> {
     }
     let basis = profile.contains("-Basis");
     let ids = e["identifier"].as_array().ok_or("identifier")?;
-    if !ids.iter().any(|i| codes(&i["type"]) == ["uc"] && i["value"].is_string()) {
+    if !ids
+        .iter()
+        .any(|i| codes(&i["type"]) == ["uc"] && i["value"].is_string())
+    {
         return Err("identifier:uniqueclaimid".into());
     }
     for k in ["status", "use", "created", "outcome"] {
@@ -62,11 +72,17 @@ fn check_eob(e: &Value) -> Result<(), String> {
     if items.is_empty() {
         return Err("item".into());
     }
-    let kind = profile.split("C4BB-ExplanationOfBenefit-").nth(1).unwrap_or("");
+    let kind = profile
+        .split("C4BB-ExplanationOfBenefit-")
+        .nth(1)
+        .unwrap_or("");
     if kind.starts_with("Inpatient") && codes(&e["subType"]) != ["inpatient"] {
         return Err("subType inpatient".into());
     }
-    let si: Vec<String> = e["supportingInfo"].as_array().map(|a| a.iter().flat_map(|s| codes(&s["category"])).collect()).unwrap_or_default();
+    let si: Vec<String> = e["supportingInfo"]
+        .as_array()
+        .map(|a| a.iter().flat_map(|s| codes(&s["category"])).collect())
+        .unwrap_or_default();
     if kind.starts_with("Inpatient") && !si.contains(&"admissionperiod".to_string()) {
         return Err("supportingInfo:admissionperiod".into());
     }
@@ -82,16 +98,28 @@ fn check_eob(e: &Value) -> Result<(), String> {
     }
     if !basis {
         let totals = e["total"].as_array().ok_or("total")?;
-        if totals.is_empty() || totals.iter().any(|t| !t["amount"]["value"].is_number() || codes(&t["category"]).is_empty()) {
+        if totals.is_empty()
+            || totals
+                .iter()
+                .any(|t| !t["amount"]["value"].is_number() || codes(&t["category"]).is_empty())
+        {
             return Err("total:adjudicationamounttype".into());
         }
-        let header: Vec<String> = e["adjudication"].as_array().map(|a| a.iter().flat_map(|x| codes(&x["category"])).collect()).unwrap_or_default();
-        if !kind.starts_with("Professional") && !header.contains(&"benefitpaymentstatus".to_string()) {
+        let header: Vec<String> = e["adjudication"]
+            .as_array()
+            .map(|a| a.iter().flat_map(|x| codes(&x["category"])).collect())
+            .unwrap_or_default();
+        if !kind.starts_with("Professional")
+            && !header.contains(&"benefitpaymentstatus".to_string())
+        {
             return Err("adjudication:benefitpaymentstatus".into());
         }
         if kind.starts_with("Professional") {
             for it in items {
-                let cats: Vec<String> = it["adjudication"].as_array().map(|a| a.iter().flat_map(|x| codes(&x["category"])).collect()).unwrap_or_default();
+                let cats: Vec<String> = it["adjudication"]
+                    .as_array()
+                    .map(|a| a.iter().flat_map(|x| codes(&x["category"])).collect())
+                    .unwrap_or_default();
                 if !cats.contains(&"benefitpaymentstatus".to_string()) || cats.len() < 2 {
                     return Err("item.adjudication:benefitpaymentstatus + amounts".into());
                 }
@@ -107,12 +135,22 @@ fn c4bb_required_elements_and_resolvable_references() {
     let all = export(lake.path());
     let present: BTreeSet<String> = all
         .iter()
-        .map(|r| format!("{}/{}", r["resourceType"].as_str().unwrap(), r["id"].as_str().unwrap()))
+        .map(|r| {
+            format!(
+                "{}/{}",
+                r["resourceType"].as_str().unwrap(),
+                r["id"].as_str().unwrap()
+            )
+        })
         .collect();
     let mut failures = Vec::new();
     let mut eob_profiles = BTreeSet::new();
     for r in &all {
-        let key = format!("{}/{}", r["resourceType"].as_str().unwrap(), r["id"].as_str().unwrap());
+        let key = format!(
+            "{}/{}",
+            r["resourceType"].as_str().unwrap(),
+            r["id"].as_str().unwrap()
+        );
         if r["meta"]["lastUpdated"].as_str().is_none() {
             failures.push(format!("{key}: meta.lastUpdated"));
         }
@@ -122,8 +160,14 @@ fn c4bb_required_elements_and_resolvable_references() {
                 check_eob(r)
             }
             "Patient" => {
-                let mb = r["identifier"].as_array().is_some_and(|a| a.iter().any(|i| codes(&i["type"]) == ["MB"] && i["system"].is_string()));
-                if !mb || r["name"].as_array().is_none_or(|n| n.is_empty()) || !(r["gender"].is_string() || r["_gender"].is_object()) {
+                let mb = r["identifier"].as_array().is_some_and(|a| {
+                    a.iter()
+                        .any(|i| codes(&i["type"]) == ["MB"] && i["system"].is_string())
+                });
+                if !mb
+                    || r["name"].as_array().is_none_or(|n| n.is_empty())
+                    || !(r["gender"].is_string() || r["_gender"].is_object())
+                {
                     Err("identifier:memberid / name / gender".into())
                 } else {
                     Ok(())
@@ -135,14 +179,31 @@ fn c4bb_required_elements_and_resolvable_references() {
                     && r["beneficiary"]["reference"].is_string()
                     && !codes(&r["relationship"]).is_empty()
                     && r["payor"].as_array().is_some_and(|p| p.len() == 1);
-                if ok { Ok(()) } else { Err("status/subscriberId/beneficiary/relationship/payor".into()) }
+                if ok {
+                    Ok(())
+                } else {
+                    Err("status/subscriberId/beneficiary/relationship/payor".into())
+                }
             }
-            "Organization" if r["meta"]["profile"][0].as_str().is_some_and(|p| p.contains("C4BB")) => {
-                if r["active"] == true && (r["name"].is_string() || r["_name"].is_object()) { Ok(()) } else { Err("active/name".into()) }
+            "Organization"
+                if r["meta"]["profile"][0]
+                    .as_str()
+                    .is_some_and(|p| p.contains("C4BB")) =>
+            {
+                if r["active"] == true && (r["name"].is_string() || r["_name"].is_object()) {
+                    Ok(())
+                } else {
+                    Err("active/name".into())
+                }
             }
             "Practitioner" => {
-                let ok = r["identifier"].as_array().is_some_and(|a| !a.is_empty()) && r["name"].as_array().is_some_and(|n| !n.is_empty());
-                if ok { Ok(()) } else { Err("identifier/name".into()) }
+                let ok = r["identifier"].as_array().is_some_and(|a| !a.is_empty())
+                    && r["name"].as_array().is_some_and(|n| !n.is_empty());
+                if ok {
+                    Ok(())
+                } else {
+                    Err("identifier/name".into())
+                }
             }
             _ => Ok(()),
         };
@@ -157,9 +218,22 @@ fn c4bb_required_elements_and_resolvable_references() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} problems:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} problems:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     // The samples exercise every EOB profile.
-    for p in ["Professional-NonClinician|", "Inpatient-Institutional|", "Outpatient-Institutional|", "Pharmacy|"] {
-        assert!(eob_profiles.iter().any(|x| x.contains(p)), "{p} not produced: {eob_profiles:?}");
+    for p in [
+        "Professional-NonClinician|",
+        "Inpatient-Institutional|",
+        "Outpatient-Institutional|",
+        "Pharmacy|",
+    ] {
+        assert!(
+            eob_profiles.iter().any(|x| x.contains(p)),
+            "{p} not produced: {eob_profiles:?}"
+        );
     }
 }

@@ -38,7 +38,12 @@ fn reads_searches_paging_and_errors() {
     // The carrier claim keeps its seven lines and its amounts.
     let prof = &b["entry"][3]["resource"];
     assert_eq!(prof["item"].as_array().unwrap().len(), 7);
-    let submitted = prof["total"].as_array().unwrap().iter().find(|t| t["category"]["coding"][0]["code"] == "submitted").unwrap();
+    let submitted = prof["total"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["category"]["coding"][0]["code"] == "submitted")
+        .unwrap();
     assert_eq!(submitted["amount"]["value"], 245.04);
 
     // Paging with _count=1 walks every match exactly once, in order.
@@ -60,23 +65,50 @@ fn reads_searches_paging_and_errors() {
     }
 
     // Sorting by service date, newest first, with a stable id tie-break.
-    let (_, b) = s.get(&format!("ExplanationOfBenefit?patient={JOHN}&_sort=-service-date"), Some(&t));
+    let (_, b) = s.get(
+        &format!("ExplanationOfBenefit?patient={JOHN}&_sort=-service-date"),
+        Some(&t),
+    );
     let sorted = ids(&b, "match");
-    assert_eq!(sorted.first().map(String::as_str), Some("ExplanationOfBenefit/inpatient-333333222222"));
+    assert_eq!(
+        sorted.first().map(String::as_str),
+        Some("ExplanationOfBenefit/inpatient-333333222222")
+    );
     // The outpatient claim has a revenue line dated 1942 in the CMS sample: its service dates start there.
-    assert_eq!(sorted.last().map(String::as_str), Some("ExplanationOfBenefit/outpatient-1234567890"));
+    assert_eq!(
+        sorted.last().map(String::as_str),
+        Some("ExplanationOfBenefit/outpatient-1234567890")
+    );
 
     // Token search on identifier (system|value), and type.
     let (_, b) = s.get("ExplanationOfBenefit?identifier=https://fhirlake.example.org/fhir/sid/claim-id|pharmacy-89", Some(&t));
     assert_eq!(ids(&b, "match"), vec!["ExplanationOfBenefit/pharmacy-89"]);
     let (_, b) = s.get("ExplanationOfBenefit?type=pharmacy,professional", Some(&t));
-    assert_eq!(ids(&b, "match"), vec!["ExplanationOfBenefit/pharmacy-89", "ExplanationOfBenefit/professional-9991831999"]);
+    assert_eq!(
+        ids(&b, "match"),
+        vec![
+            "ExplanationOfBenefit/pharmacy-89",
+            "ExplanationOfBenefit/professional-9991831999"
+        ]
+    );
 
     // Dates: service-date precision and prefixes.
     let (_, b) = s.get("ExplanationOfBenefit?service-date=2016-01", Some(&t));
-    assert_eq!(ids(&b, "match"), vec!["ExplanationOfBenefit/inpatient-333333222222"]);
-    let (_, b) = s.get("ExplanationOfBenefit?service-date=ge2015&service-date=lt2016-06", Some(&t));
-    assert_eq!(ids(&b, "match"), vec!["ExplanationOfBenefit/inpatient-333333222222", "ExplanationOfBenefit/pharmacy-89"]);
+    assert_eq!(
+        ids(&b, "match"),
+        vec!["ExplanationOfBenefit/inpatient-333333222222"]
+    );
+    let (_, b) = s.get(
+        "ExplanationOfBenefit?service-date=ge2015&service-date=lt2016-06",
+        Some(&t),
+    );
+    assert_eq!(
+        ids(&b, "match"),
+        vec![
+            "ExplanationOfBenefit/inpatient-333333222222",
+            "ExplanationOfBenefit/pharmacy-89"
+        ]
+    );
     let (_, b) = s.get("ExplanationOfBenefit?_lastUpdated=gt2000-01-01", Some(&t));
     assert_eq!(ids(&b, "match").len(), 4);
     let (_, b) = s.get("ExplanationOfBenefit?_lastUpdated=lt2000-01-01", Some(&t));
@@ -88,17 +120,30 @@ fn reads_searches_paging_and_errors() {
     assert!(b.get("entry").is_none());
 
     // _include: providers come once, marked include.
-    let (_, b) = s.get(&format!("ExplanationOfBenefit?patient={JOHN}&_include=ExplanationOfBenefit:insurer"), Some(&t));
+    let (_, b) = s.get(
+        &format!("ExplanationOfBenefit?patient={JOHN}&_include=ExplanationOfBenefit:insurer"),
+        Some(&t),
+    );
     assert_eq!(ids(&b, "include"), vec!["Organization/payer-CMS"]);
     assert_eq!(ids(&b, "match").len(), 4);
-    let (_, b) = s.get(&format!("ExplanationOfBenefit?patient={JOHN}&_include=ExplanationOfBenefit:*"), Some(&t));
+    let (_, b) = s.get(
+        &format!("ExplanationOfBenefit?patient={JOHN}&_include=ExplanationOfBenefit:*"),
+        Some(&t),
+    );
     let inc = ids(&b, "include");
     assert!(inc.contains(&format!("Patient/{JOHN}")), "{inc:?}");
     assert!(inc.iter().any(|i| i.starts_with("Coverage/")), "{inc:?}");
-    assert_eq!(inc.len(), inc.iter().collect::<BTreeSet<_>>().len(), "no duplicates");
+    assert_eq!(
+        inc.len(),
+        inc.iter().collect::<BTreeSet<_>>().len(),
+        "no duplicates"
+    );
 
     // Unknown parameters are ignored and left out of the self link.
-    let (st, b) = s.get(&format!("ExplanationOfBenefit?patient={JOHN}&foo=bar"), Some(&t));
+    let (st, b) = s.get(
+        &format!("ExplanationOfBenefit?patient={JOHN}&foo=bar"),
+        Some(&t),
+    );
     assert_eq!(st, 200);
     let self_link = b["link"][0]["url"].as_str().unwrap();
     assert!(!self_link.contains("foo"), "{self_link}");
@@ -109,14 +154,20 @@ fn reads_searches_paging_and_errors() {
     assert_eq!(st, 400);
     assert_eq!(o["resourceType"], "OperationOutcome");
     let (st, o) = s.get("ExplanationOfBenefit/does-not-exist", Some(&t));
-    assert_eq!((st, o["issue"][0]["code"].as_str()), (404, Some("not-found")));
+    assert_eq!(
+        (st, o["issue"][0]["code"].as_str()),
+        (404, Some("not-found"))
+    );
     let (st, _) = s.get("Observation?patient=1", Some(&t));
     assert_eq!(st, 404);
     let (st, o) = s.get("ExplanationOfBenefit?_cursor=forged.cursor", Some(&t));
     assert_eq!(st, 400, "{o}");
 
     // A cursor cannot be altered.
-    let (_, b) = s.get(&format!("ExplanationOfBenefit?patient={JOHN}&_count=1"), Some(&t));
+    let (_, b) = s.get(
+        &format!("ExplanationOfBenefit?patient={JOHN}&_count=1"),
+        Some(&t),
+    );
     let n = next(&b).unwrap();
     let tampered = n.replace("_cursor=e", "_cursor=f");
     let (st, _) = s.get(&tampered, Some(&t));
@@ -124,9 +175,18 @@ fn reads_searches_paging_and_errors() {
 
     // Writes are refused: the API is read-only.
     let client = reqwest::blocking::Client::new();
-    let r = client.put(format!("{}/Patient/{JOHN}", s.base)).bearer_auth(&t).body("{}").send().unwrap();
+    let r = client
+        .put(format!("{}/Patient/{JOHN}", s.base))
+        .bearer_auth(&t)
+        .body("{}")
+        .send()
+        .unwrap();
     assert_eq!(r.status().as_u16(), 405);
-    let r = client.delete(format!("{}/Patient/{JOHN}", s.base)).bearer_auth(&t).send().unwrap();
+    let r = client
+        .delete(format!("{}/Patient/{JOHN}", s.base))
+        .bearer_auth(&t)
+        .send()
+        .unwrap();
     assert_eq!(r.status().as_u16(), 405);
 
     // POST _search means the same as GET.
@@ -172,7 +232,12 @@ fn the_compartment_and_scopes_confine_every_path() {
     let (_, b) = s.get("ExplanationOfBenefit", Some(&john));
     assert_eq!(ids(&b, "match"), JOHN_EOBS.to_vec());
     let (_, b) = s.get("Coverage", Some(&john));
-    assert!(ids(&b, "match").iter().all(|c| c.starts_with("Coverage/567834-")), "{b}");
+    assert!(
+        ids(&b, "match")
+            .iter()
+            .all(|c| c.starts_with("Coverage/567834-")),
+        "{b}"
+    );
 
     // No token, bad token, missing scope.
     let (st, o) = s.get("ExplanationOfBenefit", None);
@@ -199,10 +264,17 @@ fn the_compartment_and_scopes_confine_every_path() {
     assert!(!ids(&b, "match").is_empty());
     let (st, cs) = s.get("metadata", None);
     assert_eq!(st, 200);
-    assert_eq!(cs["rest"][0]["security"]["service"][0]["coding"][0]["code"], "SMART-on-FHIR");
+    assert_eq!(
+        cs["rest"][0]["security"]["service"][0]["coding"][0]["code"],
+        "SMART-on-FHIR"
+    );
     let (st, sc) = s.get(".well-known/smart-configuration", None);
     assert_eq!(st, 200);
-    assert!(sc["code_challenge_methods_supported"].as_array().unwrap().iter().any(|m| m == "S256"));
+    assert!(sc["code_challenge_methods_supported"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m == "S256"));
 
     // Every access to member data is audited, without PHI in the operational log.
     let audit = std::fs::read_to_string(lake.path().join("audit.ndjson")).unwrap();
@@ -223,7 +295,10 @@ fn everything_returns_each_resource_of_the_compartment_once() {
             let (st, b) = s.get(&url, Some(&t));
             assert_eq!(st, 200, "{b}");
             let page = ids(&b, "match");
-            let page_types: BTreeSet<String> = page.iter().map(|i| i.split('/').next().unwrap().to_string()).collect();
+            let page_types: BTreeSet<String> = page
+                .iter()
+                .map(|i| i.split('/').next().unwrap().to_string())
+                .collect();
             assert!(page_types.len() <= 1, "one phase per page: {page:?}");
             types.extend(page_types);
             seen.extend(page);

@@ -8,7 +8,10 @@ use crate::common::{export, ingest, root};
 
 fn rejects(lake: &std::path::Path) -> Vec<Value> {
     let current = std::fs::read_to_string(lake.join("CURRENT")).unwrap();
-    let path = lake.join("snapshots").join(current.trim()).join("rejects.ndjson");
+    let path = lake
+        .join("snapshots")
+        .join(current.trim())
+        .join("rejects.ndjson");
     std::fs::read_to_string(path)
         .unwrap()
         .lines()
@@ -19,16 +22,34 @@ fn rejects(lake: &std::path::Path) -> Vec<Value> {
 #[test]
 fn broken_rows_become_rejects_and_the_run_goes_on() {
     let lake = tempfile::tempdir().unwrap();
-    let (code, out) = ingest(lake.path(), &["tests/fixtures/broken-claims.csv", "samples/plain/members.csv"]);
+    let (code, out) = ingest(
+        lake.path(),
+        &[
+            "tests/fixtures/broken-claims.csv",
+            "samples/plain/members.csv",
+        ],
+    );
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("total"), "{out}");
     let rej = rejects(lake.path());
     let by_line: BTreeMap<u64, (String, String)> = rej
         .iter()
-        .map(|r| (r["line"].as_u64().unwrap(), (r["reason"].as_str().unwrap().to_string(), r["stage"].as_str().unwrap().to_string())))
+        .map(|r| {
+            (
+                r["line"].as_u64().unwrap(),
+                (
+                    r["reason"].as_str().unwrap().to_string(),
+                    r["stage"].as_str().unwrap().to_string(),
+                ),
+            )
+        })
         .collect();
     let expect = |line: u64, reason: &str| {
-        assert_eq!(by_line.get(&line).map(|r| r.0.as_str()), Some(reason), "line {line}: {by_line:?}");
+        assert_eq!(
+            by_line.get(&line).map(|r| r.0.as_str()),
+            Some(reason),
+            "line {line}: {by_line:?}"
+        );
     };
     expect(3, "bad_date");
     expect(4, "bad_number");
@@ -40,7 +61,10 @@ fn broken_rows_become_rejects_and_the_run_goes_on() {
     assert_eq!(rej.len(), 6);
     for r in &rej {
         assert!(r["file"].as_str().unwrap().ends_with("broken-claims.csv"));
-        assert!(r["raw"].as_str().unwrap().contains("B-"), "raw record kept: {r}");
+        assert!(
+            r["raw"].as_str().unwrap().contains("B-"),
+            "raw record kept: {r}"
+        );
     }
     // Good claims of the same file are in the lake: read = accepted + rejected.
     let eobs: Vec<String> = export(lake.path())
@@ -51,11 +75,35 @@ fn broken_rows_become_rejects_and_the_run_goes_on() {
     assert_eq!(eobs, vec!["professional-B-1", "professional-B-8"]);
     let report: Value = {
         let current = std::fs::read_to_string(lake.path().join("CURRENT")).unwrap();
-        serde_json::from_str(&std::fs::read_to_string(lake.path().join("snapshots").join(current.trim()).join("report.json")).unwrap()).unwrap()
+        serde_json::from_str(
+            &std::fs::read_to_string(
+                lake.path()
+                    .join("snapshots")
+                    .join(current.trim())
+                    .join("report.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap()
     };
-    let claims = report["sources"].as_array().unwrap().iter().find(|s| s["layout"] == "plain-claims").unwrap();
-    assert_eq!((claims["records_read"].as_u64(), claims["accepted"].as_u64(), claims["rejected"].as_u64()), (Some(8), Some(2), Some(6)));
-    assert_eq!(report["records_read"], report["accepted"].as_u64().unwrap() + report["rejected"].as_u64().unwrap());
+    let claims = report["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["layout"] == "plain-claims")
+        .unwrap();
+    assert_eq!(
+        (
+            claims["records_read"].as_u64(),
+            claims["accepted"].as_u64(),
+            claims["rejected"].as_u64()
+        ),
+        (Some(8), Some(2), Some(6))
+    );
+    assert_eq!(
+        report["records_read"],
+        report["accepted"].as_u64().unwrap() + report["rejected"].as_u64().unwrap()
+    );
 
     // A reject-rate threshold makes the exit status non-zero for schedulers.
     let out = crate::common::bin()
@@ -90,7 +138,10 @@ fn stable(resources: Vec<Value>) -> String {
         })
         .collect();
     v.sort_by_key(|r| format!("{}/{}", r["resourceType"], r["id"]));
-    v.iter().map(|r| serde_json::to_string_pretty(r).unwrap()).collect::<Vec<_>>().join("\n")
+    v.iter()
+        .map(|r| serde_json::to_string_pretty(r).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[test]
@@ -105,7 +156,11 @@ fn golden_rif_and_plain_samples() {
             std::fs::write(&path, &got).unwrap();
         }
         let want = std::fs::read_to_string(&path).unwrap_or_default();
-        assert!(got == want, "{name}: output differs from {} (review, then rerun with BLESS=1)", path.display());
+        assert!(
+            got == want,
+            "{name}: output differs from {} (review, then rerun with BLESS=1)",
+            path.display()
+        );
     }
 }
 
@@ -118,8 +173,15 @@ fn running_the_same_input_twice_changes_nothing() {
     let (code, _) = ingest(lake.path(), &["samples/rif"]);
     assert_eq!(code, 0);
     let second = export(lake.path());
-    assert_eq!(first, second, "same content, same versionId and lastUpdated");
-    let out = crate::common::bin().args(["snapshots", "--lake"]).arg(lake.path()).output().unwrap();
+    assert_eq!(
+        first, second,
+        "same content, same versionId and lastUpdated"
+    );
+    let out = crate::common::bin()
+        .args(["snapshots", "--lake"])
+        .arg(lake.path())
+        .output()
+        .unwrap();
     let listing = String::from_utf8_lossy(&out.stdout);
     assert_eq!(listing.lines().count(), 2, "{listing}");
     assert!(listing.lines().nth(1).unwrap().starts_with('*'));

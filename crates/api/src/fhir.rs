@@ -58,7 +58,10 @@ async fn smart_configuration(State(app): State<Arc<App>>) -> Response {
     match &app.settings().smart {
         Some(s) => {
             let mut r = axum::Json(s.smart_configuration()).into_response();
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             r
         }
         None => ApiError::NotFound("this server runs without authorization".into()).into_response(),
@@ -79,7 +82,10 @@ async fn gate(
     let Some(smart) = &app.settings().smart else {
         return Ok(None);
     };
-    match smart.authorize_interaction(headers, resource_type, interaction).await {
+    match smart
+        .authorize_interaction(headers, resource_type, interaction)
+        .await
+    {
         Ok(g) => Ok(Some(g)),
         Err(e) => {
             if let Some(a) = &app.settings().audit {
@@ -100,7 +106,9 @@ fn known_type(t: &str) -> Result<(), ApiError> {
     if mapper::registry::resource_types().contains(&t) {
         Ok(())
     } else {
-        Err(ApiError::NotFound(format!("resource type '{t}' is not supported")))
+        Err(ApiError::NotFound(format!(
+            "resource type '{t}' is not supported"
+        )))
     }
 }
 
@@ -249,9 +257,15 @@ fn bundle(
     next: Option<String>,
     summary_count: bool,
 ) -> Result<Response, ApiError> {
-    let mut links = vec![Link { relation: "self", url: self_link }];
+    let mut links = vec![Link {
+        relation: "self",
+        url: self_link,
+    }];
     if let Some(n) = next {
-        links.push(Link { relation: "next", url: n });
+        links.push(Link {
+            relation: "next",
+            url: n,
+        });
     }
     let mut raws = Vec::new();
     for (text, mode) in page
@@ -260,8 +274,10 @@ fn bundle(
         .map(|m| (m, "match"))
         .chain(page.included.iter().map(|m| (m, "include")))
     {
-        let raw: &RawValue = serde_json::from_str(text).map_err(|_| ApiError::Internal("stored resource"))?;
-        let head: Head = serde_json::from_str(text).map_err(|_| ApiError::Internal("stored resource"))?;
+        let raw: &RawValue =
+            serde_json::from_str(text).map_err(|_| ApiError::Internal("stored resource"))?;
+        let head: Head =
+            serde_json::from_str(text).map_err(|_| ApiError::Internal("stored resource"))?;
         raws.push(Entry {
             full_url: format!("{base}/{}/{}", head.resource_type, head.id),
             resource: raw,
@@ -307,7 +323,12 @@ async fn instance(
         #[serde(rename = "versionId")]
         version_id: Option<String>,
     }
-    if let Ok(Meta { meta: Some(MetaInner { version_id: Some(v) }) }) = serde_json::from_str(&text) {
+    if let Ok(Meta {
+        meta: Some(MetaInner {
+            version_id: Some(v),
+        }),
+    }) = serde_json::from_str(&text)
+    {
         if let Ok(h) = HeaderValue::from_str(&format!("W/\"{v}\"")) {
             r.headers_mut().insert(header::ETAG, h);
         }
@@ -322,21 +343,32 @@ async fn operation(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     if rtype != "Patient" || op != "$everything" {
-        return Err(ApiError::NotFound(format!("{rtype}/{id}/{op} is not supported")));
+        return Err(ApiError::NotFound(format!(
+            "{rtype}/{id}/{op} is not supported"
+        )));
     }
     let pairs = parse_pairs(q.as_deref().unwrap_or("").as_bytes());
     let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let count = match get("_count") {
         Some(c) => c
             .parse::<usize>()
-            .map_err(|_| ApiError::BadRequest("invalid", "_count must be a non-negative integer".into()))?
+            .map_err(|_| {
+                ApiError::BadRequest("invalid", "_count must be a non-negative integer".into())
+            })?
             .clamp(1, app.settings().limits.max_count),
         None => app.settings().limits.default_count,
     };
-    let types: Option<Vec<String>> = get("_type").map(|t| t.split(',').map(str::to_string).collect());
+    let types: Option<Vec<String>> =
+        get("_type").map(|t| t.split(',').map(str::to_string).collect());
     if let Some(ts) = &types {
-        if let Some(bad) = ts.iter().find(|t| !query::snapshot::EVERYTHING_PHASES.contains(&t.as_str())) {
-            return Err(ApiError::BadRequest("invalid", format!("_type {bad} is not in a member's record")));
+        if let Some(bad) = ts
+            .iter()
+            .find(|t| !query::snapshot::EVERYTHING_PHASES.contains(&t.as_str()))
+        {
+            return Err(ApiError::BadRequest(
+                "invalid",
+                format!("_type {bad} is not in a member's record"),
+            ));
         }
     }
     // The member's own Patient must be readable by this token: that is the compartment check.
@@ -354,7 +386,17 @@ async fn operation(
             .filter(|t| g.can_search(t))
             .map(|t| t.to_string())
             .collect();
-        return everything(&app, &snap, &id, &pairs, count, Some(scoped), patients, grant.as_ref()).await;
+        return everything(
+            &app,
+            &snap,
+            &id,
+            &pairs,
+            count,
+            Some(scoped),
+            patients,
+            grant.as_ref(),
+        )
+        .await;
     }
     everything(&app, &snap, &id, &pairs, count, types, patients, None).await
 }
@@ -374,10 +416,23 @@ async fn everything(
     let since = get("_since");
     let cursor = get("_cursor");
     let page = snap
-        .everything(id, since.as_deref(), types.as_deref(), count, cursor.as_deref(), patients, app.secret())
+        .everything(
+            id,
+            since.as_deref(),
+            types.as_deref(),
+            count,
+            cursor.as_deref(),
+            patients,
+            app.secret(),
+        )
         .await?;
     if let Some(g) = grant {
-        audit(app, &Some(g.clone()), "Patient/$everything", page.matches.len() as u64);
+        audit(
+            app,
+            &Some(g.clone()),
+            "Patient/$everything",
+            page.matches.len() as u64,
+        );
     }
     let base = app.settings().base_url.trim_end_matches('/');
     let path = format!("{base}/Patient/{id}/$everything");

@@ -138,15 +138,20 @@ pub async fn serve(
                 match app.reload().await {
                     Ok(true) => tracing::info!("serving a newly published snapshot"),
                     Ok(false) => {}
-                    Err(e) => tracing::warn!(error = %e, "could not open the new snapshot; the old one keeps serving"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not open the new snapshot; the old one keeps serving")
+                    }
                 }
             }
         })
     };
     let r = router(app);
-    let result = axum::serve(listener, r.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let result = axum::serve(
+        listener,
+        r.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
     reloader.abort();
     result
 }

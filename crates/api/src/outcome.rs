@@ -42,9 +42,13 @@ impl From<QueryError> for ApiError {
     fn from(e: QueryError) -> Self {
         match e {
             QueryError::InvalidParameter { .. } => ApiError::BadRequest("invalid", e.to_string()),
-            QueryError::UnsupportedParameter(_) => ApiError::BadRequest("not-supported", e.to_string()),
+            QueryError::UnsupportedParameter(_) => {
+                ApiError::BadRequest("not-supported", e.to_string())
+            }
             QueryError::InvalidCursor(_) => ApiError::BadRequest("invalid", e.to_string()),
-            QueryError::UnknownType(t) => ApiError::NotFound(format!("resource type '{t}' is not supported")),
+            QueryError::UnknownType(t) => {
+                ApiError::NotFound(format!("resource type '{t}' is not supported"))
+            }
             QueryError::Lake(mapper::lake::LakeError::Empty(_)) => ApiError::Unavailable,
             QueryError::Lake(_) => ApiError::Internal("lake"),
             QueryError::Engine(_) => ApiError::Internal("engine"),
@@ -57,7 +61,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, body) = match self {
             ApiError::Auth(e) => return e.into_response(),
-            ApiError::BadRequest(code, msg) => (StatusCode::BAD_REQUEST, outcome("error", code, &msg)),
+            ApiError::BadRequest(code, msg) => {
+                (StatusCode::BAD_REQUEST, outcome("error", code, &msg))
+            }
             ApiError::NotFound(msg) => (StatusCode::NOT_FOUND, outcome("error", "not-found", &msg)),
             ApiError::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -76,9 +82,13 @@ impl IntoResponse for ApiError {
             }
         };
         let mut r = (status, body.to_string()).into_response();
-        r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(FHIR_JSON));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static(FHIR_JSON),
+        );
         if status == StatusCode::METHOD_NOT_ALLOWED {
-            r.headers_mut().insert(header::ALLOW, header::HeaderValue::from_static("GET, POST"));
+            r.headers_mut()
+                .insert(header::ALLOW, header::HeaderValue::from_static("GET, POST"));
         }
         r
     }

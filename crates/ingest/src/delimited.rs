@@ -14,7 +14,7 @@ use csv::{ByteRecord, ReaderBuilder};
 use crate::layout::{compile, compile_groups, parse_date, parse_decimal, Field, FieldSet};
 use crate::layout::{FieldSource, FieldType, Mapping};
 use crate::model::*;
-use crate::{Error, FileSummary, Item, Reason, Reader, Reject, Stage};
+use crate::{Error, FileSummary, Item, Reader, Reason, Reject, Stage};
 
 /// Reads a delimited file with one mapping.
 #[derive(Debug, Clone)]
@@ -149,7 +149,10 @@ impl Compiled {
         let line = compile(&without(&line_table, LINE_GROUPS), header, &path)?;
         let mut line_groups = Vec::new();
         for g in LINE_GROUPS {
-            line_groups.push((g.to_string(), compile_groups(&line_table, g, header, &path)?));
+            line_groups.push((
+                g.to_string(),
+                compile_groups(&line_table, g, header, &path)?,
+            ));
         }
         let coverages = mapping
             .coverage
@@ -166,7 +169,10 @@ impl Compiled {
             None => None,
         };
         let change = match &mapping.source.change {
-            Some(c) => Some((col(&c.column).ok_or_else(|| missing(&c.column))?, c.codes.clone())),
+            Some(c) => Some((
+                col(&c.column).ok_or_else(|| missing(&c.column))?,
+                c.codes.clone(),
+            )),
             None => None,
         };
         Ok(Self {
@@ -243,25 +249,38 @@ impl Compiled {
         }
         let typed = match f.ty {
             FieldType::Text => raw.to_string(),
-            FieldType::Date => parse_date(raw, &self.mapping.source.date_formats).ok_or_else(|| {
+            FieldType::Date => {
+                parse_date(raw, &self.mapping.source.date_formats).ok_or_else(|| {
+                    (
+                        Reason::BadDate,
+                        format!(
+                            "{}: {raw:?} is not a date in {:?}",
+                            f.label, self.mapping.source.date_formats
+                        ),
+                    )
+                })?
+            }
+            FieldType::Decimal => parse_decimal(raw).ok_or_else(|| {
                 (
-                    Reason::BadDate,
-                    format!("{}: {raw:?} is not a date in {:?}", f.label, self.mapping.source.date_formats),
+                    Reason::BadNumber,
+                    format!("{}: {raw:?} is not a decimal", f.label),
                 )
             })?,
-            FieldType::Decimal => parse_decimal(raw).ok_or_else(|| {
-                (Reason::BadNumber, format!("{}: {raw:?} is not a decimal", f.label))
+            FieldType::Int => raw.parse::<i64>().map(|n| n.to_string()).map_err(|_| {
+                (
+                    Reason::BadNumber,
+                    format!("{}: {raw:?} is not an integer", f.label),
+                )
             })?,
-            FieldType::Int => raw
-                .parse::<i64>()
-                .map(|n| n.to_string())
-                .map_err(|_| (Reason::BadNumber, format!("{}: {raw:?} is not an integer", f.label)))?,
         };
         match &f.codes {
             None => Ok(Some(typed)),
             Some(table) => {
                 let codes = self.mapping.codes.get(table).ok_or_else(|| {
-                    (Reason::UnknownCode, format!("{}: no code table {table:?}", f.label))
+                    (
+                        Reason::UnknownCode,
+                        format!("{}: no code table {table:?}", f.label),
+                    )
                 })?;
                 match codes.get(&typed).or_else(|| codes.get("*")) {
                     Some(v) if v.is_empty() => Ok(None),
@@ -309,18 +328,29 @@ impl Compiled {
             Some("replace") => Ok(Change::Replace),
             Some("cancel") => Ok(Change::Cancel),
             Some("delete") => Ok(Change::Delete),
-            _ => Err((Reason::UnknownCode, format!("change code {raw:?} is not known"))),
+            _ => Err((
+                Reason::UnknownCode,
+                format!("change code {raw:?} is not known"),
+            )),
         }
     }
 
-    fn party(&self, row: &Row<'_>, set: &FieldSet, prefix: &str) -> Result<Option<Party>, ValueError> {
+    fn party(
+        &self,
+        row: &Row<'_>,
+        set: &FieldSet,
+        prefix: &str,
+    ) -> Result<Option<Party>, ValueError> {
         let id = self
             .get(row, set, &format!("{prefix}_npi"))?
             .filter(|n| n.bytes().any(|b| b != b'0'));
         let (id, id_kind) = match id {
             Some(id) => (Some(id), Some("npi".to_string())),
             None => match self.get(row, set, &format!("{prefix}_id"))? {
-                Some(id) => (Some(id), set.attr(&format!("{prefix}_id_kind")).map(str::to_string)),
+                Some(id) => (
+                    Some(id),
+                    set.attr(&format!("{prefix}_id_kind")).map(str::to_string),
+                ),
                 None => (None, None),
             },
         };
@@ -408,7 +438,11 @@ impl Compiled {
         Ok(out)
     }
 
-    fn adjustments(&self, row: &Row<'_>, groups: &[FieldSet]) -> Result<Vec<Adjustment>, ValueError> {
+    fn adjustments(
+        &self,
+        row: &Row<'_>,
+        groups: &[FieldSet],
+    ) -> Result<Vec<Adjustment>, ValueError> {
         let mut out = Vec::new();
         for g in groups {
             let reasons = self.list(row, g, "reason")?;
@@ -429,8 +463,12 @@ impl Compiled {
         };
         let p = &self.part;
         let kind_text = self.required(first, p, "kind")?;
-        let kind = ClaimKind::parse(&kind_text)
-            .ok_or_else(|| (Reason::UnknownCode, format!("claim kind {kind_text:?} is not known")))?;
+        let kind = ClaimKind::parse(&kind_text).ok_or_else(|| {
+            (
+                Reason::UnknownCode,
+                format!("claim kind {kind_text:?} is not known"),
+            )
+        })?;
         let mut identifiers = Vec::new();
         for g in self.groups("identifier") {
             if let Some(value) = self.get(first, g, "value")? {
@@ -446,7 +484,9 @@ impl Compiled {
             let versions = g.all("version");
             let poas = g.all("poa");
             for (i, f) in codes.iter().enumerate() {
-                let Some(code) = self.value(first, f)? else { continue };
+                let Some(code) = self.value(first, f)? else {
+                    continue;
+                };
                 let version = match versions.get(i) {
                     Some(v) => self.value(first, v)?,
                     None => None,
@@ -467,7 +507,12 @@ impl Compiled {
                 {
                     continue;
                 }
-                diagnoses.push(Diagnosis { code, icd_version, kind, poa });
+                diagnoses.push(Diagnosis {
+                    code,
+                    icd_version,
+                    kind,
+                    poa,
+                });
             }
         }
         let mut procedures = Vec::new();
@@ -476,7 +521,9 @@ impl Compiled {
             let versions = g.all("version");
             let dates = g.all("date");
             for (i, f) in codes.iter().enumerate() {
-                let Some(code) = self.value(first, f)? else { continue };
+                let Some(code) = self.value(first, f)? else {
+                    continue;
+                };
                 let version = match versions.get(i) {
                     Some(v) => self.value(first, v)?,
                     None => None,
@@ -485,10 +532,18 @@ impl Compiled {
                     Some(v) => self.value(first, v)?,
                     None => None,
                 };
-                let kind = if procedures.is_empty() { "principal" } else { "other" };
+                let kind = if procedures.is_empty() {
+                    "principal"
+                } else {
+                    "other"
+                };
                 procedures.push(Procedure {
                     code,
-                    icd_version: if version.as_deref() == Some("9") { 9 } else { 10 },
+                    icd_version: if version.as_deref() == Some("9") {
+                        9
+                    } else {
+                        10
+                    },
                     kind: kind.to_string(),
                     date,
                 });
@@ -522,9 +577,12 @@ impl Compiled {
             }
             let l = &self.line;
             let number = match self.get(row, l, "number")? {
-                Some(n) => n
-                    .parse::<u32>()
-                    .map_err(|_| (Reason::BadNumber, format!("line number {n:?} is not a number")))?,
+                Some(n) => n.parse::<u32>().map_err(|_| {
+                    (
+                        Reason::BadNumber,
+                        format!("line number {n:?} is not a number"),
+                    )
+                })?,
                 None => i as u32 + 1,
             };
             let rendering = self.party(row, l, "rendering")?.map(|mut p| {
@@ -582,10 +640,16 @@ impl Compiled {
         })
     }
 
-    fn formulary_drug(&self, row: &Row<'_>, position: Position) -> Result<FormularyDrug, ValueError> {
+    fn formulary_drug(
+        &self,
+        row: &Row<'_>,
+        position: Position,
+    ) -> Result<FormularyDrug, ValueError> {
         let p = &self.part;
         let flag = |name: &str| -> Result<Option<bool>, ValueError> {
-            Ok(self.get(row, p, name)?.map(|v| matches!(v.as_str(), "true" | "Y" | "1")))
+            Ok(self
+                .get(row, p, name)?
+                .map(|v| matches!(v.as_str(), "true" | "Y" | "1")))
         };
         Ok(FormularyDrug {
             formulary_id: self.required(row, p, "formulary_id")?,
@@ -665,7 +729,13 @@ impl Reader for DelimitedReader {
                         byte_offset: pos.byte(),
                         ..Default::default()
                     };
-                    emit(Err(Reject::new(position, Stage::Parse, Reason::Malformed, e.to_string(), "")));
+                    emit(Err(Reject::new(
+                        position,
+                        Stage::Parse,
+                        Reason::Malformed,
+                        e.to_string(),
+                        "",
+                    )));
                     if matches!(e.kind(), csv::ErrorKind::Io(_)) {
                         return Err(io(csv_io(e)));
                     }
@@ -673,7 +743,11 @@ impl Reader for DelimitedReader {
                 }
             }
             summary.units += 1;
-            if rec.len() == 1 && rec.get(0).is_some_and(|f| f.iter().all(u8::is_ascii_whitespace)) {
+            if rec.len() == 1
+                && rec
+                    .get(0)
+                    .is_some_and(|f| f.iter().all(u8::is_ascii_whitespace))
+            {
                 continue; // blank line
             }
             let key = layout
@@ -743,13 +817,17 @@ fn flush(layout: &Compiled, file: &Arc<str>, rows: &mut Vec<RawRow>, emit: &mut 
     rows.clear();
 }
 
-fn build(layout: &Compiled, rows: &[RawRow], position: Position) -> Result<SourceRecord, ValueError> {
+fn build(
+    layout: &Compiled,
+    rows: &[RawRow],
+    position: Position,
+) -> Result<SourceRecord, ValueError> {
     let mut parsed = Vec::with_capacity(rows.len());
     for r in rows {
         let n = r.record.len();
         // CMS RIF rows may carry one extra, empty trailing field.
-        let trailing_ok = n > layout.width
-            && r.record.iter().skip(layout.width).all(|f| f.is_empty());
+        let trailing_ok =
+            n > layout.width && r.record.iter().skip(layout.width).all(|f| f.is_empty());
         if n != layout.width && !trailing_ok {
             return Err((
                 Reason::FieldCount,
@@ -762,7 +840,10 @@ fn build(layout: &Compiled, rows: &[RawRow], position: Position) -> Result<Sourc
         let mut fields = Vec::with_capacity(n);
         for f in r.record.iter() {
             let s = std::str::from_utf8(f).map_err(|e| {
-                (Reason::Encoding, format!("line {}: invalid UTF-8: {e}", r.line))
+                (
+                    Reason::Encoding,
+                    format!("line {}: invalid UTF-8: {e}", r.line),
+                )
             })?;
             fields.push(s);
         }

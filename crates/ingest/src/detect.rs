@@ -49,7 +49,10 @@ pub fn detect(path: &Path, mappings: &[Arc<Mapping>]) -> Result<Format, Error> {
     if let Some(rest) = body.strip_prefix(&[0xEF, 0xBB, 0xBF]) {
         body = rest;
     }
-    let start = body.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(body.len());
+    let start = body
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(body.len());
     let body = &body[start..];
     if body.starts_with(b"ISA") {
         return Ok(Format::X12);
@@ -72,6 +75,8 @@ pub fn detect(path: &Path, mappings: &[Arc<Mapping>]) -> Result<Format, Error> {
     best.map(|m| Format::Delimited(m.clone()))
         .ok_or_else(|| Error::UnknownFormat {
             path: path.display().to_string(),
-            message: "not X12, XML or JSON, and its header matches no mapping file (use --mapping FILE)".into(),
+            message:
+                "not X12, XML or JSON, and its header matches no mapping file (use --mapping FILE)"
+                    .into(),
         })
 }

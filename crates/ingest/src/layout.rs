@@ -231,7 +231,14 @@ impl FieldSet {
 
 /// Keys of a field table that are attributes (copied as text), not column references.
 const ATTR_KEYS: &[&str] = &[
-    "category", "kind", "role", "key", "type_display", "id_kind", "person", "group",
+    "category",
+    "kind",
+    "role",
+    "key",
+    "type_display",
+    "id_kind",
+    "person",
+    "group",
 ];
 
 /// Compile a table of `field = spec` entries against a header.
@@ -313,7 +320,11 @@ fn compile_spec(
                     .iter()
                     .map(|c| col(c.as_str().unwrap_or_default()))
                     .collect::<Result<Vec<_>, _>>()?;
-                let label = cols.iter().filter_map(|c| c.as_str()).collect::<Vec<_>>().join("+");
+                let label = cols
+                    .iter()
+                    .filter_map(|c| c.as_str())
+                    .collect::<Vec<_>>()
+                    .join("+");
                 return Ok(vec![Field {
                     source: FieldSource::Concat(idx),
                     label,
@@ -405,10 +416,7 @@ fn parse_date_with(t: &str, format: &str) -> Option<String> {
             const MONTHS: [&str; 12] = [
                 "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
             ];
-            let m = MONTHS
-                .iter()
-                .position(|x| x.eq_ignore_ascii_case(mon))?
-                + 1;
+            let m = MONTHS.iter().position(|x| x.eq_ignore_ascii_case(mon))? + 1;
             (y.parse().ok()?, m as u32, d.parse().ok()?)
         }
         "YYYY-MM-DD" => {
@@ -451,7 +459,20 @@ fn valid_ymd(y: i32, m: u32, d: u32) -> bool {
         return false;
     }
     let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    let days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    let days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
     d <= days[(m - 1) as usize]
 }
 
@@ -483,11 +504,26 @@ mod tests {
     #[test]
     fn dates_in_every_format() {
         let f = |s: &str| vec![s.to_string()];
-        assert_eq!(parse_date("12-MAY-2015", &f("DD-MON-YYYY")).unwrap(), "2015-05-12");
-        assert_eq!(parse_date("17-Mar-1981", &f("DD-MON-YYYY")).unwrap(), "1981-03-17");
-        assert_eq!(parse_date("2020-02-29", &f("YYYY-MM-DD")).unwrap(), "2020-02-29");
-        assert_eq!(parse_date("20190101", &f("YYYYMMDD")).unwrap(), "2019-01-01");
-        assert_eq!(parse_date("03/04/2021", &f("MM/DD/YYYY")).unwrap(), "2021-03-04");
+        assert_eq!(
+            parse_date("12-MAY-2015", &f("DD-MON-YYYY")).unwrap(),
+            "2015-05-12"
+        );
+        assert_eq!(
+            parse_date("17-Mar-1981", &f("DD-MON-YYYY")).unwrap(),
+            "1981-03-17"
+        );
+        assert_eq!(
+            parse_date("2020-02-29", &f("YYYY-MM-DD")).unwrap(),
+            "2020-02-29"
+        );
+        assert_eq!(
+            parse_date("20190101", &f("YYYYMMDD")).unwrap(),
+            "2019-01-01"
+        );
+        assert_eq!(
+            parse_date("03/04/2021", &f("MM/DD/YYYY")).unwrap(),
+            "2021-03-04"
+        );
         assert!(parse_date("2019-02-29", &f("YYYY-MM-DD")).is_none());
         assert!(parse_date("31-FOO-2015", &f("DD-MON-YYYY")).is_none());
         assert!(parse_date("", &f("YYYYMMDD")).is_none());

@@ -154,7 +154,12 @@ fn set_name(org: &mut Value, name: Option<&str>) {
     }
 }
 
-fn address(lines: &[String], city: Option<&str>, state: Option<&str>, postal: Option<&str>) -> Option<Value> {
+fn address(
+    lines: &[String],
+    city: Option<&str>,
+    state: Option<&str>,
+    postal: Option<&str>,
+) -> Option<Value> {
     let mut a = Map::new();
     if !lines.is_empty() {
         a.insert("line".into(), json!(lines));
@@ -195,14 +200,22 @@ pub fn provider_resource(p: &Party, systems: &Systems) -> Option<Resource> {
             "value": tax,
         }));
     }
-    let addr = address(&p.address_lines, p.city.as_deref(), p.state.as_deref(), p.postal_code.as_deref());
+    let addr = address(
+        &p.address_lines,
+        p.city.as_deref(),
+        p.state.as_deref(),
+        p.postal_code.as_deref(),
+    );
     let json = if rtype == "Practitioner" {
         let name = match p.name.as_deref() {
             Some(n) => {
                 let (family, given) = n.split_once(", ").unwrap_or((n, ""));
                 let mut name = json!({ "family": family });
                 if !given.is_empty() {
-                    name["given"] = json!(given.split(' ').filter(|g| !g.is_empty()).collect::<Vec<_>>());
+                    name["given"] = json!(given
+                        .split(' ')
+                        .filter(|g| !g.is_empty())
+                        .collect::<Vec<_>>());
                 }
                 name
             }
@@ -236,7 +249,11 @@ pub fn provider_resource(p: &Party, systems: &Systems) -> Option<Resource> {
         r
     };
     Some(Resource {
-        resource_type: if rtype == "Practitioner" { "Practitioner" } else { "Organization" },
+        resource_type: if rtype == "Practitioner" {
+            "Practitioner"
+        } else {
+            "Organization"
+        },
         id: id.to_string(),
         patient_id: None,
         json,
@@ -294,7 +311,12 @@ pub fn map_member(m: &Member, systems: &Systems) -> Result<Vec<Resource>, MapErr
     if let Some(d) = &m.death_date {
         patient["deceasedDateTime"] = json!(d);
     }
-    if let Some(a) = address(&m.address_lines, m.city.as_deref(), m.state.as_deref(), m.postal_code.as_deref()) {
+    if let Some(a) = address(
+        &m.address_lines,
+        m.city.as_deref(),
+        m.state.as_deref(),
+        m.postal_code.as_deref(),
+    ) {
         patient["address"] = json!([a]);
     }
     let deleted = m.change == Change::Delete;
@@ -318,7 +340,10 @@ fn map_coverage(m: &Member, c: &CoverageSpan, systems: &Systems) -> Result<Resou
     let pid = patient_id(&m.member_id);
     let id = coverage_id(&m.member_id, &c.key);
     let payor = payer_ref(&c.payer).ok_or(MapError::Missing("coverage payer"))?;
-    let subscriber_id = c.subscriber_id.clone().unwrap_or_else(|| m.member_id.clone());
+    let subscriber_id = c
+        .subscriber_id
+        .clone()
+        .unwrap_or_else(|| m.member_id.clone());
     let relationship = c.relationship.as_deref().unwrap_or("self");
     let mut cov = json!({
         "resourceType": "Coverage",
@@ -438,9 +463,22 @@ fn dotted(code: &str, icd9: bool) -> String {
 
 fn care_team_role(kind: ClaimKind, role: &str) -> Option<Value> {
     let allowed: &[&str] = match kind {
-        ClaimKind::Professional => &["rendering", "purchasedservice", "referring", "primary", "supervisor"],
+        ClaimKind::Professional => &[
+            "rendering",
+            "purchasedservice",
+            "referring",
+            "primary",
+            "supervisor",
+        ],
         ClaimKind::Pharmacy => &["prescribing", "primary"],
-        _ => &["attending", "referring", "operating", "otheroperating", "rendering", "primary"],
+        _ => &[
+            "attending",
+            "referring",
+            "operating",
+            "otheroperating",
+            "rendering",
+            "primary",
+        ],
     };
     if !allowed.contains(&role) {
         return None;
@@ -521,7 +559,10 @@ pub fn map_claim(c: &Claim, systems: &Systems) -> Result<Vec<Resource>, MapError
         .or(c.facility.as_ref())
         .ok_or(MapError::Missing("billing provider"))?;
     let provider = provider_ref(provider_party).ok_or(MapError::Missing("billing provider id"))?;
-    for p in [c.billing.as_ref(), c.facility.as_ref()].into_iter().flatten() {
+    for p in [c.billing.as_ref(), c.facility.as_ref()]
+        .into_iter()
+        .flatten()
+    {
         out.extend(provider_resource(p, systems));
     }
 
@@ -570,7 +611,10 @@ pub fn map_claim(c: &Claim, systems: &Systems) -> Result<Vec<Resource>, MapError
         "insurance": [{ "focal": true, "coverage": { "reference": format!("Coverage/{coverage}") } }],
     });
     if let Some(s) = sub_type {
-        eob["subType"] = coding("http://hl7.org/fhir/us/carin-bb/CodeSystem/C4BBInstitutionalClaimSubType", s);
+        eob["subType"] = coding(
+            "http://hl7.org/fhir/us/carin-bb/CodeSystem/C4BBInstitutionalClaimSubType",
+            s,
+        );
     }
 
     // Care team: claim-level roles, then each line's rendering provider.
@@ -584,7 +628,9 @@ pub fn map_claim(c: &Claim, systems: &Systems) -> Result<Vec<Resource>, MapError
             return Some(*seq);
         }
         let seq = care_team.len() as u32 + 1;
-        care_team.push(json!({ "sequence": seq, "provider": { "reference": reference }, "role": role_cc }));
+        care_team.push(
+            json!({ "sequence": seq, "provider": { "reference": reference }, "role": role_cc }),
+        );
         team_index.insert(key, seq);
         out.extend(provider_resource(p, systems));
         Some(seq)
@@ -594,7 +640,11 @@ pub fn map_claim(c: &Claim, systems: &Systems) -> Result<Vec<Resource>, MapError
     }
     let mut line_team: Vec<Option<u32>> = Vec::new();
     for l in &c.lines {
-        line_team.push(l.rendering.as_ref().and_then(|p| add_team("rendering", p, &mut out)));
+        line_team.push(
+            l.rendering
+                .as_ref()
+                .and_then(|p| add_team("rendering", p, &mut out)),
+        );
     }
     if !care_team.is_empty() {
         eob["careTeam"] = Value::Array(care_team);
@@ -674,7 +724,9 @@ pub fn map_claim(c: &Claim, systems: &Systems) -> Result<Vec<Resource>, MapError
     if !diagnoses.is_empty() && kind != ClaimKind::Pharmacy {
         eob["diagnosis"] = Value::Array(diagnoses);
     } else if kind == ClaimKind::Professional {
-        return Err(MapError::Missing("diagnosis (professional claims need one)"));
+        return Err(MapError::Missing(
+            "diagnosis (professional claims need one)",
+        ));
     }
     let procedures: Vec<Value> = c
         .procedures
@@ -701,7 +753,14 @@ pub fn map_claim(c: &Claim, systems: &Systems) -> Result<Vec<Resource>, MapError
     let network = c.network_status.as_deref().unwrap_or("other");
     let mut items = Vec::new();
     for (i, l) in c.lines.iter().enumerate() {
-        items.push(map_line(kind, c, l, i, line_team.get(i).copied().flatten(), network)?);
+        items.push(map_line(
+            kind,
+            c,
+            l,
+            i,
+            line_team.get(i).copied().flatten(),
+            network,
+        )?);
     }
     if items.is_empty() {
         return Err(MapError::Missing("claim lines"));
@@ -711,7 +770,10 @@ pub fn map_claim(c: &Claim, systems: &Systems) -> Result<Vec<Resource>, MapError
     // Header adjudication and totals.
     if c.adjudicated {
         let mut adjudication = Vec::new();
-        if matches!(kind, ClaimKind::Inpatient | ClaimKind::Outpatient | ClaimKind::Pharmacy) {
+        if matches!(
+            kind,
+            ClaimKind::Inpatient | ClaimKind::Outpatient | ClaimKind::Pharmacy
+        ) {
             adjudication.push(json!({
                 "category": coding(CS_DISCRIM, "benefitpaymentstatus"),
                 "reason": coding(CS_STATUS, network),
@@ -823,7 +885,10 @@ fn map_line(
             };
             coding(system, code)
         }
-        (_, _, None) => coding("http://terminology.hl7.org/CodeSystem/data-absent-reason", "not-applicable"),
+        (_, _, None) => coding(
+            "http://terminology.hl7.org/CodeSystem/data-absent-reason",
+            "not-applicable",
+        ),
     };
     let mut item = json!({ "sequence": index + 1, "productOrService": product });
     if l.number as usize != index + 1 {
@@ -842,12 +907,21 @@ fn map_line(
         item["modifier"] = Value::Array(
             l.modifiers
                 .iter()
-                .map(|m| coding("https://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets", m))
+                .map(|m| {
+                    coding(
+                        "https://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets",
+                        m,
+                    )
+                })
                 .collect(),
         );
     }
     let from = l.from.as_deref().or(c.from.as_deref());
-    let thru = l.thru.as_deref().or(l.from.as_deref()).or(c.thru.as_deref());
+    let thru = l
+        .thru
+        .as_deref()
+        .or(l.from.as_deref())
+        .or(c.thru.as_deref());
     match (from, thru) {
         (Some(f), Some(t)) if f != t => item["servicedPeriod"] = json!({ "start": f, "end": t }),
         (Some(f), _) => item["servicedDate"] = json!(f),
@@ -879,7 +953,9 @@ fn map_line(
             }));
         }
         for a in &l.amounts {
-            adj.push(json!({ "category": amount_category(&a.category), "amount": money(&a.value)? }));
+            adj.push(
+                json!({ "category": amount_category(&a.category), "amount": money(&a.value)? }),
+            );
         }
         for a in &l.adjustments {
             adj.push(adjustment(a)?);
@@ -906,11 +982,19 @@ mod tests {
 
     #[test]
     fn diagnosis_types_follow_each_profile() {
-        let t = |k, c| diagnosis_type(k, c)[0]["coding"][0]["code"].as_str().unwrap().to_string();
+        let t = |k, c| {
+            diagnosis_type(k, c)[0]["coding"][0]["code"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
         assert_eq!(t(ClaimKind::Professional, "other"), "secondary");
         assert_eq!(t(ClaimKind::Inpatient, "secondary"), "other");
         assert_eq!(t(ClaimKind::Inpatient, "admitting"), "admitting");
         assert_eq!(t(ClaimKind::Outpatient, "admitting"), "other");
-        assert_eq!(t(ClaimKind::Outpatient, "patientreasonforvisit"), "patientreasonforvisit");
+        assert_eq!(
+            t(ClaimKind::Outpatient, "patientreasonforvisit"),
+            "patientreasonforvisit"
+        );
     }
 }

@@ -11,7 +11,9 @@ use sha2::{Digest, Sha256};
 pub fn fhir_id(key: &str) -> String {
     let fits = !key.is_empty()
         && key.len() <= 64
-        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
     if fits {
         return key.to_string();
     }
@@ -40,7 +42,10 @@ mod tests {
 
     #[test]
     fn readable_keys_stay_readable_and_others_hash() {
-        assert_eq!(fhir_id("professional-9991831999"), "professional-9991831999");
+        assert_eq!(
+            fhir_id("professional-9991831999"),
+            "professional-9991831999"
+        );
         assert_eq!(fhir_id("-567834"), "-567834");
         let h = fhir_id("member 12/34");
         assert_eq!(h.len(), 41);

@@ -33,8 +33,8 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::metadata::SortingColumn;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -133,7 +133,10 @@ pub fn index_columns(p: &SearchParam) -> Vec<(String, ColumnKind)> {
             (format!("{c}__code"), ColumnKind::List),
             (format!("{c}__system"), ColumnKind::List),
         ],
-        ParamType::String => vec![(c.clone(), ColumnKind::Joined), (format!("{c}__exact"), ColumnKind::Joined)],
+        ParamType::String => vec![
+            (c.clone(), ColumnKind::Joined),
+            (format!("{c}__exact"), ColumnKind::Joined),
+        ],
         ParamType::Reference => vec![(c, ColumnKind::List)],
         ParamType::Date => vec![
             (format!("{c}__start"), ColumnKind::Timestamp),
@@ -183,7 +186,10 @@ pub fn date_range(s: &str) -> Option<(i64, i64)> {
     use chrono::{DateTime, Datelike, Duration, NaiveDate};
     let s = s.trim();
     let day = |y: i32, m: u32, d: u32| NaiveDate::from_ymd_opt(y, m, d);
-    let ms = |d: NaiveDate| d.and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp_millis());
+    let ms = |d: NaiveDate| {
+        d.and_hms_opt(0, 0, 0)
+            .map(|t| t.and_utc().timestamp_millis())
+    };
     match s.len() {
         4 => {
             let y: i32 = s.parse().ok()?;
@@ -196,7 +202,11 @@ pub fn date_range(s: &str) -> Option<(i64, i64)> {
                 return None;
             }
             let start = day(y, m, 1)?;
-            let next = if m == 12 { day(y + 1, 1, 1)? } else { day(y, m + 1, 1)? };
+            let next = if m == 12 {
+                day(y + 1, 1, 1)?
+            } else {
+                day(y, m + 1, 1)?
+            };
             Some((ms(start)?, ms(next)? - 1))
         }
         10 => {
@@ -283,15 +293,25 @@ pub fn batch(resource_type: &str, rows: &[Row]) -> Result<RecordBatch, LakeError
         .filter(|p| !p.is_common())
         .collect();
     let mut cols: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.id.as_str()))),
-        Arc::new(StringArray::from_iter(rows.iter().map(|r| r.patient_id.as_deref()))),
-        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.version_id))),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.id.as_str()),
+        )),
+        Arc::new(StringArray::from_iter(
+            rows.iter().map(|r| r.patient_id.as_deref()),
+        )),
+        Arc::new(Int64Array::from_iter_values(
+            rows.iter().map(|r| r.version_id),
+        )),
         Arc::new(
             TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.last_updated))
                 .with_timezone("UTC"),
         ),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.content_hash.as_str()))),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.resource.as_str()))),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.content_hash.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            rows.iter().map(|r| r.resource.as_str()),
+        )),
     ];
     let parsed: Vec<Value> = rows
         .iter()
@@ -367,7 +387,8 @@ pub fn batch(resource_type: &str, rows: &[Row]) -> Result<RecordBatch, LakeError
                             if end.is_none() {
                                 open_end = true;
                             }
-                            let e = e.or_else(|| start.as_deref().and_then(date_range).map(|r| r.1));
+                            let e =
+                                e.or_else(|| start.as_deref().and_then(date_range).map(|r| r.1));
                             if let Some(s) = s {
                                 lo = Some(lo.map_or(s, |x: i64| x.min(s)));
                             }
@@ -382,8 +403,12 @@ pub fn batch(resource_type: &str, rows: &[Row]) -> Result<RecordBatch, LakeError
                     starts.push(lo);
                     ends.push(hi);
                 }
-                cols.push(Arc::new(TimestampMillisecondArray::from(starts).with_timezone("UTC")));
-                cols.push(Arc::new(TimestampMillisecondArray::from(ends).with_timezone("UTC")));
+                cols.push(Arc::new(
+                    TimestampMillisecondArray::from(starts).with_timezone("UTC"),
+                ));
+                cols.push(Arc::new(
+                    TimestampMillisecondArray::from(ends).with_timezone("UTC"),
+                ));
             }
         }
     }
@@ -393,11 +418,23 @@ pub fn batch(resource_type: &str, rows: &[Row]) -> Result<RecordBatch, LakeError
 fn writer_props(resource_type: &str, schema: &Schema) -> WriterProperties {
     let sort: Vec<SortingColumn> = if clustered_by_patient(resource_type) {
         vec![
-            SortingColumn { column_idx: 1, descending: false, nulls_first: true },
-            SortingColumn { column_idx: 0, descending: false, nulls_first: false },
+            SortingColumn {
+                column_idx: 1,
+                descending: false,
+                nulls_first: true,
+            },
+            SortingColumn {
+                column_idx: 0,
+                descending: false,
+                nulls_first: false,
+            },
         ]
     } else {
-        vec![SortingColumn { column_idx: 0, descending: false, nulls_first: false }]
+        vec![SortingColumn {
+            column_idx: 0,
+            descending: false,
+            nulls_first: false,
+        }]
     };
     let _ = schema;
     WriterProperties::builder()
@@ -420,8 +457,12 @@ fn writer_props(resource_type: &str, schema: &Schema) -> WriterProperties {
 pub fn write_table(path: &Path, resource_type: &str, rows: &[Row]) -> Result<(), LakeError> {
     let file = File::create(path).map_err(io_err(path))?;
     let schema = schema(resource_type);
-    let mut w = ArrowWriter::try_new(file, schema.clone(), Some(writer_props(resource_type, &schema)))
-        .map_err(|e| pq_err(path, e))?;
+    let mut w = ArrowWriter::try_new(
+        file,
+        schema.clone(),
+        Some(writer_props(resource_type, &schema)),
+    )
+    .map_err(|e| pq_err(path, e))?;
     for chunk in rows.chunks(8192) {
         let b = batch(resource_type, chunk)?;
         w.write(&b).map_err(|e| pq_err(path, e))?;
@@ -439,7 +480,10 @@ pub fn read_rows(path: &Path) -> Result<Vec<Row>, LakeError> {
     let file = File::open(path).map_err(io_err(path))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| pq_err(path, e))?;
     let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), [0, 1, 2, 3, 4, 5]);
-    let reader = builder.with_projection(mask).build().map_err(|e| pq_err(path, e))?;
+    let reader = builder
+        .with_projection(mask)
+        .build()
+        .map_err(|e| pq_err(path, e))?;
     let mut out = Vec::new();
     for b in reader {
         let b = b.map_err(|e| pq_err(path, e))?;
@@ -448,7 +492,11 @@ pub fn read_rows(path: &Path) -> Result<Vec<Row>, LakeError> {
             return Err(pq_err(path, "unexpected column types"));
         };
         let ver = b.column(2).as_any().downcast_ref::<Int64Array>().cloned();
-        let lu = b.column(3).as_any().downcast_ref::<TimestampMillisecondArray>().cloned();
+        let lu = b
+            .column(3)
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .cloned();
         let (Some(ver), Some(lu)) = (ver, lu) else {
             return Err(pq_err(path, "unexpected column types"));
         };
@@ -543,11 +591,25 @@ impl Lake {
             }
         }
         let parent = self.current_name()?;
-        let seq = self.list()?.iter().filter_map(|n| n.split('-').nth(1)?.parse::<u64>().ok()).max().unwrap_or(0) + 1;
-        let name = format!("snap-{seq:06}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"));
+        let seq = self
+            .list()?
+            .iter()
+            .filter_map(|n| n.split('-').nth(1)?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let name = format!(
+            "snap-{seq:06}-{}",
+            chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+        );
         let dir = snaps.join(format!(".tmp-{name}"));
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        Ok(Staged { lake: self.clone(), name, dir, parent })
+        Ok(Staged {
+            lake: self.clone(),
+            name,
+            dir,
+            parent,
+        })
     }
 
     /// Names of the published snapshots, oldest first.

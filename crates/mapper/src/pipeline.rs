@@ -35,7 +35,9 @@ pub enum RunError {
     #[error("configuration: {0}")]
     Config(String),
     /// The accounting invariant failed (a bug: records were lost).
-    #[error("accounting mismatch in {file}: read {read}, accepted {accepted}, rejected {rejected}")]
+    #[error(
+        "accounting mismatch in {file}: read {read}, accepted {accepted}, rejected {rejected}"
+    )]
     Accounting {
         /// The source.
         file: String,
@@ -215,7 +217,8 @@ impl Config {
         };
         let sys_path = opts.mappings.join("fhir").join("identifier-systems.toml");
         let systems = match std::fs::read_to_string(&sys_path) {
-            Ok(t) => Systems::parse(&t).map_err(|e| RunError::Config(format!("{}: {e}", sys_path.display())))?,
+            Ok(t) => Systems::parse(&t)
+                .map_err(|e| RunError::Config(format!("{}: {e}", sys_path.display())))?,
             Err(_) => Systems::default(),
         };
         Ok(Self {
@@ -248,13 +251,25 @@ fn primary_type(record: &SourceRecord) -> &'static str {
     }
 }
 
-fn reader_for(path: &Path, cfg: &Config) -> Result<(Box<dyn Reader + Send + Sync>, String), RunError> {
+fn reader_for(
+    path: &Path,
+    cfg: &Config,
+) -> Result<(Box<dyn Reader + Send + Sync>, String), RunError> {
     if let Some(m) = &cfg.forced {
-        return Ok((Box::new(ingest::delimited::DelimitedReader::new(m.clone())), m.source.name.clone()));
+        return Ok((
+            Box::new(ingest::delimited::DelimitedReader::new(m.clone())),
+            m.source.name.clone(),
+        ));
     }
     match detect(path, &cfg.mappings)? {
-        Format::Delimited(m) => Ok((Box::new(ingest::delimited::DelimitedReader::new(m.clone())), m.source.name.clone())),
-        Format::X12 => Ok((Box::new(ingest::x12::X12Reader::new()), "x12-837".to_string())),
+        Format::Delimited(m) => Ok((
+            Box::new(ingest::delimited::DelimitedReader::new(m.clone())),
+            m.source.name.clone(),
+        )),
+        Format::X12 => Ok((
+            Box::new(ingest::x12::X12Reader::new()),
+            "x12-837".to_string(),
+        )),
         Format::Xml => Ok((
             Box::new(ingest::formulary::FormularyXmlReader::new()),
             "formulary-xml".to_string(),
@@ -262,12 +277,20 @@ fn reader_for(path: &Path, cfg: &Config) -> Result<(Box<dyn Reader + Send + Sync
         Format::Json => {
             // A QHP drugs.json is joined with the plans.json beside it, when there is one.
             let plans = path.parent().and_then(|dir| {
-                std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).find(|p| {
-                    p != path && p.extension().is_some_and(|x| x == "json") && sniff(p) == Some(QhpKind::Plans)
-                })
+                std::fs::read_dir(dir)
+                    .ok()?
+                    .flatten()
+                    .map(|e| e.path())
+                    .find(|p| {
+                        p != path
+                            && p.extension().is_some_and(|x| x == "json")
+                            && sniff(p) == Some(QhpKind::Plans)
+                    })
             });
             let reader = match (sniff(path), plans) {
-                (Some(QhpKind::Drugs), Some(plans)) => ingest::formulary::QhpReader::with_plans(&plans)?,
+                (Some(QhpKind::Drugs), Some(plans)) => {
+                    ingest::formulary::QhpReader::with_plans(&plans)?
+                }
                 _ => ingest::formulary::QhpReader::new(),
             };
             Ok((Box::new(reader), "cms-qhp-json".to_string()))
@@ -331,11 +354,20 @@ fn process_file(path: &Path, cfg: &Config) -> Result<FileResult, RunError> {
                 }
                 let subject = primary_type(&record);
                 for r in resources {
-                    *report.resources.entry(r.resource_type.to_string()).or_default() += 1;
+                    *report
+                        .resources
+                        .entry(r.resource_type.to_string())
+                        .or_default() += 1;
                     let primary = r.resource_type == subject
                         || (subject == "Patient" && r.resource_type == "Coverage")
-                        || matches!(record, SourceRecord::FormularyDrug(_) | SourceRecord::FormularyPlan(_));
-                    produced.push(Produced { resource: r, primary });
+                        || matches!(
+                            record,
+                            SourceRecord::FormularyDrug(_) | SourceRecord::FormularyPlan(_)
+                        );
+                    produced.push(Produced {
+                        resource: r,
+                        primary,
+                    });
                 }
             }
             Err(e) => rejects.push(map_error_reject(&record, &e)),
@@ -343,14 +375,22 @@ fn process_file(path: &Path, cfg: &Config) -> Result<FileResult, RunError> {
     })?;
     report.rejected = rejects.len() as u64;
     for r in &rejects {
-        *report.rejects_by_reason.entry(r.reason.as_str().to_string()).or_default() += 1;
+        *report
+            .rejects_by_reason
+            .entry(r.reason.as_str().to_string())
+            .or_default() += 1;
     }
     report.bytes = summary.bytes;
     report.units = summary.units;
     report.notices = summary
         .notices
         .iter()
-        .map(|n| format!("{} (segment {:?}, line {}, byte {})", n.message, n.position.segment, n.position.line, n.position.byte_offset))
+        .map(|n| {
+            format!(
+                "{} (segment {:?}, line {}, byte {})",
+                n.message, n.position.segment, n.position.line, n.position.byte_offset
+            )
+        })
         .collect();
     if report.records_read != report.accepted + report.rejected {
         return Err(RunError::Accounting {
@@ -361,12 +401,19 @@ fn process_file(path: &Path, cfg: &Config) -> Result<FileResult, RunError> {
         });
     }
     report.seconds = started.elapsed().as_secs_f64();
-    Ok(FileResult { report, produced, rejects })
+    Ok(FileResult {
+        report,
+        produced,
+        rejects,
+    })
 }
 
 /// Write the rejects as NDJSON.
 fn write_rejects(path: &Path, rejects: &[&Reject]) -> Result<(), LakeError> {
-    let io = |source| LakeError::Io { path: path.display().to_string(), source };
+    let io = |source| LakeError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     let f = std::fs::File::create(path).map_err(io)?;
     let mut w = std::io::BufWriter::new(f);
     for r in rejects {
@@ -415,7 +462,10 @@ pub fn run(paths: &[PathBuf], opts: &Options) -> Result<RunReport, RunError> {
         if replace {
             slot.insert(
                 r.resource.id.clone(),
-                Produced { resource: r.resource.clone(), primary: r.primary },
+                Produced {
+                    resource: r.resource.clone(),
+                    primary: r.primary,
+                },
             );
         }
     }
@@ -437,11 +487,17 @@ pub fn run(paths: &[PathBuf], opts: &Options) -> Result<RunReport, RunError> {
     }
     for t in types {
         let old_rows = match &previous {
-            Some(dir) if Lake::table_path(dir, t).is_file() => lake::read_rows(&Lake::table_path(dir, t))?,
+            Some(dir) if Lake::table_path(dir, t).is_file() => {
+                lake::read_rows(&Lake::table_path(dir, t))?
+            }
             _ => Vec::new(),
         };
-        let produced: Vec<Produced> = by_type.remove(t).map(|m| m.into_values().collect()).unwrap_or_default();
-        let existing: std::collections::HashSet<String> = old_rows.iter().map(|r| r.id.clone()).collect();
+        let produced: Vec<Produced> = by_type
+            .remove(t)
+            .map(|m| m.into_values().collect())
+            .unwrap_or_default();
+        let existing: std::collections::HashSet<String> =
+            old_rows.iter().map(|r| r.id.clone()).collect();
         let new: Vec<Resource> = produced
             .into_iter()
             .filter(|p| p.primary || !existing.contains(&p.resource.id))

@@ -194,7 +194,6 @@ fn none(_: &Value) -> Vec<IndexValue> {
     Vec::new()
 }
 
-
 /// `_id` and `_lastUpdated` for a resource type: lake columns `id` and `last_updated`.
 const fn common(resource: &'static str) -> [SearchParam; 2] {
     [
@@ -244,7 +243,10 @@ fn eob_service_start(v: &Value) -> Vec<IndexValue> {
         .chain(at(v, "item.servicedPeriod.start"))
         .filter_map(|d| {
             let d = text(d)?;
-            Some(IndexValue::Date { start: Some(d.clone()), end: Some(d) })
+            Some(IndexValue::Date {
+                start: Some(d.clone()),
+                end: Some(d),
+            })
         })
         .collect();
     out.dedup();
@@ -256,7 +258,13 @@ fn eob_service_start(v: &Value) -> Vec<IndexValue> {
 pub fn c4bb() -> Vec<SearchParam> {
     const EOB: &str = "ExplanationOfBenefit";
     let mut v = Vec::new();
-    for r in ["ExplanationOfBenefit", "Coverage", "Patient", "Organization", "Practitioner"] {
+    for r in [
+        "ExplanationOfBenefit",
+        "Coverage",
+        "Patient",
+        "Organization",
+        "Practitioner",
+    ] {
         v.extend(common(r));
     }
     v.extend([
@@ -302,7 +310,9 @@ pub fn for_type(resource: &str) -> impl Iterator<Item = &'static SearchParam> + 
 
 /// Look one parameter up.
 pub fn find(resource: &str, code: &str) -> Option<&'static SearchParam> {
-    all().iter().find(|p| p.resource == resource && p.code == code)
+    all()
+        .iter()
+        .find(|p| p.resource == resource && p.code == code)
 }
 
 /// The resource types the lake holds (and the API serves), in a fixed order.
@@ -331,15 +341,30 @@ mod tests {
             "type": {"coding": [{"system": "t", "code": "professional"}]},
         });
         let p = find("ExplanationOfBenefit", "patient").unwrap();
-        assert_eq!((p.extract)(&eob), vec![IndexValue::Reference("Patient/1".into())]);
+        assert_eq!(
+            (p.extract)(&eob),
+            vec![IndexValue::Reference("Patient/1".into())]
+        );
         let sd = find("ExplanationOfBenefit", "service-date").unwrap();
         assert_eq!((sd.extract)(&eob).len(), 3);
         let ss = find("ExplanationOfBenefit", "service-start-date").unwrap();
         assert_eq!((ss.extract)(&eob).len(), 3);
         let id = find("ExplanationOfBenefit", "identifier").unwrap();
-        assert_eq!((id.extract)(&eob), vec![IndexValue::Token { system: "s".into(), code: "v".into() }]);
+        assert_eq!(
+            (id.extract)(&eob),
+            vec![IndexValue::Token {
+                system: "s".into(),
+                code: "v".into()
+            }]
+        );
         let t = find("ExplanationOfBenefit", "type").unwrap();
-        assert_eq!((t.extract)(&eob), vec![IndexValue::Token { system: "t".into(), code: "professional".into() }]);
+        assert_eq!(
+            (t.extract)(&eob),
+            vec![IndexValue::Token {
+                system: "t".into(),
+                code: "professional".into()
+            }]
+        );
         assert_eq!(find("ExplanationOfBenefit", "_id").unwrap().column(), "id");
     }
 }

@@ -51,9 +51,15 @@ fn unreachable_mac() -> Mac256 {
 /// # Errors
 /// [`QueryError::InvalidCursor`] when it is malformed or its tag does not match.
 pub fn open(text: &str, secret: &[u8]) -> Result<Cursor, QueryError> {
-    let (body, tag) = text.split_once('.').ok_or(QueryError::InvalidCursor("malformed"))?;
-    let body = B64.decode(body).map_err(|_| QueryError::InvalidCursor("malformed"))?;
-    let tag = B64.decode(tag).map_err(|_| QueryError::InvalidCursor("malformed"))?;
+    let (body, tag) = text
+        .split_once('.')
+        .ok_or(QueryError::InvalidCursor("malformed"))?;
+    let body = B64
+        .decode(body)
+        .map_err(|_| QueryError::InvalidCursor("malformed"))?;
+    let tag = B64
+        .decode(tag)
+        .map_err(|_| QueryError::InvalidCursor("malformed"))?;
     let mut mac = Mac256::new_from_slice(secret).unwrap_or_else(|_| unreachable_mac());
     mac.update(&body);
     mac.verify_truncated_left(&tag)

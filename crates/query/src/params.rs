@@ -93,12 +93,18 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { default_count: 20, max_count: 200 }
+        Self {
+            default_count: 20,
+            max_count: 200,
+        }
     }
 }
 
 fn invalid(name: &str, message: impl Into<String>) -> QueryError {
-    QueryError::InvalidParameter { name: name.to_string(), message: message.into() }
+    QueryError::InvalidParameter {
+        name: name.to_string(),
+        message: message.into(),
+    }
 }
 
 impl SearchRequest {
@@ -130,7 +136,9 @@ impl SearchRequest {
         for (name, value) in pairs {
             match name.as_str() {
                 "_count" => {
-                    let n: usize = value.parse().map_err(|_| invalid("_count", "must be a non-negative integer"))?;
+                    let n: usize = value
+                        .parse()
+                        .map_err(|_| invalid("_count", "must be a non-negative integer"))?;
                     req.count = n.min(limits.max_count);
                     req.self_params.push((name.clone(), req.count.to_string()));
                 }
@@ -139,7 +147,8 @@ impl SearchRequest {
                     req.self_params.push((name.clone(), value.clone()));
                 }
                 "_include" => {
-                    req.includes.extend(parse_include(resource_type, value, strict)?);
+                    req.includes
+                        .extend(parse_include(resource_type, value, strict)?);
                     req.self_params.push((name.clone(), value.clone()));
                 }
                 "_summary" => match value.as_str() {
@@ -148,7 +157,11 @@ impl SearchRequest {
                         req.self_params.push((name.clone(), value.clone()));
                     }
                     "false" => req.self_params.push((name.clone(), value.clone())),
-                    _ if strict => return Err(QueryError::UnsupportedParameter(format!("_summary={value}"))),
+                    _ if strict => {
+                        return Err(QueryError::UnsupportedParameter(format!(
+                            "_summary={value}"
+                        )))
+                    }
                     _ => req.ignored.push(name.clone()),
                 },
                 "_total" => match value.as_str() {
@@ -186,7 +199,11 @@ impl SearchRequest {
                     if values.is_empty() || values.iter().any(String::is_empty) {
                         return Err(invalid(name, "empty value"));
                     }
-                    let f = Filter { param, modifier, values };
+                    let f = Filter {
+                        param,
+                        modifier,
+                        values,
+                    };
                     // Validate now so that a bad value is a 400 before any work.
                     filter_expr(&f, None)?;
                     req.filters.push(f);
@@ -202,7 +219,11 @@ impl SearchRequest {
     pub fn fingerprint(&self, scope: &str) -> String {
         let mut h = Sha256::new();
         h.update(self.resource_type.as_bytes());
-        let mut p: Vec<String> = self.self_params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut p: Vec<String> = self
+            .self_params
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
         p.sort();
         for s in p {
             h.update(b"\0");
@@ -210,7 +231,10 @@ impl SearchRequest {
         }
         h.update(b"\0scope\0");
         h.update(scope.as_bytes());
-        h.finalize()[..12].iter().map(|b| format!("{b:02x}")).collect()
+        h.finalize()[..12]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     /// The whole filter as one expression (`None` when there are no filters).
@@ -269,7 +293,11 @@ fn parse_sort(resource_type: &str, value: &str) -> Result<SortKey, QueryError> {
         return Ok(SortKey::Id);
     }
     if code == "_lastUpdated" {
-        return Ok(SortKey::Time { column: "last_updated".into(), desc, text: value.to_string() });
+        return Ok(SortKey::Time {
+            column: "last_updated".into(),
+            desc,
+            text: value.to_string(),
+        });
     }
     match registry::find(resource_type, code) {
         Some(p) if p.kind == ParamType::Date => Ok(SortKey::Time {
@@ -281,21 +309,32 @@ fn parse_sort(resource_type: &str, value: &str) -> Result<SortKey, QueryError> {
     }
 }
 
-fn parse_include(resource_type: &str, value: &str, strict: bool) -> Result<Vec<Include>, QueryError> {
+fn parse_include(
+    resource_type: &str,
+    value: &str,
+    strict: bool,
+) -> Result<Vec<Include>, QueryError> {
     let mut parts = value.split(':');
     let source = parts.next().unwrap_or_default();
     let code = parts.next().unwrap_or_default();
     let target = parts.next().map(str::to_string);
     if source != resource_type {
         if strict {
-            return Err(invalid("_include", format!("{source} is not the searched type")));
+            return Err(invalid(
+                "_include",
+                format!("{source} is not the searched type"),
+            ));
         }
         return Ok(Vec::new());
     }
     if code == "*" {
         return Ok(registry::for_type(resource_type)
             .filter(|p| p.kind == ParamType::Reference && !p.targets.is_empty())
-            .map(|p| Include { param: p, target: None, text: value.to_string() })
+            .map(|p| Include {
+                param: p,
+                target: None,
+                text: value.to_string(),
+            })
             .collect());
     }
     match registry::find(resource_type, code) {
@@ -304,14 +343,20 @@ fn parse_include(resource_type: &str, value: &str, strict: bool) -> Result<Vec<I
             target,
             text: value.to_string(),
         }]),
-        _ if strict => Err(invalid("_include", format!("{value} is not a supported include"))),
+        _ if strict => Err(invalid(
+            "_include",
+            format!("{value} is not a supported include"),
+        )),
         _ => Ok(Vec::new()),
     }
 }
 
 /// A timestamp literal (UTC, ms).
 pub fn ts(ms: i64) -> Expr {
-    lit(ScalarValue::TimestampMillisecond(Some(ms), Some("UTC".into())))
+    lit(ScalarValue::TimestampMillisecond(
+        Some(ms),
+        Some("UTC".into()),
+    ))
 }
 
 fn or_all(exprs: Vec<Expr>) -> Expr {
@@ -356,7 +401,9 @@ pub fn filter_expr(f: &Filter, base_url: Option<&str>) -> Result<Expr, QueryErro
                 any.push(match v.split_once('|') {
                     None => array_has(col(format!("{column}__code")), lit(v.clone())),
                     Some(("", code)) => array_has(col(column.clone()), lit(format!("|{code}"))),
-                    Some((system, "")) => array_has(col(format!("{column}__system")), lit(system.to_string())),
+                    Some((system, "")) => {
+                        array_has(col(format!("{column}__system")), lit(system.to_string()))
+                    }
                     Some(_) => array_has(col(column.clone()), lit(v.clone())),
                 });
             }
@@ -380,9 +427,15 @@ pub fn filter_expr(f: &Filter, base_url: Option<&str>) -> Result<Expr, QueryErro
             let mut any = Vec::new();
             for v in &f.values {
                 any.push(match f.modifier.as_deref() {
-                    Some("exact") => contains(col(format!("{column}__exact")), lit(format!("{JOIN_SEP}{v}{JOIN_SEP}"))),
+                    Some("exact") => contains(
+                        col(format!("{column}__exact")),
+                        lit(format!("{JOIN_SEP}{v}{JOIN_SEP}")),
+                    ),
                     Some("contains") => contains(col(column.clone()), lit(normalize(v))),
-                    _ => contains(col(column.clone()), lit(format!("{JOIN_SEP}{}", normalize(v)))),
+                    _ => contains(
+                        col(column.clone()),
+                        lit(format!("{JOIN_SEP}{}", normalize(v))),
+                    ),
                 });
             }
             or_all(any)
@@ -391,7 +444,10 @@ pub fn filter_expr(f: &Filter, base_url: Option<&str>) -> Result<Expr, QueryErro
             let (start, end) = if code == "_lastUpdated" {
                 (col("last_updated"), col("last_updated"))
             } else {
-                (col(format!("{column}__start")), col(format!("{column}__end")))
+                (
+                    col(format!("{column}__start")),
+                    col(format!("{column}__end")),
+                )
             };
             let mut any = Vec::new();
             for v in &f.values {
@@ -403,7 +459,12 @@ pub fn filter_expr(f: &Filter, base_url: Option<&str>) -> Result<Expr, QueryErro
     Ok(e)
 }
 
-fn reference_forms(p: &SearchParam, modifier: Option<&str>, v: &str, base_url: Option<&str>) -> Vec<String> {
+fn reference_forms(
+    p: &SearchParam,
+    modifier: Option<&str>,
+    v: &str,
+    base_url: Option<&str>,
+) -> Vec<String> {
     let mut v = v.trim_end_matches('/').to_string();
     if let Some(base) = base_url {
         let base = base.trim_end_matches('/');
@@ -430,10 +491,13 @@ fn reference_forms(p: &SearchParam, modifier: Option<&str>, v: &str, base_url: O
 /// The instant range of a search date, and the date expression for a prefix.
 fn date_expr(name: &str, value: &str, start: Expr, end: Expr) -> Result<Expr, QueryError> {
     let (prefix, date) = match value.get(..2) {
-        Some(p @ ("eq" | "ne" | "gt" | "lt" | "ge" | "le" | "sa" | "eb" | "ap")) => (p, &value[2..]),
+        Some(p @ ("eq" | "ne" | "gt" | "lt" | "ge" | "le" | "sa" | "eb" | "ap")) => {
+            (p, &value[2..])
+        }
         _ => ("eq", value),
     };
-    let (lo, hi) = date_range(date).ok_or_else(|| invalid(name, format!("{date:?} is not a FHIR date")))?;
+    let (lo, hi) =
+        date_range(date).ok_or_else(|| invalid(name, format!("{date:?} is not a FHIR date")))?;
     Ok(match prefix {
         "eq" => start.gt_eq(ts(lo)).and(end.lt_eq(ts(hi))),
         "ne" => start.gt_eq(ts(lo)).and(end.lt_eq(ts(hi))).not(),
@@ -457,7 +521,10 @@ mod tests {
     use super::*;
 
     fn parse(t: &str, q: &[(&str, &str)]) -> Result<SearchRequest, QueryError> {
-        let pairs: Vec<(String, String)> = q.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        let pairs: Vec<(String, String)> = q
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
         SearchRequest::parse(t, &pairs, false, Limits::default())
     }
 
@@ -471,7 +538,10 @@ mod tests {
     fn unknown_parameters_are_ignored_unless_strict() {
         let r = parse("ExplanationOfBenefit", &[("foo", "1"), ("patient", "p1")]).unwrap();
         assert_eq!(r.ignored, vec!["foo"]);
-        assert_eq!(r.self_params, vec![("patient".to_string(), "p1".to_string())]);
+        assert_eq!(
+            r.self_params,
+            vec![("patient".to_string(), "p1".to_string())]
+        );
         let strict = SearchRequest::parse(
             "ExplanationOfBenefit",
             &[("foo".into(), "1".into())],
@@ -500,11 +570,20 @@ mod tests {
     fn references_take_every_form() {
         let p = registry::find("ExplanationOfBenefit", "patient").unwrap();
         assert_eq!(reference_forms(p, None, "1", None), vec!["Patient/1"]);
-        assert_eq!(reference_forms(p, None, "Patient/1", None), vec!["Patient/1"]);
+        assert_eq!(
+            reference_forms(p, None, "Patient/1", None),
+            vec!["Patient/1"]
+        );
         assert_eq!(
             reference_forms(p, None, "http://h/fhir/Patient/1", Some("http://h/fhir")),
             vec!["Patient/1"]
         );
-        assert!(reference_forms(p, None, "http://other/fhir/Patient/1", Some("http://h/fhir")).is_empty());
+        assert!(reference_forms(
+            p,
+            None,
+            "http://other/fhir/Patient/1",
+            Some("http://h/fhir")
+        )
+        .is_empty());
     }
 }

@@ -48,7 +48,9 @@ pub struct Snapshot {
 
 impl std::fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Snapshot").field("name", &self.name).finish()
+        f.debug_struct("Snapshot")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -93,7 +95,10 @@ impl Snapshot {
                 continue;
             }
             let sort: Vec<Vec<SortExpr>> = if clustered_by_patient(t) {
-                vec![vec![col("patient_id").sort(true, true), col("id").sort(true, false)]]
+                vec![vec![
+                    col("patient_id").sort(true, true),
+                    col("id").sort(true, false),
+                ]]
             } else {
                 vec![vec![col("id").sort(true, false)]]
             };
@@ -102,7 +107,12 @@ impl Snapshot {
                 .await?;
             tables.insert(t.to_string());
         }
-        Ok(Self { name, dir, ctx, tables })
+        Ok(Self {
+            name,
+            dir,
+            ctx,
+            tables,
+        })
     }
 
     /// Whether the snapshot has a table for the type.
@@ -205,16 +215,23 @@ impl Snapshot {
             None
         };
         if req.summary_count {
-            return Ok(Page { total, ..Default::default() });
+            return Ok(Page {
+                total,
+                ..Default::default()
+            });
         }
         let cursor = match &req.cursor {
             Some(c) => {
                 let c = cursor::open(c, secret)?;
                 if c.snap != self.name {
-                    return Err(QueryError::InvalidCursor("the data changed since this page; start the search again"));
+                    return Err(QueryError::InvalidCursor(
+                        "the data changed since this page; start the search again",
+                    ));
                 }
                 if c.query != fingerprint {
-                    return Err(QueryError::InvalidCursor("cursor belongs to another search or caller"));
+                    return Err(QueryError::InvalidCursor(
+                        "cursor belongs to another search or caller",
+                    ));
                 }
                 Some(c)
             }
@@ -251,10 +268,17 @@ impl Snapshot {
         } else {
             None
         };
-        let total = total.or_else(|| (cursor.is_none() && next.is_none()).then_some(found.len() as u64));
+        let total =
+            total.or_else(|| (cursor.is_none() && next.is_none()).then_some(found.len() as u64));
         let matches: Vec<String> = found.into_iter().map(|(_, r, _)| r).collect();
         let included = self.includes(&req.includes, &matches, patients).await?;
-        Ok(Page { matches, included, total, next, offset })
+        Ok(Page {
+            matches,
+            included,
+            total,
+            next,
+            offset,
+        })
     }
 
     async fn count(&self, resource_type: &str, filter: Option<Expr>) -> Result<u64, QueryError> {
@@ -286,19 +310,32 @@ impl Snapshot {
         for inc in includes {
             for v in &parsed {
                 for iv in (inc.param.extract)(v) {
-                    let IndexValue::Reference(r) = iv else { continue };
-                    let Some((t, id)) = r.split_once('/') else { continue };
+                    let IndexValue::Reference(r) = iv else {
+                        continue;
+                    };
+                    let Some((t, id)) = r.split_once('/') else {
+                        continue;
+                    };
                     let allowed = inc.param.targets.contains(&t)
                         && inc.target.as_deref().is_none_or(|x| x == t);
                     if allowed {
-                        wanted.entry(t.to_string()).or_default().push(id.to_string());
+                        wanted
+                            .entry(t.to_string())
+                            .or_default()
+                            .push(id.to_string());
                     }
                 }
             }
         }
         let own: HashSet<String> = parsed
             .iter()
-            .filter_map(|v| Some(format!("{}/{}", v.get("resourceType")?.as_str()?, v.get("id")?.as_str()?)))
+            .filter_map(|v| {
+                Some(format!(
+                    "{}/{}",
+                    v.get("resourceType")?.as_str()?,
+                    v.get("id")?.as_str()?
+                ))
+            })
             .collect();
         let mut out = Vec::new();
         let mut seen = HashSet::new();
@@ -363,10 +400,14 @@ impl Snapshot {
             Some(c) => {
                 let c = cursor::open(c, secret)?;
                 if c.snap != self.name {
-                    return Err(QueryError::InvalidCursor("the data changed since this page; start again"));
+                    return Err(QueryError::InvalidCursor(
+                        "the data changed since this page; start again",
+                    ));
                 }
                 if c.query != fingerprint {
-                    return Err(QueryError::InvalidCursor("cursor belongs to another request or caller"));
+                    return Err(QueryError::InvalidCursor(
+                        "cursor belongs to another request or caller",
+                    ));
                 }
                 Some(c)
             }
@@ -380,7 +421,9 @@ impl Snapshot {
             let t = phases[phase];
             let mut f = match t {
                 "Patient" => col("id").eq(lit(patient.to_string())),
-                "Coverage" | "ExplanationOfBenefit" => col("patient_id").eq(lit(patient.to_string())),
+                "Coverage" | "ExplanationOfBenefit" => {
+                    col("patient_id").eq(lit(patient.to_string()))
+                }
                 _ => {
                     if referenced.is_none() {
                         referenced = Some(self.referenced(patient).await?);
@@ -422,7 +465,10 @@ impl Snapshot {
                 let mut p = phase + 1;
                 let mut found_next = None;
                 while p < phases.len() {
-                    if self.phase_nonempty(phases[p], patient, since_ms, &mut referenced).await? {
+                    if self
+                        .phase_nonempty(phases[p], patient, since_ms, &mut referenced)
+                        .await?
+                    {
                         found_next = Some(p);
                         break;
                     }
@@ -431,7 +477,11 @@ impl Snapshot {
                 found_next.map(|p| (p, String::new()))
             };
             let next = next_pos.map(|(p, id)| {
-                let (phase_id, id) = if id.is_empty() { (p, String::new()) } else { (p, id) };
+                let (phase_id, id) = if id.is_empty() {
+                    (p, String::new())
+                } else {
+                    (p, id)
+                };
                 cursor::seal(
                     &Cursor {
                         snap: self.name.clone(),
@@ -452,7 +502,10 @@ impl Snapshot {
                 offset,
             });
         }
-        Ok(Page { offset, ..Default::default() })
+        Ok(Page {
+            offset,
+            ..Default::default()
+        })
     }
 
     async fn phase_nonempty(
@@ -491,8 +544,10 @@ impl Snapshot {
         for t in ["Coverage", "ExplanationOfBenefit"] {
             let f = col("patient_id").eq(lit(patient.to_string()));
             for (_, r, _) in rows(&self.fetch(t, Some(f), None, None).await?) {
-                let v: Value = serde_json::from_str(&r).map_err(|e| QueryError::Corrupt(e.to_string()))?;
-                for p in registry::for_type(t).filter(|p| p.kind == registry::ParamType::Reference) {
+                let v: Value =
+                    serde_json::from_str(&r).map_err(|e| QueryError::Corrupt(e.to_string()))?;
+                for p in registry::for_type(t).filter(|p| p.kind == registry::ParamType::Reference)
+                {
                     for iv in (p.extract)(&v) {
                         if let IndexValue::Reference(r) = iv {
                             match r.split_once('/') {
@@ -553,7 +608,11 @@ fn keyset(sort: &SortKey, c: &Cursor) -> Expr {
         SortKey::Time { column, desc, .. } => {
             let key = datafusion::functions::expr_fn::coalesce(vec![col(column.as_str()), ts(0)]);
             let k = ts(c.key.unwrap_or(0));
-            let beyond = if *desc { key.clone().lt(k.clone()) } else { key.clone().gt(k.clone()) };
+            let beyond = if *desc {
+                key.clone().lt(k.clone())
+            } else {
+                key.clone().gt(k.clone())
+            };
             beyond.or(key.eq(k).and(after_id))
         }
     }
@@ -566,9 +625,14 @@ fn rows(batches: &[RecordBatch]) -> Vec<(String, String, Option<i64>)> {
         let ids = b.column(0).as_any().downcast_ref::<StringArray>();
         let res = b.column(1).as_any().downcast_ref::<StringArray>();
         let key = b.column(2);
-        let (Some(ids), Some(res)) = (ids, res) else { continue };
+        let (Some(ids), Some(res)) = (ids, res) else {
+            continue;
+        };
         for i in 0..b.num_rows() {
-            let k = if let Some(a) = key.as_any().downcast_ref::<datafusion::arrow::array::Int64Array>() {
+            let k = if let Some(a) = key
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::Int64Array>()
+            {
                 (!a.is_null(i)).then(|| a.value(i))
             } else if let Some(a) = key.as_any().downcast_ref::<TimestampMillisecondArray>() {
                 (!a.is_null(i)).then(|| a.value(i))
