@@ -161,6 +161,9 @@ struct SnapshotArgs {
     /// Make this snapshot current again.
     #[arg(long)]
     rollback: Option<String>,
+    /// Delete all but the newest N snapshots (never the current one).
+    #[arg(long)]
+    keep: Option<usize>,
 }
 
 #[derive(Args)]
@@ -464,6 +467,12 @@ fn snapshots(a: &SnapshotArgs) -> Result<ExitCode> {
     if let Some(name) = &a.rollback {
         lake.switch_to(name)?;
         println!("current snapshot is now {name}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(keep) = a.keep {
+        for name in lake.prune(keep)? {
+            println!("removed {name}");
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let current = lake.current_name()?;

@@ -5,3 +5,4 @@ mod common;
 mod conformance;
 mod e2e;
 mod ingest_run;
+mod nightly;

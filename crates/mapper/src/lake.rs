@@ -646,6 +646,28 @@ impl Lake {
         write_atomic(&self.root, "CURRENT", name.as_bytes())
     }
 
+    /// Remove published snapshots beyond the newest `keep`, never the current one. Returns the
+    /// names removed.
+    ///
+    /// # Errors
+    /// On I/O errors.
+    pub fn prune(&self, keep: usize) -> Result<Vec<String>, LakeError> {
+        let current = self.current_name()?;
+        let all = self.list()?;
+        let cut = all.len().saturating_sub(keep.max(1));
+        let mut removed = Vec::new();
+        for name in all.into_iter().take(cut) {
+            if Some(&name) == current.as_ref() {
+                continue;
+            }
+            let dir = self.snapshots().join(&name);
+            fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
+            removed.push(name);
+        }
+        sync_dir(&self.snapshots())?;
+        Ok(removed)
+    }
+
     /// Read the manifest of a snapshot.
     ///
     /// # Errors
