@@ -33,7 +33,7 @@ enum Command {
     Token(TokenArgs),
     /// List the lake's snapshots, or roll back to one.
     Snapshots(SnapshotArgs),
-    /// Write a deterministic synthetic X12 837 file (for benchmarks).
+    /// Write a deterministic synthetic extract: X12 837P/837I claims or a formulary XML extract.
     Generate(GenerateArgs),
     /// Write every resource of the current snapshot as NDJSON (one resource per line).
     Export {
@@ -177,6 +177,12 @@ struct GenerateArgs {
     /// 837I (institutional) instead of 837P.
     #[arg(long)]
     institutional: bool,
+    /// Write a formulary XML extract of this many formularies instead of claims.
+    #[arg(long)]
+    formularies: Option<u32>,
+    /// Drugs per formulary, with --formularies.
+    #[arg(long, default_value_t = 100)]
+    drugs: u32,
     /// Seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -218,6 +224,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let f = std::fs::File::create(&a.out)
                 .with_context(|| format!("creating {}", a.out.display()))?;
             let mut w = std::io::BufWriter::new(f);
+            if let Some(formularies) = a.formularies {
+                ingest::formulary::generate_extract(&mut w, formularies, a.drugs, a.seed)?;
+                println!(
+                    "wrote {} ({formularies} formularies x {} drugs)",
+                    a.out.display(),
+                    a.drugs
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             let n = ingest::x12::generate_837(&mut w, !a.institutional, a.claims, a.seed)?;
             println!("wrote {} ({n} bytes, {} claims)", a.out.display(), a.claims);
             Ok(ExitCode::SUCCESS)

@@ -4,5 +4,6 @@
 mod common;
 mod conformance;
 mod e2e;
+mod formulary_api;
 mod ingest_run;
 mod nightly;

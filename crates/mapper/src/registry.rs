@@ -290,6 +290,51 @@ pub fn c4bb() -> Vec<SearchParam> {
     v
 }
 
+fn extension_flag(v: &Value, url: &str) -> Vec<IndexValue> {
+    at(v, "extension")
+        .into_iter()
+        .filter(|e| e.get("url").and_then(Value::as_str) == Some(url))
+        .filter_map(|e| e.get("valueBoolean").and_then(Value::as_bool))
+        .map(|b| IndexValue::Token {
+            system: String::new(),
+            code: b.to_string(),
+        })
+        .collect()
+}
+
+const USDF_EXT: &str = "http://hl7.org/fhir/us/davinci-drug-formulary/StructureDefinition";
+
+/// fhirlake's own parameters on PDex FormularyItem (Basic), so that "drugs on formulary F
+/// needing prior authorization" is one request: `Basic?formulary=F&prior-authorization=true`.
+pub fn formulary_extras() -> Vec<SearchParam> {
+    vec![
+        param!(
+            "Basic",
+            "prior-authorization",
+            Token,
+            "https://fhirlake.example.org/fhir/SearchParameter/Basic-prior-authorization",
+            &[],
+            |v| extension_flag(v, &format!("{USDF_EXT}/usdf-PriorAuthorization-extension"))
+        ),
+        param!(
+            "Basic",
+            "step-therapy",
+            Token,
+            "https://fhirlake.example.org/fhir/SearchParameter/Basic-step-therapy",
+            &[],
+            |v| extension_flag(v, &format!("{USDF_EXT}/usdf-StepTherapyLimit-extension"))
+        ),
+        param!(
+            "Basic",
+            "quantity-limit",
+            Token,
+            "https://fhirlake.example.org/fhir/SearchParameter/Basic-quantity-limit",
+            &[],
+            |v| extension_flag(v, &format!("{USDF_EXT}/usdf-QuantityLimit-extension"))
+        ),
+    ]
+}
+
 /// The whole registry: every supported parameter of every served resource type.
 pub fn all() -> &'static [SearchParam] {
     static ALL: std::sync::OnceLock<Vec<SearchParam>> = std::sync::OnceLock::new();
@@ -299,6 +344,7 @@ pub fn all() -> &'static [SearchParam] {
             v.extend(common(t));
         }
         v.extend(crate::formulary::SEARCH_PARAMS.iter().copied());
+        v.extend(formulary_extras());
         v
     })
 }

@@ -1,0 +1,137 @@
+//! The public drug-formulary API: typical questions, one request each, checked against an
+//! independent reading of the exported resources.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+use crate::common::{bin, export, ids, ingest, Server};
+
+const USDF: &str = "http://hl7.org/fhir/us/davinci-drug-formulary/StructureDefinition";
+
+fn ext<'a>(r: &'a Value, name: &str) -> Option<&'a Value> {
+    r["extension"]
+        .as_array()?
+        .iter()
+        .find(|e| e["url"] == format!("{USDF}/{name}"))
+}
+
+#[test]
+fn formulary_questions_answer_in_one_request() {
+    let work = tempfile::tempdir().unwrap();
+    let extract = work.path().join("formulary.xml");
+    let out = bin()
+        .args(["generate", "--formularies", "3", "--drugs", "40", "--out"])
+        .arg(&extract)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lake = work.path().join("lake");
+    let (code, log) = ingest(&lake, &[extract.to_str().unwrap(), "samples/formulary"]);
+    assert_eq!(code, 0, "{log}");
+    let all = export(&lake);
+    let items: Vec<&Value> = all
+        .iter()
+        .filter(|r| r["resourceType"] == "Basic")
+        .collect();
+    assert!(items.len() >= 100, "{} items", items.len());
+    let s = Server::start(&lake);
+
+    // Pick a formulary and a drug on it from the data itself.
+    let item = items[7];
+    let formulary = ext(item, "usdf-FormularyReference-extension").unwrap()["valueReference"]
+        ["reference"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let drug = item["subject"]["reference"].as_str().unwrap().to_string();
+    let tier = ext(item, "usdf-DrugTierID-extension").unwrap()["valueCodeableConcept"]["coding"][0]
+        ["code"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // 1. Which tier is drug X on formulary F? (no token: formulary data is public)
+    let (st, b) = s.get(&format!("Basic?formulary={formulary}&subject={drug}"), None);
+    assert_eq!(st, 200, "{b}");
+    let entries = b["entry"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{b}");
+    let got = ext(&entries[0]["resource"], "usdf-DrugTierID-extension").unwrap()
+        ["valueCodeableConcept"]["coding"][0]["code"]
+        .as_str()
+        .unwrap();
+    assert_eq!(got, tier);
+
+    // 2. Drugs on formulary F needing prior authorization (with the drugs included).
+    let want: BTreeSet<String> = items
+        .iter()
+        .filter(|i| {
+            ext(i, "usdf-FormularyReference-extension").unwrap()["valueReference"]["reference"]
+                == formulary.as_str()
+        })
+        .filter(|i| {
+            ext(i, "usdf-PriorAuthorization-extension").is_some_and(|e| e["valueBoolean"] == true)
+        })
+        .map(|i| format!("Basic/{}", i["id"].as_str().unwrap()))
+        .collect();
+    assert!(
+        !want.is_empty(),
+        "the generated extract has prior-authorization drugs"
+    );
+    let mut got = BTreeSet::new();
+    let mut included = BTreeSet::new();
+    let mut url = format!(
+        "Basic?formulary={formulary}&prior-authorization=true&_include=Basic:subject&_count=50"
+    );
+    loop {
+        let (st, b) = s.get(&url, None);
+        assert_eq!(st, 200, "{b}");
+        got.extend(ids(&b, "match"));
+        included.extend(ids(&b, "include"));
+        match crate::common::next(&b) {
+            Some(n) => url = n,
+            None => break,
+        }
+    }
+    assert_eq!(got, want);
+    assert!(
+        included
+            .iter()
+            .all(|i| i.starts_with("MedicationKnowledge/"))
+            && !included.is_empty()
+    );
+
+    // 3. Which plans use formulary F?
+    let plans: BTreeSet<String> = all
+        .iter()
+        .filter(|r| r["resourceType"] == "InsurancePlan")
+        .filter(|r| {
+            r.to_string()
+                .contains(&format!("\"reference\":\"{formulary}\""))
+                && r["id"].as_str() != formulary.strip_prefix("InsurancePlan/")
+        })
+        .map(|r| format!("InsurancePlan/{}", r["id"].as_str().unwrap()))
+        .collect();
+    let (st, b) = s.get(
+        &format!("InsurancePlan?formulary-coverage={formulary}"),
+        None,
+    );
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(ids(&b, "match").into_iter().collect::<BTreeSet<_>>(), plans);
+
+    // String search: case- and accent-insensitive starts-with, :exact, :contains.
+    let (_, b) = s.get("MedicationKnowledge?drug-name=acetaminophen", None);
+    assert_eq!(ids(&b, "match"), vec!["MedicationKnowledge/rxnorm-209459"]);
+    let (_, b) = s.get("MedicationKnowledge?drug-name:contains=zithro", None);
+    assert_eq!(ids(&b, "match"), vec!["MedicationKnowledge/rxnorm-248656"]);
+    let (_, b) = s.get("MedicationKnowledge?drug-name:exact=acetaminophen", None);
+    assert!(ids(&b, "match").is_empty());
+
+    // Member data stays gated on the same server.
+    let (st, _) = s.get("ExplanationOfBenefit", None);
+    assert_eq!(st, 401);
+}
