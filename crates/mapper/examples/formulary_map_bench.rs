@@ -1,5 +1,5 @@
 //! Formulary XML → PDex resources throughput:
-//! `cargo run --release -p mapper --example formulary_bench -- 50 5000`
+//! `cargo run --release -p mapper --example formulary_map_bench -- 50 5000`
 //!
 //! Generates an extract (deterministic, seed 42), streams it through `FormularyXmlReader`,
 //! maps every record with `map_drug`/`map_plan`, serialises each resource to JSON text (as the
