@@ -168,9 +168,19 @@ struct SnapshotArgs {
 
 #[derive(Args)]
 struct GenerateArgs {
-    /// Output file.
+    /// Output file (X12 or formulary XML).
+    #[arg(long, required_unless_present = "dataset")]
+    out: Option<PathBuf>,
+    /// Write a delimited dataset into this folder instead: rif/ (CMS RIF beneficiaries and
+    /// carrier claims, shaped on samples/rif) and plain/ (the plain CSV layout).
     #[arg(long)]
-    out: PathBuf,
+    dataset: Option<PathBuf>,
+    /// Members, with --dataset.
+    #[arg(long, default_value_t = 1000)]
+    members: usize,
+    /// Claims per member, with --dataset.
+    #[arg(long, default_value_t = 10)]
+    claims_per_member: usize,
     /// Number of claims.
     #[arg(long, default_value_t = 1000)]
     claims: usize,
@@ -221,20 +231,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Token(a) => runtime()?.block_on(token(a)),
         Command::Snapshots(a) => snapshots(&a),
         Command::Generate(a) => {
-            let f = std::fs::File::create(&a.out)
-                .with_context(|| format!("creating {}", a.out.display()))?;
+            if let Some(dir) = &a.dataset {
+                return generate_dataset(dir, &a);
+            }
+            let out = a.out.clone().unwrap_or_default();
+            let f = std::fs::File::create(&out)
+                .with_context(|| format!("creating {}", out.display()))?;
             let mut w = std::io::BufWriter::new(f);
             if let Some(formularies) = a.formularies {
                 ingest::formulary::generate_extract(&mut w, formularies, a.drugs, a.seed)?;
                 println!(
                     "wrote {} ({formularies} formularies x {} drugs)",
-                    a.out.display(),
+                    out.display(),
                     a.drugs
                 );
                 return Ok(ExitCode::SUCCESS);
             }
             let n = ingest::x12::generate_837(&mut w, !a.institutional, a.claims, a.seed)?;
-            println!("wrote {} ({n} bytes, {} claims)", a.out.display(), a.claims);
+            println!("wrote {} ({n} bytes, {} claims)", out.display(), a.claims);
             Ok(ExitCode::SUCCESS)
         }
         Command::Export { lake, out } => export(&lake, &out),
@@ -522,5 +536,46 @@ fn export(lake: &Path, out: &Path) -> Result<ExitCode> {
         }
     }
     w.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn generate_dataset(dir: &Path, a: &GenerateArgs) -> Result<ExitCode> {
+    use ingest::synth::{self, Template};
+    use std::io::BufWriter;
+    let create = |p: PathBuf| -> Result<BufWriter<std::fs::File>> {
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        Ok(BufWriter::with_capacity(
+            1 << 20,
+            std::fs::File::create(&p).with_context(|| format!("creating {}", p.display()))?,
+        ))
+    };
+    let bene = Template::load(Path::new("samples/rif/synthea-beneficiary_2021.csv"), b'|')
+        .context("reading the beneficiary template (run from the repository root)")?;
+    let carrier = Template::load(Path::new("samples/rif/synthea-carrier.csv"), b'|')
+        .context("reading the carrier template (run from the repository root)")?;
+    let b = synth::rif_beneficiaries(
+        &bene,
+        &mut create(dir.join("rif/beneficiaries.txt"))?,
+        a.members,
+        a.seed,
+    )?;
+    let (c, rows) = synth::rif_carrier(
+        &carrier,
+        &mut create(dir.join("rif/carrier.txt"))?,
+        a.members,
+        a.claims_per_member,
+        a.seed,
+    )?;
+    let (pm, pc, prow) = synth::plain(
+        &mut create(dir.join("plain/members.csv"))?,
+        &mut create(dir.join("plain/claims.csv"))?,
+        a.members,
+        a.claims_per_member,
+        a.seed,
+    )?;
+    println!("rif: beneficiaries {b} bytes, carrier {c} bytes ({rows} lines)");
+    println!("plain: members {pm} bytes, claims {pc} bytes ({prow} lines)");
     Ok(ExitCode::SUCCESS)
 }
