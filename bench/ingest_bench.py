@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""Ingest benchmark: fhirlake (parse + map to C4BB + write Parquet) against DuckDB converting
+the same delimited input straight to Parquet with no FHIR mapping at all — the bar to beat.
+
+Usage: python3 bench/ingest_bench.py [--members N] [--claims-per-member K] [--bin PATH]
+Run from the repository root with a release build (cargo build --release). Needs PyPI duckdb.
+Prints one table; figures are from this machine, this run (compare ratios, not absolutes).
+"""
+
+import argparse
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def run_measured(cmd):
+    """Run a command; return (seconds, peak RSS in MiB of that child)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    dt = time.perf_counter() - t0
+    if p.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{p.stdout}\n{p.stderr}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return dt, max(after, before) / 1024.0, p.stdout
+
+
+def duckdb_convert(src, dst, delim, quote):
+    import duckdb  # noqa: PLC0415
+
+    con = duckdb.connect()
+    con.execute("SET threads TO 2")
+    q = "'\"'" if quote else "''"
+    t0 = time.perf_counter()
+    con.execute(
+        f"COPY (SELECT * FROM read_csv('{src}', delim='{delim}', header=true, all_varchar=true, quote={q})) "
+        f"TO '{dst}' (FORMAT parquet)"
+    )
+    return time.perf_counter() - t0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--members", type=int, default=100_000)
+    ap.add_argument("--claims-per-member", type=int, default=10)
+    ap.add_argument("--bin", default="target/release/fhirlake")
+    a = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="fhirlake-bench-")
+    try:
+        data = os.path.join(work, "data")
+        subprocess.run([a.bin, "generate", "--dataset", data, "--members", str(a.members),
+                        "--claims-per-member", str(a.claims_per_member)], check=True, stdout=subprocess.DEVNULL)
+        rows = []
+        for name, claims, members, delim, quote in [
+            ("CMS RIF carrier (100 cols)", "rif/carrier.txt", "rif/beneficiaries.txt", "|", False),
+            ("plain CSV claims (37 cols)", "plain/claims.csv", "plain/members.csv", ",", True),
+        ]:
+            src = os.path.join(data, claims)
+            size = os.path.getsize(src)
+            with open(src, "rb") as f:
+                lines = sum(1 for _ in f) - 1
+            lake = os.path.join(work, "lake-" + claims.split("/")[0])
+            secs, rss, out = run_measured([a.bin, "ingest", "--lake", lake, src])
+            resources = 0
+            for line in out.splitlines():
+                if line.startswith("lake tables:"):
+                    resources = sum(int(kv.split("=")[1]) for kv in line.split(":", 1)[1].split(","))
+            dsecs = duckdb_convert(src, os.path.join(work, "duck.parquet"), delim, quote)
+            rows.append((name, size, lines, secs, rss, resources, dsecs))
+        print(f"{'input':30} {'MB':>8} {'lines':>10} {'fhirlake s':>10} {'lines/s':>10} {'MB/s':>7} "
+              f"{'res/s':>9} {'peak MiB':>9} {'duckdb s':>9} {'ratio':>6}")
+        for name, size, lines, secs, rss, res, dsecs in rows:
+            print(f"{name:30} {size/1e6:8.1f} {lines:10d} {secs:10.2f} {lines/secs:10.0f} {size/1e6/secs:7.1f} "
+                  f"{res/secs:9.0f} {rss:9.0f} {dsecs:9.2f} {dsecs/secs:6.2f}")
+        print("ratio = DuckDB seconds / fhirlake seconds (>= 1.0 means fhirlake is at least as fast)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
