@@ -135,3 +135,42 @@ fn formulary_questions_answer_in_one_request() {
     let (st, _) = s.get("ExplanationOfBenefit", None);
     assert_eq!(st, 401);
 }
+
+#[test]
+fn a_full_extract_replaces_its_formularies() {
+    let work = tempfile::tempdir().unwrap();
+    let gen = |drugs: &str, name: &str| {
+        let p = work.path().join(name);
+        let out = bin()
+            .args(["generate", "--formularies", "2", "--drugs", drugs, "--out"])
+            .arg(&p)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        p.to_str().unwrap().to_string()
+    };
+    let big = gen("30", "f30.xml");
+    let small = gen("10", "f10.xml");
+    let lake = work.path().join("lake");
+    let items = |lake: &std::path::Path| -> BTreeSet<String> {
+        export(lake)
+            .into_iter()
+            .filter(|r| r["resourceType"] == "Basic")
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(ingest(&lake, &[&big]).0, 0);
+    let before = items(&lake);
+    assert_eq!(ingest(&lake, &[&small]).0, 0);
+    let after = items(&lake);
+    // Exactly the items of the latest FULL extract remain: the same as a fresh lake of it.
+    assert!(
+        after.len() < before.len(),
+        "{} -> {}",
+        before.len(),
+        after.len()
+    );
+    let lake2 = work.path().join("lake2");
+    assert_eq!(ingest(&lake2, &[&small]).0, 0);
+    assert_eq!(items(&lake2), after);
+}

@@ -143,6 +143,9 @@ struct FileResult {
     report: SourceReport,
     produced: Vec<Produced>,
     rejects: Vec<Reject>,
+    /// Formularies (`InsurancePlan/<id>`) this file lists in full: their items not in the file
+    /// are no longer on them (a FULL formulary extract).
+    full_formularies: Vec<String>,
 }
 
 /// Expand folders into their files (sorted; documentation files skipped).
@@ -298,6 +301,21 @@ fn reader_for(
     }
 }
 
+/// The formularies a FormularyItem (Basic) is on.
+fn formulary_refs(json: &serde_json::Value) -> Vec<String> {
+    crate::registry::find("Basic", "formulary")
+        .map(|p| {
+            (p.extract)(json)
+                .into_iter()
+                .filter_map(|v| match v {
+                    crate::registry::IndexValue::Reference(r) => Some(r),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn sniff(path: &Path) -> Option<QhpKind> {
     use std::io::Read;
     let mut head = vec![0u8; 4096];
@@ -401,10 +419,30 @@ fn process_file(path: &Path, cfg: &Config) -> Result<FileResult, RunError> {
         });
     }
     report.seconds = started.elapsed().as_secs_f64();
+    let is_full = report.layout == "formulary-xml"
+        && matches!(
+            ingest::formulary::extract_kind(path),
+            Ok(ingest::formulary::ExtractKind::Full)
+        );
+    let mut full_formularies: Vec<String> = Vec::new();
+    if is_full {
+        for p in &produced {
+            match p.resource.resource_type {
+                "Basic" => full_formularies.extend(formulary_refs(&p.resource.json)),
+                "InsurancePlan" if p.resource.id.starts_with("formulary-") => {
+                    full_formularies.push(format!("InsurancePlan/{}", p.resource.id))
+                }
+                _ => {}
+            }
+        }
+        full_formularies.sort();
+        full_formularies.dedup();
+    }
     Ok(FileResult {
         report,
         produced,
         rejects,
+        full_formularies,
     })
 }
 
@@ -485,8 +523,12 @@ pub fn run(paths: &[PathBuf], opts: &Options) -> Result<RunReport, RunError> {
             types.push(t);
         }
     }
+    let full: std::collections::HashSet<String> = results
+        .iter()
+        .flat_map(|r| r.full_formularies.iter().cloned())
+        .collect();
     for t in types {
-        let old_rows = match &previous {
+        let mut old_rows = match &previous {
             Some(dir) if Lake::table_path(dir, t).is_file() => {
                 lake::read_rows(&Lake::table_path(dir, t))?
             }
@@ -503,10 +545,27 @@ pub fn run(paths: &[PathBuf], opts: &Options) -> Result<RunReport, RunError> {
             .filter(|p| p.primary || !existing.contains(&p.resource.id))
             .map(|p| p.resource)
             .collect();
+        if t == "Basic" && !full.is_empty() {
+            // A FULL extract replaces its formularies: items it no longer lists are dropped.
+            let listed: std::collections::HashSet<&str> =
+                new.iter().map(|r| r.id.as_str()).collect();
+            let before = old_rows.len();
+            old_rows.retain(|r| {
+                listed.contains(r.id.as_str())
+                    || serde_json::from_str::<serde_json::Value>(&r.resource)
+                        .map(|v| !formulary_refs(&v).iter().any(|f| full.contains(f)))
+                        .unwrap_or(true)
+            });
+            report.merge.entry(t.to_string()).or_default().deleted +=
+                (before - old_rows.len()) as u64;
+        }
         if old_rows.is_empty() && new.is_empty() {
             continue;
         }
-        let (rows, stats) = lake::merge(old_rows, new, now);
+        let (rows, mut stats) = lake::merge(old_rows, new, now);
+        if let Some(prior) = report.merge.get(t) {
+            stats.deleted += prior.deleted;
+        }
         let rows = if lake::clustered_by_patient(t) {
             rows
         } else {
