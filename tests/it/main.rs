@@ -1,6 +1,7 @@
 //! End-to-end tests of the `fhirlake` binary: real files in, a real lake, a real server on a
 //! real port, real signed tokens.
 
+mod accounting;
 mod common;
 mod conformance;
 mod e2e;
