@@ -45,7 +45,7 @@ use crate::Resource;
 #[derive(Debug, thiserror::Error)]
 pub enum LakeError {
     /// A file or directory operation failed (disk full, permissions, …).
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// What was being read or written.
         path: String,
