@@ -186,3 +186,46 @@ fn running_the_same_input_twice_changes_nothing() {
     assert_eq!(listing.lines().count(), 2, "{listing}");
     assert!(listing.lines().nth(1).unwrap().starts_with('*'));
 }
+
+#[test]
+fn x12_replacements_and_voids_keep_one_current_version_per_claim() {
+    let lake = tempfile::tempdir().unwrap();
+    let original =
+        std::fs::read_to_string(root().join("samples/x12/lfh_837p_example1.837")).unwrap();
+    assert!(original.contains("11:B:1"));
+    let eob = |lake: &std::path::Path| -> Vec<Value> {
+        export(lake)
+            .into_iter()
+            .filter(|r| r["resourceType"] == "ExplanationOfBenefit")
+            .collect()
+    };
+    let (code, out) = ingest(lake.path(), &["samples/x12/lfh_837p_example1.837"]);
+    assert_eq!(code, 0, "{out}");
+    let first = eob(lake.path());
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0]["status"], "active");
+    let id = first[0]["id"].clone();
+
+    // Frequency 7: a replacement with another charge supersedes the claim (same id, version 2).
+    let replaced = original
+        .replace("11:B:1", "11:B:7")
+        .replacen("*100.00*", "*120.00*", 1);
+    let p = lake.path().join("replacement.837");
+    std::fs::write(&p, &replaced).unwrap();
+    assert_eq!(ingest(lake.path(), &[p.to_str().unwrap()]).0, 0);
+    let second = eob(lake.path());
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0]["id"], id);
+    assert_eq!(second[0]["meta"]["versionId"], "2");
+    assert_eq!(second[0]["status"], "active");
+
+    // Frequency 8: the void cancels it; the lake still holds one version, marked cancelled.
+    let void = original.replace("11:B:1", "11:B:8");
+    let p = lake.path().join("void.837");
+    std::fs::write(&p, &void).unwrap();
+    assert_eq!(ingest(lake.path(), &[p.to_str().unwrap()]).0, 0);
+    let third = eob(lake.path());
+    assert_eq!(third.len(), 1);
+    assert_eq!(third[0]["status"], "cancelled");
+    assert_eq!(third[0]["meta"]["versionId"], "3");
+}
