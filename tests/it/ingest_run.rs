@@ -206,10 +206,10 @@ fn x12_replacements_and_voids_keep_one_current_version_per_claim() {
     assert_eq!(first[0]["status"], "active");
     let id = first[0]["id"].clone();
 
-    // Frequency 7: a replacement with another charge supersedes the claim (same id, version 2).
+    // Frequency 7: a replacement with another diagnosis supersedes the claim (same id, version 2).
     let replaced = original
         .replace("11:B:1", "11:B:7")
-        .replacen("*100.00*", "*120.00*", 1);
+        .replacen("BF:V7389", "BF:V7281", 1);
     let p = lake.path().join("replacement.837");
     std::fs::write(&p, &replaced).unwrap();
     assert_eq!(ingest(lake.path(), &[p.to_str().unwrap()]).0, 0);
