@@ -1,0 +1,3 @@
+//! Integration tests of the api crate.
+
+mod smart;
