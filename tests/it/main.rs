@@ -8,3 +8,4 @@ mod e2e;
 mod formulary_api;
 mod ingest_run;
 mod nightly;
+mod search_params;
