@@ -155,7 +155,9 @@ def check(path):
 
 
 def fhirlake(files):
-    cmd = ["cargo", "run", "-q", "-p", "ingest", "--example", "x12dump", "--"] + files
+    subprocess.run(["cargo", "build", "-q", "--workspace", "--example", "x12dump"], cwd=ROOT, check=True)
+    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
+    cmd = [os.path.join(target, "debug", "examples", "x12dump")] + files
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, check=True, text=True).stdout
     return {os.path.basename(d["file"]): d for d in json.loads(out)}
 

@@ -22,8 +22,11 @@ command -v node >/dev/null && command -v npm >/dev/null || { echo "node and npm 
 echo "# oidc-provider $(node -p "require('$node_dir/package.json').dependencies['oidc-provider']")"
 npm install --prefix "$node_dir" --no-audit --no-fund --loglevel=error >/dev/null
 
-(cd "$root" && cargo build -q -p api --example check_token)
-check() { (cd "$root" && cargo run -q -p api --example check_token -- "$@"); }
+# Built with the workspace's feature set (as `cargo test --workspace` builds it), so nothing
+# is compiled twice.
+(cd "$root" && cargo build -q --workspace --example check_token)
+check_bin="${CARGO_TARGET_DIR:-$root/target}/debug/examples/check_token"
+check() { "$check_bin" "$@"; }
 
 log="$(mktemp)"
 idp_pid=""
