@@ -31,6 +31,9 @@ enum Command {
     Demo(DemoArgs),
     /// Print an access token signed by the embedded authorization server, for curl and scripts.
     Token(TokenArgs),
+    /// Rotate the embedded authorization server's signing key (old public keys stay in the JWKS
+    /// so tokens already issued keep working until they expire).
+    RotateKey(RotateArgs),
     /// List the lake's snapshots, or roll back to one.
     Snapshots(SnapshotArgs),
     /// Write a deterministic synthetic extract: X12 837P/837I claims or a formulary XML extract.
@@ -154,6 +157,18 @@ struct TokenArgs {
 }
 
 #[derive(Args)]
+struct RotateArgs {
+    /// The lake (for its default key folder LAKE/_auth).
+    #[arg(long)]
+    lake: PathBuf,
+    /// The FHIR base URL tokens are issued for.
+    #[arg(long, default_value = "http://127.0.0.1:8080/fhir")]
+    base_url: String,
+    #[command(flatten)]
+    auth: AuthArgs,
+}
+
+#[derive(Args)]
 struct SnapshotArgs {
     /// The lake directory.
     #[arg(long)]
@@ -230,6 +245,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Demo(a) => runtime()?.block_on(demo(a)),
         Command::Token(a) => runtime()?.block_on(token(a)),
         Command::Snapshots(a) => snapshots(&a),
+        Command::RotateKey(a) => runtime()?.block_on(async {
+            let smart = smart_for(&a.auth, &a.lake, &a.base_url).await?;
+            let kid = smart.rotate_signing_key()?;
+            println!("new signing key {kid}");
+            Ok(ExitCode::SUCCESS)
+        }),
         Command::Generate(a) => {
             if let Some(dir) = &a.dataset {
                 return generate_dataset(dir, &a);

@@ -318,3 +318,41 @@ fn everything_returns_each_resource_of_the_compartment_once() {
         assert_eq!(types.first().map(String::as_str), Some("Patient"));
     }
 }
+
+#[test]
+fn key_rotation_keeps_issued_tokens_valid_and_includes_stay_in_the_compartment() {
+    let lake = sample_lake();
+    let s = Server::start(lake.path());
+    let old = s.token(JOHN, "patient/*.rs");
+    let out = crate::common::bin()
+        .args(["rotate-key", "--lake"])
+        .arg(lake.path())
+        .args(["--base-url", &s.base])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new = s.token(JOHN, "patient/*.rs");
+    // The server learns the new key through its JWKS refresh on an unknown kid.
+    for t in [&old, &new] {
+        let (st, b) = s.get("ExplanationOfBenefit?_include=ExplanationOfBenefit:patient&_include=ExplanationOfBenefit:coverage", Some(t));
+        assert_eq!(st, 200, "{b}");
+        let inc = ids(&b, "include");
+        assert!(
+            inc.iter()
+                .filter(|i| i.starts_with("Patient/"))
+                .all(|i| i == "Patient/567834"),
+            "{inc:?}"
+        );
+        assert!(
+            inc.iter()
+                .filter(|i| i.starts_with("Coverage/"))
+                .all(|i| i.starts_with("Coverage/567834-")),
+            "{inc:?}"
+        );
+        assert!(inc.contains(&"Patient/567834".to_string()));
+    }
+}
