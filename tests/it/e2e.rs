@@ -356,3 +356,55 @@ fn key_rotation_keeps_issued_tokens_valid_and_includes_stay_in_the_compartment()
         assert!(inc.contains(&"Patient/567834".to_string()));
     }
 }
+
+#[test]
+fn paging_walks_forward_and_back_over_every_match_once() {
+    let lake = sample_lake();
+    let s = Server::start(lake.path());
+    // No compartment for shared resources: 30 Organizations and many Practitioners.
+    let t = s.token(JOHN, "patient/*.rs");
+    for (query, count) in [
+        ("Organization?", 1usize),
+        ("Organization?", 7),
+        ("Practitioner?_sort=-_lastUpdated", 4),
+        ("ExplanationOfBenefit?_sort=service-date", 1),
+        ("ExplanationOfBenefit?_sort=-service-date", 3),
+    ] {
+        let (_, all) = s.get(&format!("{query}&_count=200"), Some(&t));
+        let want = ids(&all, "match");
+        assert!(want.len() > count, "{query}");
+        let mut url = format!("{query}&_count={count}");
+        let mut pages: Vec<Vec<String>> = Vec::new();
+        let mut last;
+        loop {
+            let (st, b) = s.get(&url, Some(&t));
+            assert_eq!(st, 200, "{b}");
+            pages.push(ids(&b, "match"));
+            last = b.clone();
+            match next(&b) {
+                Some(n) => url = n,
+                None => break,
+            }
+        }
+        let forward: Vec<String> = pages.concat();
+        assert_eq!(forward, want, "{query} count {count}");
+        // Back from the last page, page by page, to the first.
+        let mut back_pages = vec![ids(&last, "match")];
+        let mut b = last;
+        while let Some(p) = b["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "previous")
+            .and_then(|l| l["url"].as_str())
+            .map(str::to_string)
+        {
+            let (st, page) = s.get(&p, Some(&t));
+            assert_eq!(st, 200, "{page}");
+            back_pages.push(ids(&page, "match"));
+            b = page;
+        }
+        back_pages.reverse();
+        assert_eq!(back_pages.concat(), want, "{query} count {count} backwards");
+    }
+}

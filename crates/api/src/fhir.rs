@@ -191,7 +191,11 @@ async fn search(
         .next
         .as_ref()
         .map(|c| link(&format!("{base}/{rtype}"), &req.self_params, Some(c)));
-    bundle(base, &page, self_link, next, req.summary_count)
+    let previous = page
+        .previous
+        .as_ref()
+        .map(|c| link(&format!("{base}/{rtype}"), &req.self_params, Some(c)));
+    bundle(base, &page, self_link, next, previous, req.summary_count)
 }
 
 fn link(path: &str, params: &[(String, String)], cursor: Option<&str>) -> String {
@@ -255,6 +259,7 @@ fn bundle(
     page: &Page,
     self_link: String,
     next: Option<String>,
+    previous: Option<String>,
     summary_count: bool,
 ) -> Result<Response, ApiError> {
     let mut links = vec![Link {
@@ -265,6 +270,12 @@ fn bundle(
         links.push(Link {
             relation: "next",
             url: n,
+        });
+    }
+    if let Some(p) = previous {
+        links.push(Link {
+            relation: "previous",
+            url: p,
         });
     }
     let mut raws = Vec::new();
@@ -444,5 +455,5 @@ async fn everything(
     }
     let self_link = link(&path, &params, cursor.as_deref());
     let next = page.next.as_ref().map(|c| link(&path, &params, Some(c)));
-    bundle(base, &page, self_link, next, false)
+    bundle(base, &page, self_link, next, None, false)
 }

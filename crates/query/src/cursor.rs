@@ -26,8 +26,11 @@ pub struct Cursor {
     pub id: String,
     /// `$everything` phase index.
     pub phase: usize,
-    /// Offset of the page (for `previous` links and display only; paging is by key).
+    /// Offset of the page (for display only; paging is by key).
     pub offset: u64,
+    /// A `previous` cursor: `key`/`id` are the first row of the page after the one wanted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub back: bool,
 }
 
 type Mac256 = Hmac<Sha256>;
@@ -80,6 +83,7 @@ mod tests {
             id: "a".into(),
             phase: 0,
             offset: 10,
+            back: false,
         };
         let t = seal(&c, b"secret");
         assert_eq!(open(&t, b"secret").unwrap(), c);

@@ -32,6 +32,8 @@ pub struct Page {
     pub total: Option<u64>,
     /// Cursor of the next page.
     pub next: Option<String>,
+    /// Cursor of the previous page.
+    pub previous: Option<String>,
     /// Index of the page's first match among all matches.
     pub offset: u64,
 }
@@ -237,7 +239,8 @@ impl Snapshot {
             }
             None => None,
         };
-        let (order, key) = sort_exprs(&req.sort);
+        let back = cursor.as_ref().is_some_and(|c| c.back);
+        let (order, key) = sort_exprs(&req.sort, back);
         if let Some(c) = &cursor {
             let k = keyset(&req.sort, c);
             filter = Some(match filter {
@@ -249,10 +252,19 @@ impl Snapshot {
             .fetch(t, filter, Some((order, key)), Some(req.count + 1))
             .await?;
         let mut found = rows(&batches);
-        let offset = cursor.as_ref().map_or(0, |c| c.offset);
-        let next = if found.len() > req.count {
-            found.truncate(req.count);
-            found.last().map(|(id, _, k)| {
+        let more = found.len() > req.count;
+        found.truncate(req.count);
+        if back {
+            found.reverse();
+        }
+        let cursor_offset = cursor.as_ref().map_or(0, |c| c.offset);
+        let offset = if back {
+            cursor_offset.saturating_sub(req.count as u64)
+        } else {
+            cursor_offset
+        };
+        let seal = |row: Option<&(String, String, Option<i64>)>, back: bool, offset: u64| {
+            row.map(|(id, _, k)| {
                 cursor::seal(
                     &Cursor {
                         snap: self.name.clone(),
@@ -260,11 +272,24 @@ impl Snapshot {
                         key: *k,
                         id: id.clone(),
                         phase: 0,
-                        offset: offset + req.count as u64,
+                        offset,
+                        back,
                     },
                     secret,
                 )
             })
+        };
+        // Forward: a next page exists when more rows came back; a previous one when this is
+        // not the first page. Backward: the other way round.
+        let has_next = if back { true } else { more };
+        let has_prev = if back { more } else { cursor.is_some() };
+        let next = if has_next {
+            seal(found.last(), false, offset + found.len() as u64)
+        } else {
+            None
+        };
+        let previous = if has_prev {
+            seal(found.first(), true, offset)
         } else {
             None
         };
@@ -277,6 +302,7 @@ impl Snapshot {
             included,
             total,
             next,
+            previous,
             offset,
         })
     }
@@ -490,6 +516,7 @@ impl Snapshot {
                         id,
                         phase: phase_id,
                         offset: offset + found.len() as u64,
+                        back: false,
                     },
                     secret,
                 )
@@ -499,6 +526,7 @@ impl Snapshot {
                 included: Vec::new(),
                 total: None,
                 next,
+                previous: None,
                 offset,
             });
         }
@@ -588,27 +616,36 @@ fn scope_key(patients: Option<&[String]>) -> String {
     }
 }
 
-fn sort_exprs(sort: &SortKey) -> (Vec<SortExpr>, Expr) {
+/// The order of a search (reversed when paging backwards) and its sort-key expression.
+fn sort_exprs(sort: &SortKey, back: bool) -> (Vec<SortExpr>, Expr) {
     match sort {
-        SortKey::Id => (vec![col("id").sort(true, false)], lit(0i64)),
+        SortKey::Id => (vec![col("id").sort(!back, false)], lit(0i64)),
         SortKey::Time { column, desc, .. } => {
             let key = datafusion::functions::expr_fn::coalesce(vec![col(column.as_str()), ts(0)]);
             (
-                vec![key.clone().sort(!desc, false), col("id").sort(true, false)],
+                vec![
+                    key.clone().sort(*desc == back, false),
+                    col("id").sort(!back, false),
+                ],
                 datafusion::logical_expr::cast(key, datafusion::arrow::datatypes::DataType::Int64),
             )
         }
     }
 }
 
+/// Rows after the cursor's row in the search order (before it, for a `previous` cursor).
 fn keyset(sort: &SortKey, c: &Cursor) -> Expr {
-    let after_id = col("id").gt(lit(c.id.clone()));
+    let after_id = if c.back {
+        col("id").lt(lit(c.id.clone()))
+    } else {
+        col("id").gt(lit(c.id.clone()))
+    };
     match sort {
         SortKey::Id => after_id,
         SortKey::Time { column, desc, .. } => {
             let key = datafusion::functions::expr_fn::coalesce(vec![col(column.as_str()), ts(0)]);
             let k = ts(c.key.unwrap_or(0));
-            let beyond = if *desc {
+            let beyond = if *desc != c.back {
                 key.clone().lt(k.clone())
             } else {
                 key.clone().gt(k.clone())
