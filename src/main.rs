@@ -291,6 +291,7 @@ fn ingest(a: &IngestArgs) -> Result<ExitCode> {
         lake: a.lake.clone(),
         mappings: a.mappings.clone(),
         forced_mapping: a.mapping.clone(),
+        progress: Some(progress_reporter()),
     };
     let report = mapper::pipeline::run(&a.paths, &opts)?;
     print_report(&report);
@@ -303,6 +304,52 @@ fn ingest(a: &IngestArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(3));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Progress of an ingest: bars per source on a terminal, JSON log lines otherwise.
+fn progress_reporter() -> mapper::pipeline::ProgressFn {
+    use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    if std::io::stderr().is_terminal() {
+        let multi = MultiProgress::new();
+        let bars: Mutex<HashMap<String, ProgressBar>> = Mutex::new(HashMap::new());
+        let style = ProgressStyle::with_template(
+            "{prefix:30!} {bar:30} {bytes:>10}/{total_bytes:10} {msg} {bytes_per_sec:>12} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+        Arc::new(move |p: &mapper::pipeline::Progress<'_>| {
+            let Ok(mut bars) = bars.lock() else { return };
+            let bar = bars.entry(p.file.to_string()).or_insert_with(|| {
+                let b = multi.add(ProgressBar::new(p.total_bytes));
+                b.set_style(style.clone());
+                let name = Path::new(p.file)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().to_string())
+                    .unwrap_or_default();
+                b.set_prefix(name);
+                b
+            });
+            bar.set_position(p.bytes.min(p.total_bytes));
+            bar.set_message(format!("{} records", p.records));
+            if p.done {
+                bar.finish();
+            }
+        })
+    } else {
+        Arc::new(|p: &mapper::pipeline::Progress<'_>| {
+            if p.done || p.records % (4096 * 64) == 0 {
+                tracing::info!(
+                    file = p.file,
+                    records = p.records,
+                    bytes = p.bytes,
+                    total_bytes = p.total_bytes,
+                    done = p.done,
+                    "ingest progress"
+                );
+            }
+        })
+    }
 }
 
 fn print_report(r: &mapper::pipeline::RunReport) {
@@ -449,6 +496,7 @@ async fn demo(a: DemoArgs) -> Result<ExitCode> {
         lake: a.lake.clone(),
         mappings: PathBuf::from("mappings"),
         forced_mapping: None,
+        progress: None,
     };
     let paths: Vec<PathBuf> = ["rif", "plain", "x12", "formulary"]
         .iter()

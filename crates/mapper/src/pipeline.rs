@@ -50,8 +50,26 @@ pub enum RunError {
     },
 }
 
-/// How to run.
+/// Progress of one source file, reported while it is read.
 #[derive(Debug, Clone)]
+pub struct Progress<'a> {
+    /// The file.
+    pub file: &'a str,
+    /// Records read so far.
+    pub records: u64,
+    /// Bytes read so far (the position of the last record).
+    pub bytes: u64,
+    /// The file's size.
+    pub total_bytes: u64,
+    /// Whether the file is done.
+    pub done: bool,
+}
+
+/// A progress callback (the binary draws bars on a terminal, logs JSON otherwise).
+pub type ProgressFn = std::sync::Arc<dyn Fn(&Progress<'_>) + Send + Sync>;
+
+/// How to run.
+#[derive(Clone)]
 pub struct Options {
     /// The lake to update.
     pub lake: PathBuf,
@@ -59,6 +77,18 @@ pub struct Options {
     pub mappings: PathBuf,
     /// Force every delimited file through this mapping instead of detecting.
     pub forced_mapping: Option<PathBuf>,
+    /// Called every few thousand records of each file, and when a file is done.
+    pub progress: Option<ProgressFn>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("lake", &self.lake)
+            .field("mappings", &self.mappings)
+            .field("forced_mapping", &self.forced_mapping)
+            .finish()
+    }
 }
 
 /// What one source file gave.
@@ -341,7 +371,23 @@ fn map_error_reject(record: &SourceRecord, e: &MapError) -> Reject {
     Reject::new(position, Stage::Map, reason, e.to_string(), raw)
 }
 
-fn process_file(path: &Path, cfg: &Config) -> Result<FileResult, RunError> {
+fn record_offset(item: &Item) -> u64 {
+    match item {
+        Err(r) => r.position.byte_offset,
+        Ok(SourceRecord::Member(m)) => m.position.byte_offset,
+        Ok(SourceRecord::Claim(c)) => c.position.byte_offset,
+        Ok(SourceRecord::FormularyDrug(d)) => d.position.byte_offset,
+        Ok(SourceRecord::FormularyPlan(p)) => p.position.byte_offset,
+    }
+}
+
+fn process_file(
+    path: &Path,
+    cfg: &Config,
+    progress: Option<&ProgressFn>,
+) -> Result<FileResult, RunError> {
+    let file_name = path.display().to_string();
+    let total_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let started = Instant::now();
     let (reader, layout) = reader_for(path, cfg)?;
     let mut report = SourceReport {
@@ -353,6 +399,17 @@ fn process_file(path: &Path, cfg: &Config) -> Result<FileResult, RunError> {
     let mut rejects = Vec::new();
     let summary: FileSummary = reader.read(path, &mut |item: Item| {
         report.records_read += 1;
+        if let Some(p) = progress {
+            if report.records_read % 4096 == 0 {
+                p(&Progress {
+                    file: &file_name,
+                    records: report.records_read,
+                    bytes: record_offset(&item),
+                    total_bytes,
+                    done: false,
+                });
+            }
+        }
         let record = match item {
             Ok(r) => r,
             Err(rej) => {
@@ -391,6 +448,15 @@ fn process_file(path: &Path, cfg: &Config) -> Result<FileResult, RunError> {
             Err(e) => rejects.push(map_error_reject(&record, &e)),
         }
     })?;
+    if let Some(p) = progress {
+        p(&Progress {
+            file: &file_name,
+            records: report.records_read,
+            bytes: total_bytes,
+            total_bytes,
+            done: true,
+        });
+    }
     report.rejected = rejects.len() as u64;
     for r in &rejects {
         *report
@@ -483,7 +549,7 @@ pub fn run(paths: &[PathBuf], opts: &Options) -> Result<RunReport, RunError> {
     let files = expand(paths)?;
     let results: Vec<FileResult> = files
         .par_iter()
-        .map(|f| process_file(f, &cfg))
+        .map(|f| process_file(f, &cfg, opts.progress.as_ref()))
         .collect::<Result<_, _>>()?;
 
     // Resources of this run, by type and id: subjects beat side products; among subjects the
