@@ -338,7 +338,7 @@ fn progress_reporter() -> mapper::pipeline::ProgressFn {
         })
     } else {
         Arc::new(|p: &mapper::pipeline::Progress<'_>| {
-            if p.done || p.records % (4096 * 64) == 0 {
+            if p.done || p.records.is_multiple_of(4096 * 64) {
                 tracing::info!(
                     file = p.file,
                     records = p.records,

@@ -400,7 +400,7 @@ fn process_file(
     let summary: FileSummary = reader.read(path, &mut |item: Item| {
         report.records_read += 1;
         if let Some(p) = progress {
-            if report.records_read % 4096 == 0 {
+            if report.records_read.is_multiple_of(4096) {
                 p(&Progress {
                     file: &file_name,
                     records: report.records_read,
