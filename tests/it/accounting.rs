@@ -14,6 +14,7 @@ fn options(lake: &std::path::Path) -> Options {
         lake: lake.to_path_buf(),
         mappings: root().join("mappings"),
         forced_mapping: None,
+        progress: None,
     }
 }
 
