@@ -7,6 +7,9 @@
 //! (b) the X12 reader (records built, then discarded), (c) the tokenizer/envelope scan alone
 //! (`scan_stream`, no records), and the ratios b/a and c/a. Best of 3 runs, one core, file in
 //! the page cache.
+//!
+//! With `--features mimalloc` the whole process (reader and consumer) runs on mimalloc instead
+//! of the system allocator; the report says which.
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
@@ -14,6 +17,22 @@ use std::time::Instant;
 
 use ingest::x12::{generate_837, scan_stream, X12Reader};
 use ingest::{Reader, SourceRecord};
+
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const ALLOCATOR: &str = if cfg!(feature = "mimalloc") {
+    "mimalloc"
+} else {
+    "system"
+};
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
 
 fn peak_rss_mb() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -39,6 +58,10 @@ fn main() -> std::io::Result<()> {
     let bytes = generate_837(&mut w, professional, claims, 7)?;
     w.flush()?;
     drop(w);
+    println!(
+        "allocator: {ALLOCATOR}, load average before: {}",
+        load_average()
+    );
     println!(
         "generated {:.1} MB, {claims} claims ({}) in {:.1?}",
         bytes as f64 / 1e6,
@@ -113,6 +136,7 @@ fn main() -> std::io::Result<()> {
     );
     println!("ratio b/a (records built): {:.3}", best_a / best_b);
     println!("ratio c/a (tokenizer only): {:.3}", best_a / best_c);
+    println!("load average after: {}", load_average());
     if let Some(rss) = peak_rss_mb() {
         println!("peak RSS: {rss:.1} MB (file {mb:.0} MB)");
     }

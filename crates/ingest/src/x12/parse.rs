@@ -80,6 +80,7 @@ pub(crate) fn run<R: Read>(
 ) -> io::Result<FileSummary> {
     let mut src = Source::new(rdr);
     let mut d = Driver {
+        file: Arc::from(file),
         out: Out {
             file: Arc::from(file),
             emit,
@@ -158,6 +159,9 @@ struct Orphan {
 }
 
 struct Driver<'e> {
+    /// The file name for positions, apart from `out` so that it can be lent while `out` is
+    /// borrowed mutably (cloning an `Arc` per segment costs two atomic operations).
+    file: Arc<str>,
     out: Out<'e>,
     seg_no: u64,
     ic: Option<Ic>,
@@ -167,7 +171,7 @@ struct Driver<'e> {
 }
 
 fn lossy(b: &[u8]) -> String {
-    String::from_utf8_lossy(b.trim_ascii()).into_owned()
+    super::token::to_string(b.trim_ascii())
 }
 
 fn num(b: &[u8]) -> Option<u64> {
@@ -383,8 +387,11 @@ impl Driver<'_> {
             _ => {
                 if let Some(set) = &mut self.set {
                     set.count += 1;
-                    push_raw(&mut set.raw, seg.data, d.segment);
-                    set.segment(seg, n, offset, oversized, d, &mut self.out);
+                    // The set's own raw text is only used when it holds no claim.
+                    if set.claims == 0 {
+                        push_raw(&mut set.raw, seg.data, d.segment);
+                    }
+                    set.segment(seg, n, offset, oversized, d, &self.file, &mut self.out);
                 } else {
                     self.orphan_segment(seg, offset, d);
                 }
@@ -548,7 +555,8 @@ struct Patient {
 }
 
 struct ClaimCtx {
-    claim: Claim,
+    /// Boxed from the start: the record is emitted as a `Box<Claim>` without moving it again.
+    claim: Box<Claim>,
     clm_pos: Position,
     taint: Option<Taint>,
     state: Cl,
@@ -686,14 +694,14 @@ pub(crate) fn d8(b: &[u8]) -> Option<String> {
     if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
         return None;
     }
-    let mut s = String::with_capacity(10);
-    for (i, &c) in b[..8].iter().enumerate() {
-        if i == 4 || i == 6 {
-            s.push('-');
-        }
-        s.push(c as char);
-    }
-    Some(s)
+    let mut s = [0u8; 10];
+    s[..4].copy_from_slice(&b[..4]);
+    s[4] = b'-';
+    s[5..7].copy_from_slice(&b[4..6]);
+    s[7] = b'-';
+    s[8..].copy_from_slice(&b[6..8]);
+    // Ten ASCII digits and dashes: always valid UTF-8.
+    std::str::from_utf8(&s).ok().map(str::to_owned)
 }
 
 /// A DTP date or period: `(from, thru)`; `Err` when the value does not parse.
@@ -954,6 +962,7 @@ impl SetCtx {
         offset: u64,
         oversized: bool,
         d: &Delimiters,
+        file: &Arc<str>,
         out: &mut Out<'_>,
     ) {
         if self.unsupported.is_some() {
@@ -963,7 +972,6 @@ impl SetCtx {
         if self.claim.is_some() && id != b"HL" && id != b"CLM" {
             push_raw(&mut self.claim_raw, seg.data, d.segment);
         }
-        let file = out.file.clone();
         let here = |ctx: &str| Position {
             file: file.clone(),
             line: 0,
@@ -993,7 +1001,15 @@ impl SetCtx {
             return;
         }
         match id {
-            b"HL" => self.hl(seg, here(self.loop_id), out),
+            b"HL" => {
+                let ctx = match seg.el(3) {
+                    b"20" => "2000A",
+                    b"22" => "2000B",
+                    b"23" => "2000C",
+                    _ => self.loop_id,
+                };
+                self.hl(seg, here(ctx), out)
+            }
             b"CLM" => {
                 self.finish_claim(out, None);
                 let p = here("2300");
@@ -1001,9 +1017,9 @@ impl SetCtx {
             }
             _ => {
                 if self.claim.is_some() {
-                    self.claim_segment(seg, n, offset, out);
+                    self.claim_segment(seg, n, offset, file, out);
                 } else {
-                    self.hl_segment(seg, n, offset, out);
+                    self.hl_segment(seg, n, offset, file, out);
                 }
             }
         }
@@ -1067,8 +1083,7 @@ impl SetCtx {
                 self.check_billing_complete();
                 self.pat = None;
                 self.sub = None;
-                let mut p = pos;
-                p.context = Some("2000A".into());
+                let p = pos;
                 self.billing = Some(Billing {
                     party: None,
                     taint: None,
@@ -1079,8 +1094,7 @@ impl SetCtx {
             b"22" => {
                 self.check_billing_complete();
                 self.pat = None;
-                let mut p = pos;
-                p.context = Some("2000B".into());
+                let p = pos;
                 if self.billing.is_none() {
                     self.taint_set_once(Taint {
                         reason: Reason::Segment,
@@ -1103,8 +1117,7 @@ impl SetCtx {
                 self.loop_id = "2000B";
             }
             b"23" => {
-                let mut p = pos;
-                p.context = Some("2000C".into());
+                let p = pos;
                 if self.sub.is_none() {
                     self.taint_set_once(Taint {
                         reason: Reason::Segment,
@@ -1155,9 +1168,15 @@ impl SetCtx {
     }
 
     /// Segments at HL level (header, 2000A/B/C and their NM1 sub-loops).
-    fn hl_segment(&mut self, seg: &Seg<'_>, n: u64, offset: u64, out: &mut Out<'_>) {
+    fn hl_segment(
+        &mut self,
+        seg: &Seg<'_>,
+        n: u64,
+        offset: u64,
+        file: &Arc<str>,
+        out: &mut Out<'_>,
+    ) {
         let id = seg.id();
-        let file = out.file.clone();
         let pos = |ctx: &str| Position {
             file: file.clone(),
             line: 0,
@@ -1346,7 +1365,7 @@ impl SetCtx {
         self.rank = 0;
         self.claim_raw.clear();
         push_raw(&mut self.claim_raw, seg.data, d.segment);
-        let mut claim = Claim {
+        let mut claim = Box::new(Claim {
             claim_id: lossy(seg.el(1)),
             position: pos.clone(),
             created: self.created.clone(),
@@ -1359,7 +1378,7 @@ impl SetCtx {
                 .into(),
             ),
             ..Claim::default()
-        };
+        });
         let mut taint = None;
         let mut missing = |what: &str| {
             if taint.is_none() {
@@ -1431,7 +1450,7 @@ impl SetCtx {
         }
         self.claim = Some(ClaimCtx {
             claim,
-            clm_pos: pos.clone(),
+            clm_pos: pos,
             taint,
             state: Cl::C2300,
             line: None,
@@ -1445,11 +1464,17 @@ impl SetCtx {
     }
 
     /// A segment inside a claim (2300 and below).
-    fn claim_segment(&mut self, seg: &Seg<'_>, n: u64, offset: u64, out: &mut Out<'_>) {
+    fn claim_segment(
+        &mut self,
+        seg: &Seg<'_>,
+        n: u64,
+        offset: u64,
+        file: &Arc<str>,
+        out: &mut Out<'_>,
+    ) {
         let id = seg.id();
         let institutional = self.institutional;
         let comp = seg.comp;
-        let file = out.file.clone();
         let pos = |ctx: &str| Position {
             file: file.clone(),
             line: 0,
@@ -2134,7 +2159,7 @@ impl SetCtx {
             };
             claim.payment_status = Some(if paid { "paid" } else { "denied" }.into());
         }
-        (out.emit)(Ok(SourceRecord::Claim(Box::new(claim))));
+        (out.emit)(Ok(SourceRecord::Claim(claim)));
     }
 
     /// Close the set at SE (`truncated` = None) or because it ended without SE.

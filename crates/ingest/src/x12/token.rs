@@ -458,7 +458,15 @@ pub(crate) fn text(b: &[u8]) -> Option<String> {
     if t.is_empty() {
         None
     } else {
-        Some(String::from_utf8_lossy(t).into_owned())
+        Some(to_string(t))
+    }
+}
+
+/// Bytes as text, invalid UTF-8 replaced (valid text, the usual case, is copied directly).
+pub(crate) fn to_string(b: &[u8]) -> String {
+    match std::str::from_utf8(b) {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(b).into_owned(),
     }
 }
 
