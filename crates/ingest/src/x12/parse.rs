@@ -516,6 +516,48 @@ enum Cl {
     L2440,
 }
 
+/// Which HL units end right after the claim being finished: their data can be moved into the
+/// record instead of cloned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Ends {
+    /// The next claim is under the same subscriber and patient (CLM).
+    Nothing,
+    /// A new patient follows under the same subscriber (HL 23).
+    Patient,
+    /// A new billing provider or subscriber follows, or the set ends.
+    Subscriber,
+}
+
+/// The value itself when `take` (its unit ends), else a copy.
+fn take_or_clone<T: Clone + Default>(slot: &mut T, take: bool) -> T {
+    if take {
+        std::mem::take(slot)
+    } else {
+        slot.clone()
+    }
+}
+
+/// The coverage key: `payer-plan`, lower-cased, every other character than an ASCII letter or
+/// digit turned into `-`.
+fn coverage_key(payer: &str, plan: Option<&str>) -> String {
+    let mut key = String::with_capacity(payer.len() + plan.map_or(0, |p| p.len() + 1));
+    let mut push = |s: &str| {
+        for ch in s.chars() {
+            key.push(if ch.is_ascii_alphanumeric() {
+                ch.to_ascii_lowercase()
+            } else {
+                '-'
+            });
+        }
+    };
+    push(payer);
+    if let Some(p) = plan {
+        push("-");
+        push(p);
+    }
+    key
+}
+
 /// The person part of 2010BA/2010CA.
 #[derive(Debug, Default, Clone)]
 struct Person {
@@ -530,6 +572,26 @@ struct Person {
     postal: Option<String>,
 }
 
+impl Person {
+    /// The details a member record takes (all but the id): moved out when `take`.
+    fn details(&mut self, take: bool) -> Person {
+        if take {
+            return std::mem::take(self);
+        }
+        Person {
+            id: None,
+            family: self.family.clone(),
+            given: self.given.clone(),
+            gender: self.gender.clone(),
+            birth: self.birth.clone(),
+            lines: self.lines.clone(),
+            city: self.city.clone(),
+            state: self.state.clone(),
+            postal: self.postal.clone(),
+        }
+    }
+}
+
 struct Billing {
     party: Option<Party>,
     taint: Option<Taint>,
@@ -537,15 +599,12 @@ struct Billing {
 }
 
 struct Subscriber {
-    sbr01: Option<String>,
-    sbr02: Option<String>,
     group: Option<String>,
     group_name: Option<String>,
     filing: Option<String>,
     person: Option<Person>,
     payer: Option<Party>,
     taint: Option<Taint>,
-    pos: Position,
 }
 
 struct Patient {
@@ -1011,7 +1070,7 @@ impl SetCtx {
                 self.hl(seg, here(ctx), out)
             }
             b"CLM" => {
-                self.finish_claim(out, None);
+                self.finish_claim(out, None, Ends::Nothing);
                 let p = here("2300");
                 self.start_claim(seg, p, d);
             }
@@ -1054,7 +1113,12 @@ impl SetCtx {
     }
 
     fn hl(&mut self, seg: &Seg<'_>, pos: Position, out: &mut Out<'_>) {
-        self.finish_claim(out, None);
+        let ends = match seg.el(3) {
+            b"20" | b"22" => Ends::Subscriber,
+            b"23" => Ends::Patient,
+            _ => Ends::Nothing,
+        };
+        self.finish_claim(out, None, ends);
         self.nm1_open = false;
         self.target = Target::None;
         self.rank = 0;
@@ -1094,25 +1158,21 @@ impl SetCtx {
             b"22" => {
                 self.check_billing_complete();
                 self.pat = None;
-                let p = pos;
                 if self.billing.is_none() {
                     self.taint_set_once(Taint {
                         reason: Reason::Segment,
                         message: "subscriber HL (2000B) before any billing provider HL (2000A)"
                             .into(),
-                        position: p.clone(),
+                        position: pos,
                     });
                 }
                 self.sub = Some(Subscriber {
-                    sbr01: None,
-                    sbr02: None,
                     group: None,
                     group_name: None,
                     filing: None,
                     person: None,
                     payer: None,
                     taint: None,
-                    pos: p,
                 });
                 self.loop_id = "2000B";
             }
@@ -1297,8 +1357,6 @@ impl SetCtx {
             b"PER" | b"REF" => self.billing.is_none(),
             b"SBR" => {
                 if let (Some(s), None, false) = (&mut self.sub, &self.pat, self.nm1_open) {
-                    s.sbr01 = seg.s(1);
-                    s.sbr02 = seg.s(2);
                     s.group = seg.s(3);
                     s.group_name = seg.s(4);
                     s.filing = seg.s(9);
@@ -1978,7 +2036,7 @@ impl SetCtx {
 
     /// Emit the open claim (if any) as a record or a reject. `truncated` names where the
     /// set ended without SE.
-    fn finish_claim(&mut self, out: &mut Out<'_>, truncated: Option<&Position>) {
+    fn finish_claim(&mut self, out: &mut Out<'_>, truncated: Option<&Position>, ends: Ends) {
         let Some(mut c) = self.claim.take() else {
             return;
         };
@@ -2046,24 +2104,26 @@ impl SetCtx {
             return;
         }
         let mut claim = c.claim;
-        // Billing provider, payer, member.
+        // Billing provider, payer, member. Data of a unit that ends with this claim is moved
+        // into the record; data that later claims may still need is cloned.
+        let (take_sub, take_pat) = (ends == Ends::Subscriber, ends >= Ends::Patient);
         claim.billing = self.billing.as_ref().and_then(|b| b.party.clone());
-        let sub = self.sub.as_ref();
-        if let Some(s) = sub {
-            claim.payer = s.payer.clone().unwrap_or_default();
+        let mut sub = self.sub.as_mut();
+        if let Some(s) = sub.as_deref_mut() {
+            claim.payer = take_or_clone(&mut s.payer, take_sub).unwrap_or_default();
         }
-        let sub_person = sub.and_then(|s| s.person.as_ref());
-        let subscriber_id = sub_person.and_then(|p| p.id.clone());
-        let (person, member_id, rel) = match self.pat.as_ref() {
-            Some(p) => (
-                p.person.as_ref().or(sub_person),
-                p.person
-                    .as_ref()
-                    .and_then(|q| q.id.clone())
-                    .or_else(|| subscriber_id.clone()),
-                relationship(p.pat01.as_deref().unwrap_or("")),
-            ),
-            None => (sub_person, subscriber_id.clone(), "self"),
+        let subscriber_id = sub
+            .as_deref()
+            .and_then(|s| s.person.as_ref())
+            .and_then(|p| p.id.clone());
+        let rel = match &self.pat {
+            Some(p) => relationship(p.pat01.as_deref().unwrap_or("")),
+            None => "self",
+        };
+        let pat_person = self.pat.as_mut().and_then(|p| p.person.as_mut());
+        let member_id = match &pat_person {
+            Some(q) => q.id.clone().or_else(|| subscriber_id.clone()),
+            None => subscriber_id.clone(),
         };
         let member_id = member_id.unwrap_or_default();
         if member_id.is_empty() {
@@ -2081,20 +2141,30 @@ impl SetCtx {
             out.reject(t, msg, &self.claim_raw);
             return;
         }
-        let payer_key = claim
-            .payer
-            .id
-            .clone()
-            .or_else(|| claim.payer.name.clone())
-            .unwrap_or_else(|| "payer".into());
-        let plan = sub.and_then(|s| s.group.clone().or_else(|| s.filing.clone()));
-        let key = match &plan {
-            Some(p) => format!("{payer_key}-{p}"),
-            None => payer_key,
-        }
-        .to_ascii_lowercase()
-        .replace(|c: char| !c.is_ascii_alphanumeric(), "-");
-        let filing = sub.and_then(|s| s.filing.clone());
+        let person = match pat_person {
+            Some(p) => Some(p.details(take_pat)),
+            None => sub
+                .as_deref_mut()
+                .and_then(|s| s.person.as_mut())
+                .map(|p| p.details(take_sub)),
+        };
+        let (group, group_name, filing) = match sub {
+            Some(s) => (
+                take_or_clone(&mut s.group, take_sub),
+                take_or_clone(&mut s.group_name, take_sub),
+                take_or_clone(&mut s.filing, take_sub),
+            ),
+            None => (None, None, None),
+        };
+        let key = coverage_key(
+            claim
+                .payer
+                .id
+                .as_deref()
+                .or(claim.payer.name.as_deref())
+                .unwrap_or("payer"),
+            group.as_deref().or(filing.as_deref()),
+        );
         let coverage = CoverageSpan {
             key: key.clone(),
             type_display: filing
@@ -2104,12 +2174,11 @@ impl SetCtx {
             type_code: filing,
             subscriber_id: subscriber_id.clone(),
             relationship: Some(rel.to_string()),
-            group: sub.and_then(|s| s.group.clone()),
-            group_name: sub.and_then(|s| s.group_name.clone()),
+            group,
+            group_name,
             payer: claim.payer.clone(),
             ..CoverageSpan::default()
         };
-        let _ = sub.map(|s| (&s.sbr01, &s.sbr02, &s.pos));
         let mut member = Member {
             member_id: member_id.clone(),
             identifiers: vec![Ident {
@@ -2121,17 +2190,17 @@ impl SetCtx {
             ..Member::default()
         };
         if let Some(p) = person {
-            member.family = p.family.clone();
-            member.given = p.given.clone();
-            member.gender = p.gender.clone();
-            member.birth_date = p.birth.clone();
-            member.address_lines = p.lines.clone();
-            member.city = p.city.clone();
-            member.state = p.state.clone();
-            member.postal_code = p.postal.clone();
+            member.family = p.family;
+            member.given = p.given;
+            member.gender = p.gender;
+            member.birth_date = p.birth;
+            member.address_lines = p.lines;
+            member.city = p.city;
+            member.state = p.state;
+            member.postal_code = p.postal;
         }
-        claim.member_id = member_id.clone();
         claim.coverage_key = Some(key);
+        claim.member_identifiers.reserve_exact(2);
         claim.member_identifiers.push(Ident {
             kind: "member".into(),
             value: member_id.clone(),
@@ -2142,13 +2211,24 @@ impl SetCtx {
                 value: s,
             });
         }
+        claim.member_id = member_id;
         claim.member = Some(Box::new(member));
         // Dates from lines when the claim has no statement period.
         if claim.from.is_none() {
-            claim.from = claim.lines.iter().filter_map(|l| l.from.clone()).min();
+            claim.from = claim
+                .lines
+                .iter()
+                .filter_map(|l| l.from.as_ref())
+                .min()
+                .cloned();
         }
         if claim.thru.is_none() {
-            claim.thru = claim.lines.iter().filter_map(|l| l.thru.clone()).max();
+            claim.thru = claim
+                .lines
+                .iter()
+                .filter_map(|l| l.thru.as_ref())
+                .max()
+                .cloned();
         }
         // Adjudication.
         claim.adjudicated = c.adjudicated;
@@ -2174,7 +2254,7 @@ impl SetCtx {
             return;
         }
         let had_claim_open = self.claim.is_some();
-        self.finish_claim(out, truncated.as_ref());
+        self.finish_claim(out, truncated.as_ref(), Ends::Subscriber);
         if self.claims > 0 {
             if let (Some(p), false) = (&truncated, had_claim_open) {
                 out.notice(

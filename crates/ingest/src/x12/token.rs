@@ -395,12 +395,15 @@ impl<'a> Seg<'a> {
     pub(crate) fn split(data: &'a [u8], d: &Delimiters) -> Self {
         let mut ends = [0u32; MAX_ELEMENTS];
         let mut n = 0;
-        for i in memchr::memchr_iter(d.element, data) {
-            if n + 1 >= MAX_ELEMENTS {
-                break;
+        // A plain loop: segments are short, and memchr's setup costs more than it saves here.
+        for (i, &c) in data.iter().enumerate() {
+            if c == d.element {
+                if n + 1 >= MAX_ELEMENTS {
+                    break;
+                }
+                ends[n] = i as u32;
+                n += 1;
             }
-            ends[n] = i as u32;
-            n += 1;
         }
         ends[n] = data.len() as u32;
         n += 1;
