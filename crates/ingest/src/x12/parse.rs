@@ -391,7 +391,13 @@ impl Driver<'_> {
                     if set.claims == 0 {
                         push_raw(&mut set.raw, seg.data, d.segment);
                     }
-                    set.segment(seg, n, offset, oversized, d, &self.file, &mut self.out);
+                    let at = SegAt {
+                        n,
+                        offset,
+                        oversized,
+                        file: &self.file,
+                    };
+                    set.segment(seg, at, d, &mut self.out);
                 } else {
                     self.orphan_segment(seg, offset, d);
                 }
@@ -630,6 +636,14 @@ struct ClaimCtx {
     line_paid_positive: bool,
     /// Facility code (CLM05-1) for 837P place of service.
     facility_code: Option<String>,
+}
+
+/// Where a segment is: its number, byte offset, whether it was cut, and the file name.
+struct SegAt<'f> {
+    n: u64,
+    offset: u64,
+    oversized: bool,
+    file: &'f Arc<str>,
 }
 
 /// State of one transaction set.
@@ -1014,16 +1028,13 @@ impl SetCtx {
         }
     }
 
-    fn segment(
-        &mut self,
-        seg: &Seg<'_>,
-        n: u64,
-        offset: u64,
-        oversized: bool,
-        d: &Delimiters,
-        file: &Arc<str>,
-        out: &mut Out<'_>,
-    ) {
+    fn segment(&mut self, seg: &Seg<'_>, at: SegAt<'_>, d: &Delimiters, out: &mut Out<'_>) {
+        let SegAt {
+            n,
+            offset,
+            oversized,
+            file,
+        } = at;
         if self.unsupported.is_some() {
             return;
         }
@@ -2529,6 +2540,85 @@ fn hi(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Claims that share a subscriber or patient get the same member data whether it was
+    /// cloned (another claim follows) or moved (the unit ends): CLM after CLM, HL 23 after a
+    /// subscriber's claim, HL 23 after a patient's claim, HL 22 and SE.
+    #[test]
+    fn shared_units_give_every_claim_the_same_member() {
+        let isa = "ISA*00*          *00*          *ZZ*SUBMITTER      *ZZ*RECEIVER       *240101*1200*^*00501*000000001*0*P*:~";
+        let mut x = String::from(isa);
+        x.push_str("GS*HC*S*R*20240101*1200*1*X*005010X222A1~ST*837*0001*005010X222A1~");
+        x.push_str("BHT*0019*00*1*20240101*1200*CH~NM1*41*2*SUB*****46*S1~NM1*40*2*REC*****46*R1~");
+        x.push_str("HL*1**20*1~NM1*85*2*CLINIC*****XX*1234567893~N3*1 MAIN ST~N4*TOWN*IL*62701~");
+        let sub = "SBR*P*18*GRP1******CI~NM1*IL*1*DOE*JANE****MI*M1~N3*2 OAK AVE~N4*TOWN*IL*62704~DMG*D8*19800101*F~NM1*PR*2*PAYER*****PI*P1~";
+        let clm = |id: &str| {
+            format!("CLM*{id}*10***11:B:1*Y*A*Y*Y~HI*ABK:I10~LX*1~SV1*HC:99213*10*UN*1***1~DTP*472*D8*20240102~")
+        };
+        x.push_str(&format!("HL*2*1*22*1~{sub}"));
+        x.push_str(&clm("A1"));
+        x.push_str(&clm("A2"));
+        x.push_str(
+            "HL*3*2*23*0~PAT*19~NM1*QC*1*DOE*KID~N3*3 ELM ST~N4*TOWN*IL*62704~DMG*D8*20100101*M~",
+        );
+        x.push_str(&clm("K1"));
+        x.push_str(&clm("K2"));
+        x.push_str("HL*4*2*23*0~PAT*19~NM1*QC*1*DOE*TWO~");
+        x.push_str(&clm("T1"));
+        x.push_str(&format!("HL*5*1*22*0~{}", sub.replace("*M1~", "*M5~")));
+        x.push_str(&clm("B1"));
+        x.push_str("SE*1*0001~GE*1*1~IEA*1*000000001~");
+        let mut claims = Vec::new();
+        super::super::read_bytes("t", x.as_bytes(), &mut |i| match i {
+            Ok(SourceRecord::Claim(c)) => claims.push(*c),
+            other => panic!("unexpected {other:?}"),
+        });
+        let ids: Vec<_> = claims.iter().map(|c| c.claim_id.as_str()).collect();
+        assert_eq!(ids, ["A1", "A2", "K1", "K2", "T1", "B1"]);
+        let member = |i: usize| {
+            let mut m = claims[i].member.clone().expect("member");
+            m.position = Position::default();
+            m
+        };
+        let (a1, a2, k1, k2, t1, b1) = (
+            member(0),
+            member(1),
+            member(2),
+            member(3),
+            member(4),
+            member(5),
+        );
+        assert_eq!(a1, a2);
+        assert_eq!(k1, k2);
+        assert_eq!(a1.member_id, "M1");
+        assert_eq!(a1.family.as_deref(), Some("DOE"));
+        assert_eq!(a1.given, ["JANE"]);
+        assert_eq!(a1.address_lines, ["2 OAK AVE"]);
+        assert_eq!(a1.birth_date.as_deref(), Some("1980-01-01"));
+        assert_eq!(k1.given, ["KID"]);
+        assert_eq!(k1.address_lines, ["3 ELM ST"]);
+        assert_eq!(k1.member_id, "M1");
+        assert_eq!(t1.given, ["TWO"]);
+        assert!(t1.address_lines.is_empty());
+        assert_eq!(b1.member_id, "M5");
+        assert_eq!(b1.given, ["JANE"]);
+        for (m, rel) in [(&a1, "self"), (&k1, "child"), (&t1, "child"), (&b1, "self")] {
+            let cov = &m.coverages[0];
+            assert_eq!(cov.key, "p1-grp1");
+            assert_eq!(cov.group.as_deref(), Some("GRP1"));
+            assert_eq!(cov.type_code.as_deref(), Some("CI"));
+            assert_eq!(cov.relationship.as_deref(), Some(rel));
+            assert_eq!(cov.payer.id.as_deref(), Some("P1"));
+            assert_eq!(cov.payer.name.as_deref(), Some("PAYER"));
+        }
+        for c in &claims {
+            assert_eq!(c.payer.id.as_deref(), Some("P1"));
+            assert_eq!(c.coverage_key.as_deref(), Some("p1-grp1"));
+            assert_eq!(c.from.as_deref(), Some("2024-01-02"));
+            let b = c.billing.as_ref().expect("billing");
+            assert_eq!(b.address_lines, ["1 MAIN ST"]);
+        }
+    }
 
     #[test]
     fn dates() {
