@@ -1078,7 +1078,7 @@ impl SetCtx {
                     b"23" => "2000C",
                     _ => self.loop_id,
                 };
-                self.hl(seg, here(ctx), out)
+                self.hl(seg, &|| here(ctx), out)
             }
             b"CLM" => {
                 self.finish_claim(out, None, Ends::Nothing);
@@ -1123,7 +1123,8 @@ impl SetCtx {
         self.taint(t);
     }
 
-    fn hl(&mut self, seg: &Seg<'_>, pos: Position, out: &mut Out<'_>) {
+    /// `pos` builds the HL's position (only when a defect needs it).
+    fn hl(&mut self, seg: &Seg<'_>, pos: &dyn Fn() -> Position, out: &mut Out<'_>) {
         let ends = match seg.el(3) {
             b"20" | b"22" => Ends::Subscriber,
             b"23" => Ends::Patient,
@@ -1139,6 +1140,7 @@ impl SetCtx {
             } else {
                 ("1000B", "receiver (NM1*40)")
             };
+            let pos = pos();
             let mut p = pos.clone();
             p.context = Some(l.into());
             self.taint = Some(Taint {
@@ -1158,7 +1160,7 @@ impl SetCtx {
                 self.check_billing_complete();
                 self.pat = None;
                 self.sub = None;
-                let p = pos;
+                let p = pos();
                 self.billing = Some(Billing {
                     party: None,
                     taint: None,
@@ -1174,7 +1176,7 @@ impl SetCtx {
                         reason: Reason::Segment,
                         message: "subscriber HL (2000B) before any billing provider HL (2000A)"
                             .into(),
-                        position: pos,
+                        position: pos(),
                     });
                 }
                 self.sub = Some(Subscriber {
@@ -1188,7 +1190,7 @@ impl SetCtx {
                 self.loop_id = "2000B";
             }
             b"23" => {
-                let p = pos;
+                let p = pos();
                 if self.sub.is_none() {
                     self.taint_set_once(Taint {
                         reason: Reason::Segment,
@@ -1210,7 +1212,7 @@ impl SetCtx {
                         "HL03 level code {:?} is not 20, 22 or 23",
                         String::from_utf8_lossy(other)
                     ),
-                    position: pos,
+                    position: pos(),
                 };
                 // An unknown level taints what it would hold: the subscriber or billing level.
                 self.pat = None;
