@@ -6,7 +6,8 @@
 //! (a) a plain `memchr` count of segment terminators over the same buffered reads and
 //! (b) the X12 reader (records built, then discarded), (c) the tokenizer/envelope scan alone
 //! (`scan_stream`, no records), and the ratios b/a and c/a. Best of 3 runs, one core, file in
-//! the page cache.
+//! the page cache. Each speed is given by wall time and by the thread's CPU time; on a machine
+//! shared with other jobs the CPU figure is the one to compare between runs.
 //!
 //! With `--features mimalloc` the whole process (reader and consumer) runs on mimalloc instead
 //! of the system allocator; the report says which.
