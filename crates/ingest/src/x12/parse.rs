@@ -80,6 +80,7 @@ pub(crate) fn run<R: Read>(
 ) -> io::Result<FileSummary> {
     let mut src = Source::new(rdr);
     let mut d = Driver {
+        file: Arc::from(file),
         out: Out {
             file: Arc::from(file),
             emit,
@@ -158,6 +159,9 @@ struct Orphan {
 }
 
 struct Driver<'e> {
+    /// The file name for positions, apart from `out` so that it can be lent while `out` is
+    /// borrowed mutably (cloning an `Arc` per segment costs two atomic operations).
+    file: Arc<str>,
     out: Out<'e>,
     seg_no: u64,
     ic: Option<Ic>,
@@ -167,7 +171,7 @@ struct Driver<'e> {
 }
 
 fn lossy(b: &[u8]) -> String {
-    String::from_utf8_lossy(b.trim_ascii()).into_owned()
+    super::token::to_string(b.trim_ascii())
 }
 
 fn num(b: &[u8]) -> Option<u64> {
@@ -383,8 +387,17 @@ impl Driver<'_> {
             _ => {
                 if let Some(set) = &mut self.set {
                     set.count += 1;
-                    push_raw(&mut set.raw, seg.data, d.segment);
-                    set.segment(seg, n, offset, oversized, d, &mut self.out);
+                    // The set's own raw text is only used when it holds no claim.
+                    if set.claims == 0 {
+                        push_raw(&mut set.raw, seg.data, d.segment);
+                    }
+                    let at = SegAt {
+                        n,
+                        offset,
+                        oversized,
+                        file: &self.file,
+                    };
+                    set.segment(seg, at, d, &mut self.out);
                 } else {
                     self.orphan_segment(seg, offset, d);
                 }
@@ -509,6 +522,48 @@ enum Cl {
     L2440,
 }
 
+/// Which HL units end right after the claim being finished: their data can be moved into the
+/// record instead of cloned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Ends {
+    /// The next claim is under the same subscriber and patient (CLM).
+    Nothing,
+    /// A new patient follows under the same subscriber (HL 23).
+    Patient,
+    /// A new billing provider or subscriber follows, or the set ends.
+    Subscriber,
+}
+
+/// The value itself when `take` (its unit ends), else a copy.
+fn take_or_clone<T: Clone + Default>(slot: &mut T, take: bool) -> T {
+    if take {
+        std::mem::take(slot)
+    } else {
+        slot.clone()
+    }
+}
+
+/// The coverage key: `payer-plan`, lower-cased, every other character than an ASCII letter or
+/// digit turned into `-`.
+fn coverage_key(payer: &str, plan: Option<&str>) -> String {
+    let mut key = String::with_capacity(payer.len() + plan.map_or(0, |p| p.len() + 1));
+    let mut push = |s: &str| {
+        for ch in s.chars() {
+            key.push(if ch.is_ascii_alphanumeric() {
+                ch.to_ascii_lowercase()
+            } else {
+                '-'
+            });
+        }
+    };
+    push(payer);
+    if let Some(p) = plan {
+        push("-");
+        push(p);
+    }
+    key
+}
+
 /// The person part of 2010BA/2010CA.
 #[derive(Debug, Default, Clone)]
 struct Person {
@@ -523,6 +578,26 @@ struct Person {
     postal: Option<String>,
 }
 
+impl Person {
+    /// The details a member record takes (all but the id): moved out when `take`.
+    fn details(&mut self, take: bool) -> Person {
+        if take {
+            return std::mem::take(self);
+        }
+        Person {
+            id: None,
+            family: self.family.clone(),
+            given: self.given.clone(),
+            gender: self.gender.clone(),
+            birth: self.birth.clone(),
+            lines: self.lines.clone(),
+            city: self.city.clone(),
+            state: self.state.clone(),
+            postal: self.postal.clone(),
+        }
+    }
+}
+
 struct Billing {
     party: Option<Party>,
     taint: Option<Taint>,
@@ -530,15 +605,12 @@ struct Billing {
 }
 
 struct Subscriber {
-    sbr01: Option<String>,
-    sbr02: Option<String>,
     group: Option<String>,
     group_name: Option<String>,
     filing: Option<String>,
     person: Option<Person>,
     payer: Option<Party>,
     taint: Option<Taint>,
-    pos: Position,
 }
 
 struct Patient {
@@ -548,7 +620,8 @@ struct Patient {
 }
 
 struct ClaimCtx {
-    claim: Claim,
+    /// Boxed from the start: the record is emitted as a `Box<Claim>` without moving it again.
+    claim: Box<Claim>,
     clm_pos: Position,
     taint: Option<Taint>,
     state: Cl,
@@ -563,6 +636,14 @@ struct ClaimCtx {
     line_paid_positive: bool,
     /// Facility code (CLM05-1) for 837P place of service.
     facility_code: Option<String>,
+}
+
+/// Where a segment is: its number, byte offset, whether it was cut, and the file name.
+struct SegAt<'f> {
+    n: u64,
+    offset: u64,
+    oversized: bool,
+    file: &'f Arc<str>,
 }
 
 /// State of one transaction set.
@@ -686,14 +767,14 @@ pub(crate) fn d8(b: &[u8]) -> Option<String> {
     if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
         return None;
     }
-    let mut s = String::with_capacity(10);
-    for (i, &c) in b[..8].iter().enumerate() {
-        if i == 4 || i == 6 {
-            s.push('-');
-        }
-        s.push(c as char);
-    }
-    Some(s)
+    let mut s = [0u8; 10];
+    s[..4].copy_from_slice(&b[..4]);
+    s[4] = b'-';
+    s[5..7].copy_from_slice(&b[4..6]);
+    s[7] = b'-';
+    s[8..].copy_from_slice(&b[6..8]);
+    // Ten ASCII digits and dashes: always valid UTF-8.
+    std::str::from_utf8(&s).ok().map(str::to_owned)
 }
 
 /// A DTP date or period: `(from, thru)`; `Err` when the value does not parse.
@@ -947,15 +1028,13 @@ impl SetCtx {
         }
     }
 
-    fn segment(
-        &mut self,
-        seg: &Seg<'_>,
-        n: u64,
-        offset: u64,
-        oversized: bool,
-        d: &Delimiters,
-        out: &mut Out<'_>,
-    ) {
+    fn segment(&mut self, seg: &Seg<'_>, at: SegAt<'_>, d: &Delimiters, out: &mut Out<'_>) {
+        let SegAt {
+            n,
+            offset,
+            oversized,
+            file,
+        } = at;
         if self.unsupported.is_some() {
             return;
         }
@@ -963,7 +1042,6 @@ impl SetCtx {
         if self.claim.is_some() && id != b"HL" && id != b"CLM" {
             push_raw(&mut self.claim_raw, seg.data, d.segment);
         }
-        let file = out.file.clone();
         let here = |ctx: &str| Position {
             file: file.clone(),
             line: 0,
@@ -993,17 +1071,25 @@ impl SetCtx {
             return;
         }
         match id {
-            b"HL" => self.hl(seg, here(self.loop_id), out),
+            b"HL" => {
+                let ctx = match seg.el(3) {
+                    b"20" => "2000A",
+                    b"22" => "2000B",
+                    b"23" => "2000C",
+                    _ => self.loop_id,
+                };
+                self.hl(seg, &|| here(ctx), out)
+            }
             b"CLM" => {
-                self.finish_claim(out, None);
+                self.finish_claim(out, None, Ends::Nothing);
                 let p = here("2300");
                 self.start_claim(seg, p, d);
             }
             _ => {
                 if self.claim.is_some() {
-                    self.claim_segment(seg, n, offset, out);
+                    self.claim_segment(seg, n, offset, file, out);
                 } else {
-                    self.hl_segment(seg, n, offset, out);
+                    self.hl_segment(seg, n, offset, file, out);
                 }
             }
         }
@@ -1037,8 +1123,14 @@ impl SetCtx {
         self.taint(t);
     }
 
-    fn hl(&mut self, seg: &Seg<'_>, pos: Position, out: &mut Out<'_>) {
-        self.finish_claim(out, None);
+    /// `pos` builds the HL's position (only when a defect needs it).
+    fn hl(&mut self, seg: &Seg<'_>, pos: &dyn Fn() -> Position, out: &mut Out<'_>) {
+        let ends = match seg.el(3) {
+            b"20" | b"22" => Ends::Subscriber,
+            b"23" => Ends::Patient,
+            _ => Ends::Nothing,
+        };
+        self.finish_claim(out, None, ends);
         self.nm1_open = false;
         self.target = Target::None;
         self.rank = 0;
@@ -1048,6 +1140,7 @@ impl SetCtx {
             } else {
                 ("1000B", "receiver (NM1*40)")
             };
+            let pos = pos();
             let mut p = pos.clone();
             p.context = Some(l.into());
             self.taint = Some(Taint {
@@ -1067,8 +1160,7 @@ impl SetCtx {
                 self.check_billing_complete();
                 self.pat = None;
                 self.sub = None;
-                let mut p = pos;
-                p.context = Some("2000A".into());
+                let p = pos();
                 self.billing = Some(Billing {
                     party: None,
                     taint: None,
@@ -1079,32 +1171,26 @@ impl SetCtx {
             b"22" => {
                 self.check_billing_complete();
                 self.pat = None;
-                let mut p = pos;
-                p.context = Some("2000B".into());
                 if self.billing.is_none() {
                     self.taint_set_once(Taint {
                         reason: Reason::Segment,
                         message: "subscriber HL (2000B) before any billing provider HL (2000A)"
                             .into(),
-                        position: p.clone(),
+                        position: pos(),
                     });
                 }
                 self.sub = Some(Subscriber {
-                    sbr01: None,
-                    sbr02: None,
                     group: None,
                     group_name: None,
                     filing: None,
                     person: None,
                     payer: None,
                     taint: None,
-                    pos: p,
                 });
                 self.loop_id = "2000B";
             }
             b"23" => {
-                let mut p = pos;
-                p.context = Some("2000C".into());
+                let p = pos();
                 if self.sub.is_none() {
                     self.taint_set_once(Taint {
                         reason: Reason::Segment,
@@ -1126,7 +1212,7 @@ impl SetCtx {
                         "HL03 level code {:?} is not 20, 22 or 23",
                         String::from_utf8_lossy(other)
                     ),
-                    position: pos,
+                    position: pos(),
                 };
                 // An unknown level taints what it would hold: the subscriber or billing level.
                 self.pat = None;
@@ -1155,9 +1241,15 @@ impl SetCtx {
     }
 
     /// Segments at HL level (header, 2000A/B/C and their NM1 sub-loops).
-    fn hl_segment(&mut self, seg: &Seg<'_>, n: u64, offset: u64, out: &mut Out<'_>) {
+    fn hl_segment(
+        &mut self,
+        seg: &Seg<'_>,
+        n: u64,
+        offset: u64,
+        file: &Arc<str>,
+        out: &mut Out<'_>,
+    ) {
         let id = seg.id();
-        let file = out.file.clone();
         let pos = |ctx: &str| Position {
             file: file.clone(),
             line: 0,
@@ -1278,8 +1370,6 @@ impl SetCtx {
             b"PER" | b"REF" => self.billing.is_none(),
             b"SBR" => {
                 if let (Some(s), None, false) = (&mut self.sub, &self.pat, self.nm1_open) {
-                    s.sbr01 = seg.s(1);
-                    s.sbr02 = seg.s(2);
                     s.group = seg.s(3);
                     s.group_name = seg.s(4);
                     s.filing = seg.s(9);
@@ -1346,7 +1436,7 @@ impl SetCtx {
         self.rank = 0;
         self.claim_raw.clear();
         push_raw(&mut self.claim_raw, seg.data, d.segment);
-        let mut claim = Claim {
+        let mut claim = Box::new(Claim {
             claim_id: lossy(seg.el(1)),
             position: pos.clone(),
             created: self.created.clone(),
@@ -1359,7 +1449,7 @@ impl SetCtx {
                 .into(),
             ),
             ..Claim::default()
-        };
+        });
         let mut taint = None;
         let mut missing = |what: &str| {
             if taint.is_none() {
@@ -1431,7 +1521,7 @@ impl SetCtx {
         }
         self.claim = Some(ClaimCtx {
             claim,
-            clm_pos: pos.clone(),
+            clm_pos: pos,
             taint,
             state: Cl::C2300,
             line: None,
@@ -1445,11 +1535,17 @@ impl SetCtx {
     }
 
     /// A segment inside a claim (2300 and below).
-    fn claim_segment(&mut self, seg: &Seg<'_>, n: u64, offset: u64, out: &mut Out<'_>) {
+    fn claim_segment(
+        &mut self,
+        seg: &Seg<'_>,
+        n: u64,
+        offset: u64,
+        file: &Arc<str>,
+        out: &mut Out<'_>,
+    ) {
         let id = seg.id();
         let institutional = self.institutional;
         let comp = seg.comp;
-        let file = out.file.clone();
         let pos = |ctx: &str| Position {
             file: file.clone(),
             line: 0,
@@ -1953,7 +2049,7 @@ impl SetCtx {
 
     /// Emit the open claim (if any) as a record or a reject. `truncated` names where the
     /// set ended without SE.
-    fn finish_claim(&mut self, out: &mut Out<'_>, truncated: Option<&Position>) {
+    fn finish_claim(&mut self, out: &mut Out<'_>, truncated: Option<&Position>, ends: Ends) {
         let Some(mut c) = self.claim.take() else {
             return;
         };
@@ -2021,24 +2117,26 @@ impl SetCtx {
             return;
         }
         let mut claim = c.claim;
-        // Billing provider, payer, member.
+        // Billing provider, payer, member. Data of a unit that ends with this claim is moved
+        // into the record; data that later claims may still need is cloned.
+        let (take_sub, take_pat) = (ends == Ends::Subscriber, ends >= Ends::Patient);
         claim.billing = self.billing.as_ref().and_then(|b| b.party.clone());
-        let sub = self.sub.as_ref();
-        if let Some(s) = sub {
-            claim.payer = s.payer.clone().unwrap_or_default();
+        let mut sub = self.sub.as_mut();
+        if let Some(s) = sub.as_deref_mut() {
+            claim.payer = take_or_clone(&mut s.payer, take_sub).unwrap_or_default();
         }
-        let sub_person = sub.and_then(|s| s.person.as_ref());
-        let subscriber_id = sub_person.and_then(|p| p.id.clone());
-        let (person, member_id, rel) = match self.pat.as_ref() {
-            Some(p) => (
-                p.person.as_ref().or(sub_person),
-                p.person
-                    .as_ref()
-                    .and_then(|q| q.id.clone())
-                    .or_else(|| subscriber_id.clone()),
-                relationship(p.pat01.as_deref().unwrap_or("")),
-            ),
-            None => (sub_person, subscriber_id.clone(), "self"),
+        let subscriber_id = sub
+            .as_deref()
+            .and_then(|s| s.person.as_ref())
+            .and_then(|p| p.id.clone());
+        let rel = match &self.pat {
+            Some(p) => relationship(p.pat01.as_deref().unwrap_or("")),
+            None => "self",
+        };
+        let pat_person = self.pat.as_mut().and_then(|p| p.person.as_mut());
+        let member_id = match &pat_person {
+            Some(q) => q.id.clone().or_else(|| subscriber_id.clone()),
+            None => subscriber_id.clone(),
         };
         let member_id = member_id.unwrap_or_default();
         if member_id.is_empty() {
@@ -2056,20 +2154,30 @@ impl SetCtx {
             out.reject(t, msg, &self.claim_raw);
             return;
         }
-        let payer_key = claim
-            .payer
-            .id
-            .clone()
-            .or_else(|| claim.payer.name.clone())
-            .unwrap_or_else(|| "payer".into());
-        let plan = sub.and_then(|s| s.group.clone().or_else(|| s.filing.clone()));
-        let key = match &plan {
-            Some(p) => format!("{payer_key}-{p}"),
-            None => payer_key,
-        }
-        .to_ascii_lowercase()
-        .replace(|c: char| !c.is_ascii_alphanumeric(), "-");
-        let filing = sub.and_then(|s| s.filing.clone());
+        let person = match pat_person {
+            Some(p) => Some(p.details(take_pat)),
+            None => sub
+                .as_deref_mut()
+                .and_then(|s| s.person.as_mut())
+                .map(|p| p.details(take_sub)),
+        };
+        let (group, group_name, filing) = match sub {
+            Some(s) => (
+                take_or_clone(&mut s.group, take_sub),
+                take_or_clone(&mut s.group_name, take_sub),
+                take_or_clone(&mut s.filing, take_sub),
+            ),
+            None => (None, None, None),
+        };
+        let key = coverage_key(
+            claim
+                .payer
+                .id
+                .as_deref()
+                .or(claim.payer.name.as_deref())
+                .unwrap_or("payer"),
+            group.as_deref().or(filing.as_deref()),
+        );
         let coverage = CoverageSpan {
             key: key.clone(),
             type_display: filing
@@ -2079,12 +2187,11 @@ impl SetCtx {
             type_code: filing,
             subscriber_id: subscriber_id.clone(),
             relationship: Some(rel.to_string()),
-            group: sub.and_then(|s| s.group.clone()),
-            group_name: sub.and_then(|s| s.group_name.clone()),
+            group,
+            group_name,
             payer: claim.payer.clone(),
             ..CoverageSpan::default()
         };
-        let _ = sub.map(|s| (&s.sbr01, &s.sbr02, &s.pos));
         let mut member = Member {
             member_id: member_id.clone(),
             identifiers: vec![Ident {
@@ -2096,17 +2203,17 @@ impl SetCtx {
             ..Member::default()
         };
         if let Some(p) = person {
-            member.family = p.family.clone();
-            member.given = p.given.clone();
-            member.gender = p.gender.clone();
-            member.birth_date = p.birth.clone();
-            member.address_lines = p.lines.clone();
-            member.city = p.city.clone();
-            member.state = p.state.clone();
-            member.postal_code = p.postal.clone();
+            member.family = p.family;
+            member.given = p.given;
+            member.gender = p.gender;
+            member.birth_date = p.birth;
+            member.address_lines = p.lines;
+            member.city = p.city;
+            member.state = p.state;
+            member.postal_code = p.postal;
         }
-        claim.member_id = member_id.clone();
         claim.coverage_key = Some(key);
+        claim.member_identifiers.reserve_exact(2);
         claim.member_identifiers.push(Ident {
             kind: "member".into(),
             value: member_id.clone(),
@@ -2117,13 +2224,24 @@ impl SetCtx {
                 value: s,
             });
         }
+        claim.member_id = member_id;
         claim.member = Some(Box::new(member));
         // Dates from lines when the claim has no statement period.
         if claim.from.is_none() {
-            claim.from = claim.lines.iter().filter_map(|l| l.from.clone()).min();
+            claim.from = claim
+                .lines
+                .iter()
+                .filter_map(|l| l.from.as_ref())
+                .min()
+                .cloned();
         }
         if claim.thru.is_none() {
-            claim.thru = claim.lines.iter().filter_map(|l| l.thru.clone()).max();
+            claim.thru = claim
+                .lines
+                .iter()
+                .filter_map(|l| l.thru.as_ref())
+                .max()
+                .cloned();
         }
         // Adjudication.
         claim.adjudicated = c.adjudicated;
@@ -2134,7 +2252,7 @@ impl SetCtx {
             };
             claim.payment_status = Some(if paid { "paid" } else { "denied" }.into());
         }
-        (out.emit)(Ok(SourceRecord::Claim(Box::new(claim))));
+        (out.emit)(Ok(SourceRecord::Claim(claim)));
     }
 
     /// Close the set at SE (`truncated` = None) or because it ended without SE.
@@ -2149,7 +2267,7 @@ impl SetCtx {
             return;
         }
         let had_claim_open = self.claim.is_some();
-        self.finish_claim(out, truncated.as_ref());
+        self.finish_claim(out, truncated.as_ref(), Ends::Subscriber);
         if self.claims > 0 {
             if let (Some(p), false) = (&truncated, had_claim_open) {
                 out.notice(
@@ -2424,6 +2542,85 @@ fn hi(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Claims that share a subscriber or patient get the same member data whether it was
+    /// cloned (another claim follows) or moved (the unit ends): CLM after CLM, HL 23 after a
+    /// subscriber's claim, HL 23 after a patient's claim, HL 22 and SE.
+    #[test]
+    fn shared_units_give_every_claim_the_same_member() {
+        let isa = "ISA*00*          *00*          *ZZ*SUBMITTER      *ZZ*RECEIVER       *240101*1200*^*00501*000000001*0*P*:~";
+        let mut x = String::from(isa);
+        x.push_str("GS*HC*S*R*20240101*1200*1*X*005010X222A1~ST*837*0001*005010X222A1~");
+        x.push_str("BHT*0019*00*1*20240101*1200*CH~NM1*41*2*SUB*****46*S1~NM1*40*2*REC*****46*R1~");
+        x.push_str("HL*1**20*1~NM1*85*2*CLINIC*****XX*1234567893~N3*1 MAIN ST~N4*TOWN*IL*62701~");
+        let sub = "SBR*P*18*GRP1******CI~NM1*IL*1*DOE*JANE****MI*M1~N3*2 OAK AVE~N4*TOWN*IL*62704~DMG*D8*19800101*F~NM1*PR*2*PAYER*****PI*P1~";
+        let clm = |id: &str| {
+            format!("CLM*{id}*10***11:B:1*Y*A*Y*Y~HI*ABK:I10~LX*1~SV1*HC:99213*10*UN*1***1~DTP*472*D8*20240102~")
+        };
+        x.push_str(&format!("HL*2*1*22*1~{sub}"));
+        x.push_str(&clm("A1"));
+        x.push_str(&clm("A2"));
+        x.push_str(
+            "HL*3*2*23*0~PAT*19~NM1*QC*1*DOE*KID~N3*3 ELM ST~N4*TOWN*IL*62704~DMG*D8*20100101*M~",
+        );
+        x.push_str(&clm("K1"));
+        x.push_str(&clm("K2"));
+        x.push_str("HL*4*2*23*0~PAT*19~NM1*QC*1*DOE*TWO~");
+        x.push_str(&clm("T1"));
+        x.push_str(&format!("HL*5*1*22*0~{}", sub.replace("*M1~", "*M5~")));
+        x.push_str(&clm("B1"));
+        x.push_str("SE*1*0001~GE*1*1~IEA*1*000000001~");
+        let mut claims = Vec::new();
+        super::super::read_bytes("t", x.as_bytes(), &mut |i| match i {
+            Ok(SourceRecord::Claim(c)) => claims.push(*c),
+            other => panic!("unexpected {other:?}"),
+        });
+        let ids: Vec<_> = claims.iter().map(|c| c.claim_id.as_str()).collect();
+        assert_eq!(ids, ["A1", "A2", "K1", "K2", "T1", "B1"]);
+        let member = |i: usize| {
+            let mut m = claims[i].member.clone().expect("member");
+            m.position = Position::default();
+            m
+        };
+        let (a1, a2, k1, k2, t1, b1) = (
+            member(0),
+            member(1),
+            member(2),
+            member(3),
+            member(4),
+            member(5),
+        );
+        assert_eq!(a1, a2);
+        assert_eq!(k1, k2);
+        assert_eq!(a1.member_id, "M1");
+        assert_eq!(a1.family.as_deref(), Some("DOE"));
+        assert_eq!(a1.given, ["JANE"]);
+        assert_eq!(a1.address_lines, ["2 OAK AVE"]);
+        assert_eq!(a1.birth_date.as_deref(), Some("1980-01-01"));
+        assert_eq!(k1.given, ["KID"]);
+        assert_eq!(k1.address_lines, ["3 ELM ST"]);
+        assert_eq!(k1.member_id, "M1");
+        assert_eq!(t1.given, ["TWO"]);
+        assert!(t1.address_lines.is_empty());
+        assert_eq!(b1.member_id, "M5");
+        assert_eq!(b1.given, ["JANE"]);
+        for (m, rel) in [(&a1, "self"), (&k1, "child"), (&t1, "child"), (&b1, "self")] {
+            let cov = &m.coverages[0];
+            assert_eq!(cov.key, "p1-grp1");
+            assert_eq!(cov.group.as_deref(), Some("GRP1"));
+            assert_eq!(cov.type_code.as_deref(), Some("CI"));
+            assert_eq!(cov.relationship.as_deref(), Some(rel));
+            assert_eq!(cov.payer.id.as_deref(), Some("P1"));
+            assert_eq!(cov.payer.name.as_deref(), Some("PAYER"));
+        }
+        for c in &claims {
+            assert_eq!(c.payer.id.as_deref(), Some("P1"));
+            assert_eq!(c.coverage_key.as_deref(), Some("p1-grp1"));
+            assert_eq!(c.from.as_deref(), Some("2024-01-02"));
+            let b = c.billing.as_ref().expect("billing");
+            assert_eq!(b.address_lines, ["1 MAIN ST"]);
+        }
+    }
 
     #[test]
     fn dates() {

@@ -395,12 +395,15 @@ impl<'a> Seg<'a> {
     pub(crate) fn split(data: &'a [u8], d: &Delimiters) -> Self {
         let mut ends = [0u32; MAX_ELEMENTS];
         let mut n = 0;
-        for i in memchr::memchr_iter(d.element, data) {
-            if n + 1 >= MAX_ELEMENTS {
-                break;
+        // A plain loop: segments are short, and memchr's setup costs more than it saves here.
+        for (i, &c) in data.iter().enumerate() {
+            if c == d.element {
+                if n + 1 >= MAX_ELEMENTS {
+                    break;
+                }
+                ends[n] = i as u32;
+                n += 1;
             }
-            ends[n] = i as u32;
-            n += 1;
         }
         ends[n] = data.len() as u32;
         n += 1;
@@ -458,7 +461,15 @@ pub(crate) fn text(b: &[u8]) -> Option<String> {
     if t.is_empty() {
         None
     } else {
-        Some(String::from_utf8_lossy(t).into_owned())
+        Some(to_string(t))
+    }
+}
+
+/// Bytes as text, invalid UTF-8 replaced (valid text, the usual case, is copied directly).
+pub(crate) fn to_string(b: &[u8]) -> String {
+    match std::str::from_utf8(b) {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(b).into_owned(),
     }
 }
 
