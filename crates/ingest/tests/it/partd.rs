@@ -111,7 +111,7 @@ fn sample_reads_every_row() {
 
     let azi = find(&drugs, "00099901", "248656");
     assert_eq!(azi.formulary_version.as_deref(), Some("13"));
-    assert_eq!(azi.ndcs, ["99999010101"]);
+    assert_eq!(azi.ndcs, ["99999000001"]);
     assert_eq!(azi.tier.as_deref(), Some("preferred-generic"));
     assert_eq!(azi.quantity_limit, Some(true));
     assert_eq!(azi.quantity_limit_amount.as_deref(), Some("6"));
@@ -232,7 +232,7 @@ fn older_files_without_selected_drug_column_read() {
     std::fs::write(
         &path,
         "FORMULARY_ID|FORMULARY_VERSION|CONTRACT_YEAR|RXCUI|NDC|TIER_LEVEL_VALUE|QUANTITY_LIMIT_YN|QUANTITY_LIMIT_AMOUNT|QUANTITY_LIMIT_DAYS|PRIOR_AUTHORIZATION_YN|STEP_THERAPY_YN\n\
-         00099901|5|2022|248656|99999010101|01|Y|6|30|N|N\n\
+         00099901|5|2022|248656|99999000001|01|Y|6|30|N|N\n\
          00099901|5|2022|209459|99999010303|3|N|||N|N\n",
     )
     .expect("write");
@@ -251,7 +251,7 @@ fn older_files_without_selected_drug_column_read() {
     std::fs::write(
         &path,
         "FORMULARY_ID|FORMULARY_VERSION|CONTRACT_YEAR|RXCUI|NDC|QUANTITY_LIMIT_YN|QUANTITY_LIMIT_AMOUNT|QUANTITY_LIMIT_DAYS|PRIOR_AUTHORIZATION_YN|STEP_THERAPY_YN\n\
-         00099901|5|2022|248656|99999010101|N|||N|N\n",
+         00099901|5|2022|248656|99999000001|N|||N|N\n",
     )
     .expect("write");
     let err = DelimitedReader::new(mapping())

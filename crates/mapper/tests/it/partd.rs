@@ -7,10 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ingest::delimited::DelimitedReader;
+use ingest::formulary::FormularyXmlReader;
 use ingest::layout::Mapping;
 use ingest::model::FormularyDrug;
 use ingest::{Reader, SourceRecord};
-use mapper::formulary::{cs, ext, map_drug, PROFILE_DRUG, PROFILE_ITEM};
+use mapper::formulary::{
+    cs, ext, map_drug, map_plan, PROFILE_DRUG, PROFILE_FORMULARY, PROFILE_ITEM,
+};
 use mapper::Resource;
 use serde_json::Value;
 
@@ -89,7 +92,8 @@ fn sample_maps_to_valid_pdex_items_and_drugs() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     // The basic file has no plan information: the usdf-Formulary InsurancePlans come from the
-    // PUF's plan information file. Every other reference resolves within the set.
+    // PUF's plan information file (no mapping yet; the sample gives them as an XML extract).
+    // Every other reference resolves within the set.
     assert_eq!(
         unresolved.into_iter().collect::<Vec<_>>(),
         [
@@ -97,6 +101,41 @@ fn sample_maps_to_valid_pdex_items_and_drugs() {
             "InsurancePlan/formulary-00099902"
         ]
     );
+    let mut plans = Vec::new();
+    let summary = FormularyXmlReader::new()
+        .read(
+            &root().join("samples/formulary/partd/plan-formularies.xml"),
+            &mut |i| match i {
+                Ok(SourceRecord::FormularyPlan(p)) => plans.push(*p),
+                other => panic!("unexpected {other:?}"),
+            },
+        )
+        .expect("reads");
+    assert!(summary.notices.is_empty(), "{:?}", summary.notices);
+    let mut with_plans = set.clone();
+    for p in &plans {
+        for r in map_plan(p).unwrap_or_else(|e| panic!("{p:?}: {e}")) {
+            for v in pdex_violations(&r.json) {
+                problems.push(format!("{}/{}: {v}", r.resource_type, r.id));
+            }
+            with_plans.insert(format!("{}/{}", r.resource_type, r.id), r);
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    for (key, r) in &with_plans {
+        let mut refs = Vec::new();
+        references(&r.json, &mut refs);
+        for target in refs {
+            assert!(with_plans.contains_key(&target), "{key}: {target}");
+        }
+    }
+    for f in ["00099901", "00099902"] {
+        let formulary = &with_plans[&format!("InsurancePlan/formulary-{f}")].json;
+        assert_eq!(
+            formulary["meta"]["profile"][0],
+            format!("{PROFILE_FORMULARY}|2.0.1")
+        );
+    }
 
     let item = &set["Basic/item-00099901-248656"].json;
     assert_eq!(
@@ -165,7 +204,7 @@ fn sample_maps_to_valid_pdex_items_and_drugs() {
         mk["code"]["coding"],
         serde_json::json!([
             { "system": cs::RXNORM, "code": "248656" },
-            { "system": cs::NDC, "code": "99999010101" }
+            { "system": cs::NDC, "code": "99999000001" }
         ])
     );
     assert_eq!(mk["status"], "active");
