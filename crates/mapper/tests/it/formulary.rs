@@ -199,14 +199,14 @@ fn check_set(set: &Set, golden: &str) {
     compare_or_bless(&format!("{golden}.summary.txt"), &set.summary());
 }
 
-fn valid_id(id: &str) -> bool {
+pub(crate) fn valid_id(id: &str) -> bool {
     (1..=64).contains(&id.len())
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
-fn references(v: &Value, out: &mut Vec<String>) {
+pub(crate) fn references(v: &Value, out: &mut Vec<String>) {
     match v {
         Value::Object(m) => {
             for (k, x) in m {
@@ -310,7 +310,7 @@ fn pharmacy_codes() -> Vec<&'static str> {
 }
 
 /// Violations of the PDex profile the resource claims in `meta.profile` (none claimed: none).
-fn pdex_violations(r: &Value) -> Vec<String> {
+pub(crate) fn pdex_violations(r: &Value) -> Vec<String> {
     let mut out = Vec::new();
     let profile = r["meta"]["profile"][0].as_str().unwrap_or("");
     if !profile.is_empty() && !profile.ends_with("|2.0.1") {

@@ -1,3 +1,4 @@
 //! Integration tests of the mapper crate.
 
 mod formulary;
+mod partd;
