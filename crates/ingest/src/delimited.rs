@@ -425,6 +425,29 @@ impl Compiled {
         })
     }
 
+    /// The `code` fields of a repeated group, each with its `version` and one more field of
+    /// the same index (`poa`, `date`); codes left empty are skipped.
+    fn coded(
+        &self,
+        row: &Row<'_>,
+        g: &FieldSet,
+        extra: &str,
+    ) -> Result<Vec<(String, Option<String>, Option<String>)>, ValueError> {
+        let at = |fields: &[Field], i: usize| -> Result<Option<String>, ValueError> {
+            match fields.get(i) {
+                Some(f) => self.value(row, f),
+                None => Ok(None),
+            }
+        };
+        let mut out = Vec::new();
+        for (i, f) in g.all("code").iter().enumerate() {
+            if let Some(code) = self.value(row, f)? {
+                out.push((code, at(g.all("version"), i)?, at(g.all(extra), i)?));
+            }
+        }
+        Ok(out)
+    }
+
     fn amounts(&self, row: &Row<'_>, groups: &[FieldSet]) -> Result<Vec<Amount>, ValueError> {
         let mut out = Vec::new();
         for g in groups {
@@ -478,60 +501,32 @@ impl Compiled {
                 });
             }
         }
-        let mut diagnoses = Vec::new();
+        let mut diagnoses: Vec<Diagnosis> = Vec::new();
         for g in self.groups("diagnosis") {
-            let codes = g.all("code");
-            let versions = g.all("version");
-            let poas = g.all("poa");
-            for (i, f) in codes.iter().enumerate() {
-                let Some(code) = self.value(first, f)? else {
-                    continue;
+            for (code, version, poa) in self.coded(first, g, "poa")? {
+                let icd_version = if version.as_deref() == Some("9") {
+                    9
+                } else {
+                    10
                 };
-                let version = match versions.get(i) {
-                    Some(v) => self.value(first, v)?,
-                    None => None,
-                };
-                let icd_version = match version.as_deref() {
-                    Some("9") => 9,
-                    _ => 10,
-                };
-                let poa = match poas.get(i) {
-                    Some(v) => self.value(first, v)?,
-                    None => None,
-                };
-                let kind = g.attr("kind").unwrap_or("other").to_string();
                 // The principal diagnosis is usually repeated as the first of the list.
                 if diagnoses
                     .iter()
-                    .any(|d: &Diagnosis| d.code == code && d.icd_version == icd_version)
+                    .any(|d| d.code == code && d.icd_version == icd_version)
                 {
                     continue;
                 }
                 diagnoses.push(Diagnosis {
                     code,
                     icd_version,
-                    kind,
+                    kind: g.attr("kind").unwrap_or("other").to_string(),
                     poa,
                 });
             }
         }
-        let mut procedures = Vec::new();
+        let mut procedures: Vec<Procedure> = Vec::new();
         for g in self.groups("procedure") {
-            let codes = g.all("code");
-            let versions = g.all("version");
-            let dates = g.all("date");
-            for (i, f) in codes.iter().enumerate() {
-                let Some(code) = self.value(first, f)? else {
-                    continue;
-                };
-                let version = match versions.get(i) {
-                    Some(v) => self.value(first, v)?,
-                    None => None,
-                };
-                let date = match dates.get(i) {
-                    Some(v) => self.value(first, v)?,
-                    None => None,
-                };
+            for (code, version, date) in self.coded(first, g, "date")? {
                 let kind = if procedures.is_empty() {
                     "principal"
                 } else {
