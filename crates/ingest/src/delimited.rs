@@ -216,6 +216,9 @@ fn without(
         .collect()
 }
 
+/// A code with its version and one companion value (`poa`, `date`).
+type Coded = (String, Option<String>, Option<String>);
+
 /// A failure to read one value: the reason code and a message naming the column.
 type ValueError = (Reason, String);
 
@@ -427,12 +430,7 @@ impl Compiled {
 
     /// The `code` fields of a repeated group, each with its `version` and one more field of
     /// the same index (`poa`, `date`); codes left empty are skipped.
-    fn coded(
-        &self,
-        row: &Row<'_>,
-        g: &FieldSet,
-        extra: &str,
-    ) -> Result<Vec<(String, Option<String>, Option<String>)>, ValueError> {
+    fn coded(&self, row: &Row<'_>, g: &FieldSet, extra: &str) -> Result<Vec<Coded>, ValueError> {
         let at = |fields: &[Field], i: usize| -> Result<Option<String>, ValueError> {
             match fields.get(i) {
                 Some(f) => self.value(row, f),
