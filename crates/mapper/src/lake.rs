@@ -259,6 +259,73 @@ pub fn instant(ms: i64) -> String {
         .unwrap_or_default()
 }
 
+/// A mapped resource in compact form: its JSON already serialized (with `meta.lastUpdated`
+/// set to the run's time and a placeholder version), its content hash computed. A run holds
+/// these rather than JSON trees, which take tens of times more memory.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Resource type.
+    pub resource_type: &'static str,
+    /// Logical id.
+    pub id: String,
+    /// Compartment.
+    pub patient_id: Option<String>,
+    /// Hash of the content without the meta the lake sets.
+    pub content_hash: String,
+    /// The JSON, with [`VERSION_PLACEHOLDER`] where the version goes.
+    pub text: String,
+    /// Whether the source deleted it.
+    pub deleted: bool,
+}
+
+/// Stands in for `meta.versionId` in [`Prepared::text`] until the merge knows the version.
+pub const VERSION_PLACEHOLDER: &str = r"\u0000fhirlake-version\u0000";
+
+impl Prepared {
+    /// Serialize a mapped resource for a run published at `now` (epoch ms).
+    pub fn new(r: Resource, now: i64) -> Self {
+        let content_hash = content_hash(&r.json);
+        let mut json = r.json;
+        let stamp = serde_json::json!({"versionId": "\u{0}fhirlake-version\u{0}", "lastUpdated": instant(now)});
+        match json.get_mut("meta").and_then(Value::as_object_mut) {
+            Some(meta) => {
+                if let Some(o) = stamp.as_object() {
+                    for (k, v) in o {
+                        meta.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+            None => {
+                if let Some(obj) = json.as_object_mut() {
+                    obj.insert("meta".into(), stamp);
+                }
+            }
+        }
+        Self {
+            resource_type: r.resource_type,
+            id: r.id,
+            patient_id: r.patient_id,
+            content_hash,
+            text: json.to_string(),
+            deleted: r.deleted,
+        }
+    }
+
+    /// The row of this resource at `version_id`.
+    pub fn into_row(self, version_id: i64, last_updated: i64) -> Row {
+        Row {
+            id: self.id,
+            patient_id: self.patient_id,
+            version_id,
+            last_updated,
+            content_hash: self.content_hash,
+            resource: self
+                .text
+                .replacen(VERSION_PLACEHOLDER, &version_id.to_string(), 1),
+        }
+    }
+}
+
 impl Row {
     /// A row for a new or changed resource.
     pub fn new(r: &Resource, version_id: i64, last_updated: i64, hash: String) -> Self {
@@ -313,13 +380,17 @@ pub fn batch(resource_type: &str, rows: &[Row]) -> Result<RecordBatch, LakeError
             rows.iter().map(|r| r.resource.as_str()),
         )),
     ];
-    let parsed: Vec<Value> = rows
-        .iter()
-        .map(|r| serde_json::from_str(&r.resource))
-        .collect::<Result<_, _>>()
-        .map_err(|e| pq_err(Path::new(resource_type), e))?;
-    for p in params {
-        let values: Vec<Vec<IndexValue>> = parsed.iter().map(|v| (p.extract)(v)).collect();
+    // Parse each row once and extract every parameter's values from it.
+    let mut extracted: Vec<Vec<Vec<IndexValue>>> =
+        vec![Vec::with_capacity(rows.len()); params.len()];
+    for r in rows {
+        let v: Value =
+            serde_json::from_str(&r.resource).map_err(|e| pq_err(Path::new(resource_type), e))?;
+        for (i, p) in params.iter().enumerate() {
+            extracted[i].push((p.extract)(&v));
+        }
+    }
+    for (p, values) in params.into_iter().zip(extracted) {
         match p.kind {
             ParamType::Token => {
                 let mut full = ListBuilder::new(StringBuilder::new());
@@ -736,7 +807,7 @@ impl Staged {
 /// Merge new resources into the rows of the previous snapshot: a resource whose content is
 /// unchanged keeps its version and `last_updated`; a changed one gets the next version and
 /// `now`; a deleted one is removed.
-pub fn merge(previous: Vec<Row>, new: Vec<Resource>, now: i64) -> (Vec<Row>, MergeStats) {
+pub fn merge(previous: Vec<Row>, new: Vec<Prepared>, now: i64) -> (Vec<Row>, MergeStats) {
     let mut stats = MergeStats::default();
     let mut by_id: HashMap<String, Row> = previous.into_iter().map(|r| (r.id.clone(), r)).collect();
     for r in new {
@@ -746,17 +817,18 @@ pub fn merge(previous: Vec<Row>, new: Vec<Resource>, now: i64) -> (Vec<Row>, Mer
             }
             continue;
         }
-        let hash = content_hash(&r.json);
         match by_id.get(&r.id) {
-            Some(old) if old.content_hash == hash => stats.unchanged += 1,
+            Some(old) if old.content_hash == r.content_hash => stats.unchanged += 1,
             Some(old) => {
                 let v = old.version_id + 1;
                 stats.updated += 1;
-                by_id.insert(r.id.clone(), Row::new(&r, v, now, hash));
+                let id = r.id.clone();
+                by_id.insert(id, r.into_row(v, now));
             }
             None => {
                 stats.created += 1;
-                by_id.insert(r.id.clone(), Row::new(&r, 1, now, hash));
+                let id = r.id.clone();
+                by_id.insert(id, r.into_row(1, now));
             }
         }
     }

@@ -165,7 +165,7 @@ impl RunReport {
 /// Patient described by an 837's subscriber loop). Side products never replace an existing
 /// resource; subjects do.
 struct Produced {
-    resource: Resource,
+    resource: lake::Prepared,
     primary: bool,
 }
 
@@ -385,6 +385,7 @@ fn process_file(
     path: &Path,
     cfg: &Config,
     progress: Option<&ProgressFn>,
+    now: i64,
 ) -> Result<FileResult, RunError> {
     let file_name = path.display().to_string();
     let total_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
@@ -396,6 +397,13 @@ fn process_file(
         ..Default::default()
     };
     let mut produced = Vec::new();
+    // A FULL formulary extract lists its formularies completely (see `run`).
+    let is_full = report.layout == "formulary-xml"
+        && matches!(
+            ingest::formulary::extract_kind(path),
+            Ok(ingest::formulary::ExtractKind::Full)
+        );
+    let mut full_formularies: Vec<String> = Vec::new();
     let mut rejects = Vec::new();
     let summary: FileSummary = reader.read(path, &mut |item: Item| {
         report.records_read += 1;
@@ -429,6 +437,15 @@ fn process_file(
                 }
                 let subject = primary_type(&record);
                 for r in resources {
+                    if is_full {
+                        match r.resource_type {
+                            "Basic" => full_formularies.extend(formulary_refs(&r.json)),
+                            "InsurancePlan" if r.id.starts_with("formulary-") => {
+                                full_formularies.push(format!("InsurancePlan/{}", r.id))
+                            }
+                            _ => {}
+                        }
+                    }
                     *report
                         .resources
                         .entry(r.resource_type.to_string())
@@ -440,7 +457,7 @@ fn process_file(
                             SourceRecord::FormularyDrug(_) | SourceRecord::FormularyPlan(_)
                         );
                     produced.push(Produced {
-                        resource: r,
+                        resource: lake::Prepared::new(r, now),
                         primary,
                     });
                 }
@@ -485,25 +502,8 @@ fn process_file(
         });
     }
     report.seconds = started.elapsed().as_secs_f64();
-    let is_full = report.layout == "formulary-xml"
-        && matches!(
-            ingest::formulary::extract_kind(path),
-            Ok(ingest::formulary::ExtractKind::Full)
-        );
-    let mut full_formularies: Vec<String> = Vec::new();
-    if is_full {
-        for p in &produced {
-            match p.resource.resource_type {
-                "Basic" => full_formularies.extend(formulary_refs(&p.resource.json)),
-                "InsurancePlan" if p.resource.id.starts_with("formulary-") => {
-                    full_formularies.push(format!("InsurancePlan/{}", p.resource.id))
-                }
-                _ => {}
-            }
-        }
-        full_formularies.sort();
-        full_formularies.dedup();
-    }
+    full_formularies.sort();
+    full_formularies.dedup();
     Ok(FileResult {
         report,
         produced,
@@ -547,37 +547,35 @@ pub fn run(paths: &[PathBuf], opts: &Options) -> Result<RunReport, RunError> {
     let started = Instant::now();
     let cfg = Config::load(opts)?;
     let files = expand(paths)?;
+    let now = chrono::Utc::now().timestamp_millis();
     let results: Vec<FileResult> = files
         .par_iter()
-        .map(|f| process_file(f, &cfg, opts.progress.as_ref()))
+        .map(|f| process_file(f, &cfg, opts.progress.as_ref(), now))
         .collect::<Result<_, _>>()?;
 
     // Resources of this run, by type and id: subjects beat side products; among subjects the
     // later file wins; among side products the richer description wins.
     let mut by_type: BTreeMap<&'static str, HashMap<String, Produced>> = BTreeMap::new();
-    for r in results.iter().flat_map(|r| r.produced.iter()) {
+    let mut results = results;
+    for r in results
+        .iter_mut()
+        .flat_map(|r| std::mem::take(&mut r.produced))
+    {
         let slot = by_type.entry(r.resource.resource_type).or_default();
         let replace = match slot.get(&r.resource.id) {
             None => true,
             Some(old) if r.primary != old.primary => r.primary,
             Some(_) if r.primary => true,
-            Some(old) => r.resource.json.to_string().len() > old.resource.json.to_string().len(),
+            Some(old) => r.resource.text.len() > old.resource.text.len(),
         };
         if replace {
-            slot.insert(
-                r.resource.id.clone(),
-                Produced {
-                    resource: r.resource.clone(),
-                    primary: r.primary,
-                },
-            );
+            slot.insert(r.resource.id.clone(), r);
         }
     }
 
     let lake = Lake::new(&opts.lake);
     let staged = lake.stage()?;
     let previous = lake.current_name()?.map(|_| lake.current()).transpose()?;
-    let now = chrono::Utc::now().timestamp_millis();
     let mut report = RunReport {
         snapshot: staged.name.clone(),
         parent: staged.parent.clone(),
@@ -606,7 +604,7 @@ pub fn run(paths: &[PathBuf], opts: &Options) -> Result<RunReport, RunError> {
             .unwrap_or_default();
         let existing: std::collections::HashSet<String> =
             old_rows.iter().map(|r| r.id.clone()).collect();
-        let new: Vec<Resource> = produced
+        let new: Vec<lake::Prepared> = produced
             .into_iter()
             .filter(|p| p.primary || !existing.contains(&p.resource.id))
             .map(|p| p.resource)
