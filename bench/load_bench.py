@@ -80,7 +80,7 @@ def main():
         procs.append(srv)
         base = srv.stdout.readline().strip().removeprefix("fhirlake serving ")
         ready_s = time.perf_counter() - t0
-        token = subprocess.run([a.bin, "token", "--patient", "-10000042", "--lake", lake, "--base-url", base],
+        token = subprocess.run([a.bin, "token", "--patient=-10000042", "--lake", lake, "--base-url", base],
                                capture_output=True, text=True, check=True).stdout.strip()
         pid = "-10000042"
         bundle = json.loads(get(f"{base}/ExplanationOfBenefit?patient={pid}&_count=10", token))
