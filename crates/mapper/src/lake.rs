@@ -326,30 +326,6 @@ impl Prepared {
     }
 }
 
-impl Row {
-    /// A row for a new or changed resource.
-    pub fn new(r: &Resource, version_id: i64, last_updated: i64, hash: String) -> Self {
-        let mut json = r.json.clone();
-        if let Some(meta) = json.get_mut("meta").and_then(Value::as_object_mut) {
-            meta.insert("versionId".into(), Value::String(version_id.to_string()));
-            meta.insert("lastUpdated".into(), Value::String(instant(last_updated)));
-        } else if let Some(obj) = json.as_object_mut() {
-            obj.insert(
-                "meta".into(),
-                serde_json::json!({"versionId": version_id.to_string(), "lastUpdated": instant(last_updated)}),
-            );
-        }
-        Self {
-            id: r.id.clone(),
-            patient_id: r.patient_id.clone(),
-            version_id,
-            last_updated,
-            content_hash: hash,
-            resource: json.to_string(),
-        }
-    }
-}
-
 /// Build one record batch of a type from rows (index columns extracted from the JSON).
 ///
 /// # Errors
