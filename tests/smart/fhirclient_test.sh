@@ -11,30 +11,15 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 command -v node >/dev/null && command -v npm >/dev/null || { echo "node and npm are required" >&2; exit 2; }
-bin="${FHIRLAKE_BIN:-${CARGO_TARGET_DIR:-$root/target}/debug/fhirlake}"
-if [ ! -x "$bin" ]; then
-  (cd "$root" && cargo build -q --bin fhirlake)
-fi
 npm install --prefix "$here/node" --no-audit --no-fund --loglevel=error >/dev/null
-
-work="$(mktemp -d "${TMPDIR:-/tmp}/fhirlake-fhirclient.XXXXXX")"
-pid=""
-cleanup() {
-  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-# 1. A lake of the samples.
-(cd "$root" && "$bin" ingest --lake "$work/lake" samples/rif samples/plain) >"$work/ingest.log" 2>&1 \
-  || { cat "$work/ingest.log" >&2; echo "ingest failed" >&2; exit 1; }
+. "$here/sample_server.sh"
+sample_setup fhirclient   # $bin, $work, a lake of samples/rif + samples/plain
 
 # 2. The app's callback port (loopback), registered as the public client's redirect URI.
 app_port="$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')"
 redirect="http://127.0.0.1:$app_port/callback"
 
 # 3. Auth config: one public client; john (member 567834) and dora (delegate for M1002, M1003).
-mkdir -p "$work/auth"
 cat >"$work/auth/clients.toml" <<EOF
 [[client]]
 client_id = "fhirclient-test"
@@ -57,21 +42,8 @@ patients = ["M1002", "M1003"]
 patient_labels = { "M1002" = "Ben Okafor", "M1003" = "Chloe Okafor" }
 EOF
 
-# 4. The server under test, on a free loopback port; its first stdout line names the base URL.
-mkfifo "$work/out"
-"$bin" serve --lake "$work/lake" --listen 127.0.0.1:0 --auth-config "$work/auth" \
-  --audit-log "$work/audit.ndjson" >"$work/out" 2>"$work/serve.log" &
-pid=$!
-exec 3<"$work/out"
-base=""
-if ! IFS= read -r -t 60 line <&3; then
-  cat "$work/serve.log" >&2; echo "fhirlake serve did not start" >&2; exit 1
-fi
-case "$line" in
-  "fhirlake serving "*) base="${line#fhirlake serving }" ;;
-  *) cat "$work/serve.log" >&2; echo "unexpected first line: $line" >&2; exit 1 ;;
-esac
-cat <&3 >/dev/null &   # keep draining the server's stdout
+# 4. The server under test, on a free loopback port.
+start_server
 
 # 5. The client.
 node "$here/node/fhirclient_test.mjs" "$base" "$app_port" "$work/audit.ndjson"

@@ -13,23 +13,9 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 command -v python3 >/dev/null || { echo "python3 is required" >&2; exit 2; }
-bin="${FHIRLAKE_BIN:-${CARGO_TARGET_DIR:-$root/target}/debug/fhirlake}"
-if [ ! -x "$bin" ]; then
-  (cd "$root" && cargo build -q --bin fhirlake)
-fi
 PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --disable-pip-version-check fhirclient requests
-
-work="$(mktemp -d "${TMPDIR:-/tmp}/fhirlake-pyfhirclient.XXXXXX")"
-pid=""
-cleanup() {
-  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-# 1. A lake of the samples.
-(cd "$root" && "$bin" ingest --lake "$work/lake" samples/rif samples/plain) >"$work/ingest.log" 2>&1 \
-  || { cat "$work/ingest.log" >&2; echo "ingest failed" >&2; exit 1; }
+. "$here/sample_server.sh"
+sample_setup pyfhirclient   # $bin, $work, a lake of samples/rif + samples/plain
 
 # 2. The app's redirect URI (loopback). client-py hands the callback URL to handle_callback();
 #    the script reads it from the consent response's Location, so nothing listens there.
@@ -38,7 +24,6 @@ redirect="http://127.0.0.1:$app_port/callback"
 
 # 3. Auth config: one public client (client-py sends PKCE S256, which the server requires of
 #    public clients); john is member 567834.
-mkdir -p "$work/auth"
 cat >"$work/auth/clients.toml" <<EOF
 [[client]]
 client_id = "pyfhirclient-test"
@@ -53,21 +38,8 @@ password_hash = "$("$bin" hash-secret john-pw)"
 patients = ["567834"]
 EOF
 
-# 4. The server under test, on a free loopback port; its first stdout line names the base URL.
-mkfifo "$work/out"
-"$bin" serve --lake "$work/lake" --listen 127.0.0.1:0 --auth-config "$work/auth" \
-  --audit-log "$work/audit.ndjson" >"$work/out" 2>"$work/serve.log" &
-pid=$!
-exec 3<"$work/out"
-base=""
-if ! IFS= read -r -t 60 line <&3; then
-  cat "$work/serve.log" >&2; echo "fhirlake serve did not start" >&2; exit 1
-fi
-case "$line" in
-  "fhirlake serving "*) base="${line#fhirlake serving }" ;;
-  *) cat "$work/serve.log" >&2; echo "unexpected first line: $line" >&2; exit 1 ;;
-esac
-cat <&3 >/dev/null &   # keep draining the server's stdout
+# 4. The server under test, on a free loopback port.
+start_server
 
 # 5. The client.
 python3 "$here/py/pyfhirclient_test.py" "$base" "$redirect" "$work/audit.ndjson"
