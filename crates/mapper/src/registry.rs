@@ -7,6 +7,8 @@
 
 use serde_json::Value;
 
+use crate::formulary::ext;
+
 /// FHIR search parameter types supported by the lake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ParamType {
@@ -302,8 +304,6 @@ fn extension_flag(v: &Value, url: &str) -> Vec<IndexValue> {
         .collect()
 }
 
-const USDF_EXT: &str = "http://hl7.org/fhir/us/davinci-drug-formulary/StructureDefinition";
-
 /// fhirlake's own parameters on PDex FormularyItem (Basic), so that "drugs on formulary F
 /// needing prior authorization" is one request: `Basic?formulary=F&prior-authorization=true`.
 pub fn formulary_extras() -> Vec<SearchParam> {
@@ -314,7 +314,7 @@ pub fn formulary_extras() -> Vec<SearchParam> {
             Token,
             "https://fhirlake.example.org/fhir/SearchParameter/Basic-prior-authorization",
             &[],
-            |v| extension_flag(v, &format!("{USDF_EXT}/usdf-PriorAuthorization-extension"))
+            |v| extension_flag(v, ext::PRIOR_AUTHORIZATION)
         ),
         param!(
             "Basic",
@@ -322,7 +322,7 @@ pub fn formulary_extras() -> Vec<SearchParam> {
             Token,
             "https://fhirlake.example.org/fhir/SearchParameter/Basic-step-therapy",
             &[],
-            |v| extension_flag(v, &format!("{USDF_EXT}/usdf-StepTherapyLimit-extension"))
+            |v| extension_flag(v, ext::STEP_THERAPY)
         ),
         param!(
             "Basic",
@@ -330,7 +330,7 @@ pub fn formulary_extras() -> Vec<SearchParam> {
             Token,
             "https://fhirlake.example.org/fhir/SearchParameter/Basic-quantity-limit",
             &[],
-            |v| extension_flag(v, &format!("{USDF_EXT}/usdf-QuantityLimit-extension"))
+            |v| extension_flag(v, ext::QUANTITY_LIMIT)
         ),
     ]
 }
