@@ -179,3 +179,15 @@ pub fn next(bundle: &Value) -> Option<String> {
         .and_then(|l| l["url"].as_str())
         .map(str::to_string)
 }
+
+/// Resources without the `meta.lastUpdated` the lake sets, sorted by type and id: what must be
+/// equal between two runs over the same content.
+pub fn stable(mut v: Vec<Value>) -> Vec<Value> {
+    for r in &mut v {
+        if let Some(m) = r.get_mut("meta").and_then(Value::as_object_mut) {
+            m.remove("lastUpdated");
+        }
+    }
+    v.sort_by_key(|r| format!("{}/{}", r["resourceType"], r["id"]));
+    v
+}

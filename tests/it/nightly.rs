@@ -5,17 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{bin, export, ingest, Server};
-
-fn stable(mut v: Vec<Value>) -> Vec<Value> {
-    for r in &mut v {
-        if let Some(m) = r.get_mut("meta").and_then(Value::as_object_mut) {
-            m.remove("lastUpdated");
-        }
-    }
-    v.sort_by_key(|r| format!("{}/{}", r["resourceType"], r["id"]));
-    v
-}
+use crate::common::{bin, export, ingest, stable, Server};
 
 #[test]
 fn a_killed_run_leaves_the_previous_snapshot_serving_and_the_next_run_completes() {
