@@ -158,8 +158,11 @@ fn reads_searches_paging_and_errors() {
         (st, o["issue"][0]["code"].as_str()),
         (404, Some("not-found"))
     );
-    let (st, _) = s.get("Observation?patient=1", Some(&t));
-    assert_eq!(st, 404);
+    let (st, o) = s.get("Observation?patient=1", Some(&t));
+    assert_eq!(
+        (st, o["issue"][0]["code"].as_str()),
+        (404, Some("not-found"))
+    );
     let (st, o) = s.get("ExplanationOfBenefit?_cursor=forged.cursor", Some(&t));
     assert_eq!(st, 400, "{o}");
 
@@ -170,8 +173,17 @@ fn reads_searches_paging_and_errors() {
     );
     let n = next(&b).unwrap();
     let tampered = n.replace("_cursor=e", "_cursor=f");
-    let (st, _) = s.get(&tampered, Some(&t));
+    assert_ne!(tampered, n);
+    let (st, o) = s.get(&tampered, Some(&t));
     assert_eq!(st, 400);
+    assert!(
+        o["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("cursor"),
+        "{o}"
+    );
+    assert!(o.get("entry").is_none());
 
     // Writes are refused: the API is read-only.
     let client = reqwest::blocking::Client::new();
@@ -226,8 +238,12 @@ fn the_compartment_and_scopes_confine_every_path() {
     assert!(ids(&b, "match").is_empty());
     let (_, b) = s.get("ExplanationOfBenefit?identifier=P-5001", Some(&john));
     assert!(ids(&b, "match").is_empty(), "{b}");
-    let (st, _) = s.get("Patient/M1001/$everything", Some(&john));
-    assert_eq!(st, 404);
+    let (st, o) = s.get("Patient/M1001/$everything", Some(&john));
+    assert_eq!(
+        (st, o["resourceType"].as_str()),
+        (404, Some("OperationOutcome"))
+    );
+    assert!(!o.to_string().contains("Núñez"));
     // A search without patient is confined to the token's patient.
     let (_, b) = s.get("ExplanationOfBenefit", Some(&john));
     assert_eq!(ids(&b, "match"), JOHN_EOBS.to_vec());
@@ -255,8 +271,16 @@ fn the_compartment_and_scopes_confine_every_path() {
     // A cursor issued to one member cannot be replayed by another.
     let ana = s.token("M1001", "patient/*.rs");
     let (_, b) = s.get("ExplanationOfBenefit?_count=1", Some(&john));
-    let (st, _) = s.get(&next(&b).unwrap(), Some(&ana));
+    let (st, o) = s.get(&next(&b).unwrap(), Some(&ana));
     assert_eq!(st, 400);
+    assert!(
+        o["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains("another search or caller"),
+        "{o}"
+    );
+    assert!(!o.to_string().contains(JOHN));
 
     // Formulary data is public.
     let (st, b) = s.get("MedicationKnowledge", None);
