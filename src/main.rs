@@ -600,8 +600,7 @@ fn export(lake: &Path, out: &Path) -> Result<ExitCode> {
         Box::new(std::io::BufWriter::new(std::fs::File::create(out)?))
     };
     for t in mapper::registry::resource_types() {
-        let path = mapper::lake::Lake::table_path(&dir, t);
-        if path.is_file() {
+        for path in mapper::lake::Lake::table_files(&dir, t)? {
             for row in mapper::lake::read_rows(&path)? {
                 writeln!(w, "{}", row.resource)?;
             }

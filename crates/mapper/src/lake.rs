@@ -624,6 +624,18 @@ impl Lake {
         snapshot.join(format!("{resource_type}.parquet"))
     }
 
+    /// The Parquet files holding a type's table in a published snapshot directory, in a stable
+    /// order; empty when the snapshot has no rows of that type. Every id of the table is in
+    /// exactly one of them; each file is sorted by `(patient_id, id)` for compartment types
+    /// and by `id` otherwise.
+    ///
+    /// # Errors
+    /// On I/O errors.
+    pub fn table_files(snapshot: &Path, resource_type: &str) -> Result<Vec<PathBuf>, LakeError> {
+        let p = Self::table_path(snapshot, resource_type);
+        Ok(if p.is_file() { vec![p] } else { Vec::new() })
+    }
+
     /// Begin a new snapshot: a staging directory that only [`Lake::publish`] makes visible.
     /// Leftovers of crashed runs are removed first.
     ///

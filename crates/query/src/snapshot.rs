@@ -8,9 +8,13 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use datafusion::datasource::listing::{ListingTable, ListingTableConfig, ListingTableUrl};
 
 use datafusion::arrow::array::{Array, StringArray, TimestampMillisecondArray};
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::datasource::file_format::options::ReadOptions;
 use datafusion::logical_expr::{col, lit, Expr, SortExpr};
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use mapper::lake::{clustered_by_patient, Lake};
@@ -92,8 +96,8 @@ impl Snapshot {
         let ctx = SessionContext::new_with_config(config);
         let mut tables = HashSet::new();
         for t in registry::resource_types() {
-            let path = Lake::table_path(&dir, t);
-            if !path.is_file() {
+            let files = Lake::table_files(&dir, t)?;
+            if files.is_empty() {
                 continue;
             }
             let sort: Vec<Vec<SortExpr>> = if clustered_by_patient(t) {
@@ -104,9 +108,17 @@ impl Snapshot {
             } else {
                 vec![vec![col("id").sort(true, false)]]
             };
-            let opts = ParquetReadOptions::default().file_sort_order(sort);
-            ctx.register_parquet(t, path.to_string_lossy().as_ref(), opts)
-                .await?;
+            let options = ParquetReadOptions::default()
+                .file_sort_order(sort)
+                .to_listing_options(&ctx.copied_config(), ctx.copied_table_options());
+            let urls = files
+                .iter()
+                .map(|f| ListingTableUrl::parse(f.to_string_lossy()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let config = ListingTableConfig::new_with_multi_paths(urls)
+                .with_listing_options(options)
+                .with_schema(mapper::lake::schema(t));
+            ctx.register_table(t, Arc::new(ListingTable::try_new(config)?))?;
             tables.insert(t.to_string());
         }
         Ok(Self {
