@@ -74,6 +74,10 @@ struct IngestArgs {
     /// Fail (exit status 3) when more than this share of records is rejected (0.0–1.0).
     #[arg(long, default_value_t = 1.0)]
     max_reject_rate: f64,
+    /// Rows per table file the run writes (it holds at most about this many resources of a
+    /// type in memory before writing them out) [default: 65536].
+    #[arg(long)]
+    file_rows: Option<usize>,
 }
 
 #[derive(Args, Clone)]
@@ -295,6 +299,7 @@ fn ingest(a: &IngestArgs) -> Result<ExitCode> {
         mappings: a.mappings.clone(),
         forced_mapping: a.mapping.clone(),
         progress: Some(progress_reporter()),
+        file_rows: a.file_rows,
     };
     let report = mapper::pipeline::run(&a.paths, &opts)?;
     print_report(&report);
@@ -500,6 +505,7 @@ async fn demo(a: DemoArgs) -> Result<ExitCode> {
         mappings: PathBuf::from("mappings"),
         forced_mapping: None,
         progress: None,
+        file_rows: None,
     };
     let paths: Vec<PathBuf> = ["rif", "plain", "x12", "formulary"]
         .iter()

@@ -15,6 +15,7 @@ fn options(lake: &std::path::Path) -> Options {
         mappings: root().join("mappings"),
         forced_mapping: None,
         progress: None,
+        file_rows: None,
     }
 }
 

@@ -3,23 +3,29 @@
 //! ```text
 //! LAKE/
 //!   CURRENT                      name of the snapshot readers use (replaced atomically)
+//!   data/<ResourceType>/*.parquet  immutable table files, shared by the snapshots that list
+//!                                them; each sorted by (patient_id, id) or id
 //!   snapshots/<name>/
-//!     <ResourceType>.parquet     rows sorted by (patient_id, id) or id
-//!     manifest.json              counts per type, the run that wrote it
+//!     manifest.json              the table files of each type, counts, the run that wrote it
 //!     report.json, rejects.ndjson  the run's report and rejects
 //! ```
 //!
-//! Invariants of [`Lake::publish`]: a snapshot becomes visible only when all its files are
-//! written and synced (fsync of files, then of the directory, then the pointer switch by
+//! A table is the set of files its snapshot's manifest lists; every id is in exactly one of
+//! them. A run writes only new files: the rows it adds or changes, and copies of the earlier
+//! files it removes rows from (copy on write). Files no other snapshot lists are left alone,
+//! so a delta costs in proportion to the delta and the files it touches, not to the lake.
+//!
+//! Invariants of [`Staged::publish`]: a snapshot becomes visible only when all its files are
+//! written and synced (fsync of files, then of their directories, then the pointer switch by
 //! rename); a crash at any moment leaves `CURRENT` naming the previous, complete snapshot;
-//! partial work lives only in `snapshots/.tmp-*`, which readers never look at and the next
-//! run removes.
+//! partial work lives only in `snapshots/.tmp-*` and in data files no manifest lists, which
+//! readers never look at and the next run removes. One run at a time holds `LAKE/.lock`.
 //!
 //! Each row: `id`, `patient_id`, `version_id`, `last_updated`, `content_hash`, `resource`
 //! (FHIR JSON), then the index columns of every search parameter of the type (see
 //! [`schema`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -60,6 +66,9 @@ pub enum LakeError {
         /// The error.
         message: String,
     },
+    /// Another run (or prune) holds the lake's lock.
+    #[error("another fhirlake run is writing the lake {0} (it holds {0}/.lock)")]
+    Busy(String),
     /// The lake has no published snapshot.
     #[error("no snapshot has been published in {0} yet (run `fhirlake ingest` first)")]
     Empty(String),
@@ -224,7 +233,7 @@ pub fn date_range(s: &str) -> Option<(i64, i64)> {
     }
 }
 
-/// One row, ready to be written.
+/// One stored row, as read back from a table file.
 #[derive(Debug, Clone)]
 pub struct Row {
     /// Logical id.
@@ -241,17 +250,6 @@ pub struct Row {
     pub resource: String,
 }
 
-/// Hash of a resource's content, ignoring the meta elements the lake sets.
-pub fn content_hash(json: &Value) -> String {
-    let mut v = json.clone();
-    if let Some(meta) = v.get_mut("meta").and_then(Value::as_object_mut) {
-        meta.remove("versionId");
-        meta.remove("lastUpdated");
-    }
-    let digest = Sha256::digest(v.to_string().as_bytes());
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Format epoch ms as a FHIR instant.
 pub fn instant(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
@@ -259,9 +257,21 @@ pub fn instant(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-/// A mapped resource in compact form: its JSON already serialized (with `meta.lastUpdated`
-/// set to the run's time and a placeholder version), its content hash computed. A run holds
-/// these rather than JSON trees, which take tens of times more memory.
+/// Where `meta.versionId` and `meta.lastUpdated` go in a serialized resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MetaSlot {
+    /// After the last element of a non-empty `meta` object, before its `}`.
+    Append(usize),
+    /// Inside an empty `meta` object, before its `}`.
+    Empty(usize),
+    /// No `meta`: a new one before the resource's closing `}`.
+    Create(usize),
+}
+
+/// A mapped resource in compact form, ready for the lake: its JSON serialized once (without
+/// `meta.versionId`/`meta.lastUpdated`, which depend on the merge), the hash of that JSON, and
+/// the values of every search parameter of its type, extracted while the JSON tree was at hand
+/// so that nothing parses it again.
 #[derive(Debug, Clone)]
 pub struct Prepared {
     /// Resource type.
@@ -270,199 +280,268 @@ pub struct Prepared {
     pub id: String,
     /// Compartment.
     pub patient_id: Option<String>,
-    /// Hash of the content without the meta the lake sets.
+    /// Hash of the content without the meta the lake sets (32 hex digits).
     pub content_hash: String,
-    /// The JSON, with [`VERSION_PLACEHOLDER`] where the version goes.
+    /// The JSON, without `meta.versionId` and `meta.lastUpdated`.
     pub text: String,
+    meta: MetaSlot,
+    /// Index values, one list per non-common search parameter of the type, in
+    /// [`index_params`] order.
+    pub index: Vec<Vec<IndexValue>>,
     /// Whether the source deleted it.
     pub deleted: bool,
 }
 
-/// Stands in for `meta.versionId` in [`Prepared::text`] until the merge knows the version.
-pub const VERSION_PLACEHOLDER: &str = r"\u0000fhirlake-version\u0000";
+/// The search parameters that have index columns in a type's table, in column order.
+pub fn index_params(resource_type: &str) -> Vec<&'static SearchParam> {
+    registry::for_type(resource_type)
+        .filter(|p| !p.is_common())
+        .collect()
+}
+
+/// The content hash of serialized JSON: the first 128 bits of its SHA-256, in hex.
+pub fn hash_text(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    let mut out = String::with_capacity(32);
+    for b in &digest[..16] {
+        use std::fmt::Write as _;
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
 
 impl Prepared {
-    /// Serialize a mapped resource for a run published at `now` (epoch ms).
-    pub fn new(r: Resource, now: i64) -> Self {
-        let content_hash = content_hash(&r.json);
+    /// Serialize a mapped resource, hash it and extract its index values.
+    pub fn new(r: Resource) -> Self {
         let mut json = r.json;
-        let stamp = serde_json::json!({"versionId": "\u{0}fhirlake-version\u{0}", "lastUpdated": instant(now)});
-        match json.get_mut("meta").and_then(Value::as_object_mut) {
-            Some(meta) => {
-                if let Some(o) = stamp.as_object() {
-                    for (k, v) in o {
-                        meta.insert(k.clone(), v.clone());
-                    }
-                }
-            }
-            None => {
-                if let Some(obj) = json.as_object_mut() {
-                    obj.insert("meta".into(), stamp);
-                }
-            }
+        if let Some(meta) = json.get_mut("meta").and_then(Value::as_object_mut) {
+            meta.remove("versionId");
+            meta.remove("lastUpdated");
         }
+        let text = json.to_string();
+        let content_hash = hash_text(&text);
+        let meta = match json.get("meta") {
+            Some(m @ Value::Object(o)) => {
+                let inner = m.to_string();
+                let needle = format!("\"meta\":{inner}");
+                match text.find(&needle) {
+                    Some(at) if o.is_empty() => MetaSlot::Empty(at + needle.len() - 1),
+                    Some(at) => MetaSlot::Append(at + needle.len() - 1),
+                    None => MetaSlot::Create(text.len() - 1),
+                }
+            }
+            _ => MetaSlot::Create(text.len().saturating_sub(1)),
+        };
+        let index = index_params(r.resource_type)
+            .into_iter()
+            .map(|p| (p.extract)(&json))
+            .collect();
         Self {
             resource_type: r.resource_type,
             id: r.id,
             patient_id: r.patient_id,
             content_hash,
-            text: json.to_string(),
+            text,
+            meta,
+            index,
             deleted: r.deleted,
         }
     }
 
-    /// The row of this resource at `version_id`.
-    pub fn into_row(self, version_id: i64, last_updated: i64) -> Row {
-        Row {
-            id: self.id,
-            patient_id: self.patient_id,
-            version_id,
-            last_updated,
-            content_hash: self.content_hash,
-            resource: self
-                .text
-                .replacen(VERSION_PLACEHOLDER, &version_id.to_string(), 1),
-        }
+    /// Write the JSON with `meta.versionId` and `meta.lastUpdated` set.
+    pub fn write_stamped(
+        &self,
+        out: &mut impl std::fmt::Write,
+        version_id: i64,
+        last_updated: &str,
+    ) -> std::fmt::Result {
+        let (at, open, close) = match self.meta {
+            MetaSlot::Append(at) => (at, ",", ""),
+            MetaSlot::Empty(at) => (at, "", ""),
+            MetaSlot::Create(at) => (at, ",\"meta\":{", "}"),
+        };
+        let (head, rest) = self.text.split_at(at.min(self.text.len()));
+        out.write_str(head)?;
+        write!(
+            out,
+            "{open}\"versionId\":\"{version_id}\",\"lastUpdated\":\"{last_updated}\"{close}"
+        )?;
+        out.write_str(rest)
+    }
+
+    /// The JSON with `meta.versionId` and `meta.lastUpdated` set.
+    pub fn stamped(&self, version_id: i64, last_updated: &str) -> String {
+        let mut s = String::with_capacity(self.text.len() + 64);
+        let _ = self.write_stamped(&mut s, version_id, last_updated);
+        s
     }
 }
 
-/// Build one record batch of a type from rows (index columns extracted from the JSON).
+/// A resource of this run on its way into a table file, with the version it gets.
+#[derive(Debug, Clone)]
+pub struct NewRow {
+    /// The resource.
+    pub prepared: Prepared,
+    /// Its `meta.versionId`.
+    pub version_id: i64,
+}
+
+/// Build one record batch of a type from new rows, stamped with `last_updated` (epoch ms).
 ///
 /// # Errors
-/// When a row's JSON does not parse (never for rows this crate made).
-pub fn batch(resource_type: &str, rows: &[Row]) -> Result<RecordBatch, LakeError> {
+/// When Arrow rejects the columns (never for rows this crate made).
+pub fn batch(
+    resource_type: &str,
+    rows: &[NewRow],
+    last_updated: i64,
+) -> Result<RecordBatch, LakeError> {
     let schema = schema(resource_type);
-    let params: Vec<&SearchParam> = registry::for_type(resource_type)
-        .filter(|p| !p.is_common())
-        .collect();
+    let params = index_params(resource_type);
+    let stamp = instant(last_updated);
+    let mut resource = StringBuilder::with_capacity(
+        rows.len(),
+        rows.iter().map(|r| r.prepared.text.len() + 64).sum(),
+    );
+    for r in rows {
+        let _ = r
+            .prepared
+            .write_stamped(&mut resource, r.version_id, &stamp);
+        resource.append_value("");
+    }
     let mut cols: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(
-            rows.iter().map(|r| r.id.as_str()),
+            rows.iter().map(|r| r.prepared.id.as_str()),
         )),
         Arc::new(StringArray::from_iter(
-            rows.iter().map(|r| r.patient_id.as_deref()),
+            rows.iter().map(|r| r.prepared.patient_id.as_deref()),
         )),
         Arc::new(Int64Array::from_iter_values(
             rows.iter().map(|r| r.version_id),
         )),
         Arc::new(
-            TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.last_updated))
+            TimestampMillisecondArray::from_iter_values(rows.iter().map(|_| last_updated))
                 .with_timezone("UTC"),
         ),
         Arc::new(StringArray::from_iter_values(
-            rows.iter().map(|r| r.content_hash.as_str()),
+            rows.iter().map(|r| r.prepared.content_hash.as_str()),
         )),
-        Arc::new(StringArray::from_iter_values(
-            rows.iter().map(|r| r.resource.as_str()),
-        )),
+        Arc::new(resource.finish()),
     ];
-    // Parse each row once and extract every parameter's values from it.
-    let mut extracted: Vec<Vec<Vec<IndexValue>>> =
-        vec![Vec::with_capacity(rows.len()); params.len()];
-    for r in rows {
-        let v: Value =
-            serde_json::from_str(&r.resource).map_err(|e| pq_err(Path::new(resource_type), e))?;
-        for (i, p) in params.iter().enumerate() {
-            extracted[i].push((p.extract)(&v));
-        }
-    }
-    for (p, values) in params.into_iter().zip(extracted) {
-        match p.kind {
-            ParamType::Token => {
-                let mut full = ListBuilder::new(StringBuilder::new());
-                let mut code = ListBuilder::new(StringBuilder::new());
-                let mut system = ListBuilder::new(StringBuilder::new());
-                for vals in &values {
-                    for v in vals {
-                        if let IndexValue::Token { system: s, code: c } = v {
-                            full.values().append_value(format!("{s}|{c}"));
-                            code.values().append_value(c);
-                            system.values().append_value(s);
-                        }
-                    }
-                    full.append(true);
-                    code.append(true);
-                    system.append(true);
-                }
-                cols.push(Arc::new(full.finish()));
-                cols.push(Arc::new(code.finish()));
-                cols.push(Arc::new(system.finish()));
-            }
-            ParamType::String => {
-                let mut norm = Vec::with_capacity(values.len());
-                let mut exact = Vec::with_capacity(values.len());
-                for vals in &values {
-                    let strs: Vec<&str> = vals
-                        .iter()
-                        .filter_map(|v| match v {
-                            IndexValue::String(s) => Some(s.as_str()),
-                            _ => None,
-                        })
-                        .collect();
-                    let normalized: Vec<String> = strs.iter().map(|s| normalize(s)).collect();
-                    norm.push(joined(normalized.iter().map(String::as_str)));
-                    exact.push(joined(strs.into_iter()));
-                }
-                cols.push(Arc::new(StringArray::from(norm)));
-                cols.push(Arc::new(StringArray::from(exact)));
-            }
-            ParamType::Reference => {
-                let mut refs = ListBuilder::new(StringBuilder::new());
-                for vals in &values {
-                    for v in vals {
-                        if let IndexValue::Reference(s) = v {
-                            refs.values().append_value(s);
-                        }
-                    }
-                    refs.append(true);
-                }
-                cols.push(Arc::new(refs.finish()));
-            }
-            ParamType::Date => {
-                let mut starts = Vec::with_capacity(values.len());
-                let mut ends = Vec::with_capacity(values.len());
-                for vals in &values {
-                    let mut lo: Option<i64> = None;
-                    let mut hi: Option<i64> = None;
-                    let mut open_end = false;
-                    for v in vals {
-                        if let IndexValue::Date { start, end } = v {
-                            let s = start.as_deref().and_then(date_range).map(|r| r.0);
-                            let e = end.as_deref().and_then(date_range).map(|r| r.1);
-                            // An open start or end stretches to the other bound's range.
-                            let s = s.or_else(|| end.as_deref().and_then(date_range).map(|r| r.0));
-                            if end.is_none() {
-                                open_end = true;
-                            }
-                            let e =
-                                e.or_else(|| start.as_deref().and_then(date_range).map(|r| r.1));
-                            if let Some(s) = s {
-                                lo = Some(lo.map_or(s, |x: i64| x.min(s)));
-                            }
-                            if let Some(e) = e {
-                                hi = Some(hi.map_or(e, |x: i64| x.max(e)));
-                            }
-                        }
-                    }
-                    if open_end && lo.is_some() {
-                        hi = Some(i64::MAX / 2);
-                    }
-                    starts.push(lo);
-                    ends.push(hi);
-                }
-                cols.push(Arc::new(
-                    TimestampMillisecondArray::from(starts).with_timezone("UTC"),
-                ));
-                cols.push(Arc::new(
-                    TimestampMillisecondArray::from(ends).with_timezone("UTC"),
-                ));
-            }
-        }
+    for (i, p) in params.into_iter().enumerate() {
+        let values = rows
+            .iter()
+            .map(|r| r.prepared.index.get(i).map(Vec::as_slice).unwrap_or(&[]));
+        index_arrays(p, values, &mut cols);
     }
     RecordBatch::try_new(schema, cols).map_err(|e| pq_err(Path::new(resource_type), e))
 }
 
-fn writer_props(resource_type: &str, schema: &Schema) -> WriterProperties {
+/// Append the index columns of one parameter, built from each row's values.
+fn index_arrays<'a>(
+    p: &SearchParam,
+    values: impl Iterator<Item = &'a [IndexValue]>,
+    cols: &mut Vec<ArrayRef>,
+) {
+    match p.kind {
+        ParamType::Token => {
+            let mut full = ListBuilder::new(StringBuilder::new());
+            let mut code = ListBuilder::new(StringBuilder::new());
+            let mut system = ListBuilder::new(StringBuilder::new());
+            for vals in values {
+                for v in vals {
+                    if let IndexValue::Token { system: s, code: c } = v {
+                        {
+                            use std::fmt::Write as _;
+                            let _ = write!(full.values(), "{s}|{c}");
+                        }
+                        full.values().append_value("");
+                        code.values().append_value(c);
+                        system.values().append_value(s);
+                    }
+                }
+                full.append(true);
+                code.append(true);
+                system.append(true);
+            }
+            cols.push(Arc::new(full.finish()));
+            cols.push(Arc::new(code.finish()));
+            cols.push(Arc::new(system.finish()));
+        }
+        ParamType::String => {
+            let mut norm = StringBuilder::new();
+            let mut exact = StringBuilder::new();
+            for vals in values {
+                let strs = vals.iter().filter_map(|v| match v {
+                    IndexValue::String(s) => Some(s.as_str()),
+                    _ => None,
+                });
+                let normalized: Vec<String> = strs.clone().map(normalize).collect();
+                norm.append_value(joined(normalized.iter().map(String::as_str)));
+                exact.append_value(joined(strs));
+            }
+            cols.push(Arc::new(norm.finish()));
+            cols.push(Arc::new(exact.finish()));
+        }
+        ParamType::Reference => {
+            let mut refs = ListBuilder::new(StringBuilder::new());
+            for vals in values {
+                for v in vals {
+                    if let IndexValue::Reference(s) = v {
+                        refs.values().append_value(s);
+                    }
+                }
+                refs.append(true);
+            }
+            cols.push(Arc::new(refs.finish()));
+        }
+        ParamType::Date => {
+            let mut starts = Vec::new();
+            let mut ends = Vec::new();
+            for vals in values {
+                let (lo, hi) = date_bounds(vals);
+                starts.push(lo);
+                ends.push(hi);
+            }
+            cols.push(Arc::new(
+                TimestampMillisecondArray::from(starts).with_timezone("UTC"),
+            ));
+            cols.push(Arc::new(
+                TimestampMillisecondArray::from(ends).with_timezone("UTC"),
+            ));
+        }
+    }
+}
+
+/// The lowest start and highest end of a date parameter's values; an open end stretches to
+/// the end of time, an open start to the other bound's range.
+fn date_bounds(vals: &[IndexValue]) -> (Option<i64>, Option<i64>) {
+    let mut lo: Option<i64> = None;
+    let mut hi: Option<i64> = None;
+    let mut open_end = false;
+    for v in vals {
+        if let IndexValue::Date { start, end } = v {
+            let s = start.as_deref().and_then(date_range).map(|r| r.0);
+            let e = end.as_deref().and_then(date_range).map(|r| r.1);
+            let s = s.or_else(|| end.as_deref().and_then(date_range).map(|r| r.0));
+            if end.is_none() {
+                open_end = true;
+            }
+            let e = e.or_else(|| start.as_deref().and_then(date_range).map(|r| r.1));
+            if let Some(s) = s {
+                lo = Some(lo.map_or(s, |x: i64| x.min(s)));
+            }
+            if let Some(e) = e {
+                hi = Some(hi.map_or(e, |x: i64| x.max(e)));
+            }
+        }
+    }
+    if open_end && lo.is_some() {
+        hi = Some(i64::MAX / 2);
+    }
+    (lo, hi)
+}
+
+fn writer_props(resource_type: &str) -> WriterProperties {
     let sort: Vec<SortingColumn> = if clustered_by_patient(resource_type) {
         vec![
             SortingColumn {
@@ -483,13 +562,20 @@ fn writer_props(resource_type: &str, schema: &Schema) -> WriterProperties {
             nulls_first: false,
         }]
     };
-    let _ = schema;
+    // The JSON and the hashes are unique per row: dictionary encoding would only cost time,
+    // and min/max statistics of whole documents help no query.
+    let unique = |c: &str| parquet::schema::types::ColumnPath::from(c);
     WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
-        .set_max_row_group_row_count(Some(8192))
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_data_page_row_count_limit(256)
         .set_write_batch_size(256)
         .set_statistics_enabled(EnabledStatistics::Page)
+        .set_column_dictionary_enabled(unique("resource"), false)
+        .set_column_statistics_enabled(unique("resource"), EnabledStatistics::None)
+        .set_column_dictionary_enabled(unique("content_hash"), false)
+        .set_column_statistics_enabled(unique("content_hash"), EnabledStatistics::None)
+        .set_column_dictionary_enabled(unique("id"), false)
         .set_column_bloom_filter_enabled("id".into(), true)
         .set_column_bloom_filter_enabled("patient_id".into(), true)
         .set_sorting_columns(Some(sort))
@@ -497,53 +583,133 @@ fn writer_props(resource_type: &str, schema: &Schema) -> WriterProperties {
         .build()
 }
 
-/// Write one table file (rows already sorted) and fsync it.
+/// Rows per row group of a table file.
+pub const ROW_GROUP_ROWS: usize = 8192;
+
+/// Write one table file from new rows, already in the table's sort order, and fsync it.
+/// Returns the number of rows written.
 ///
 /// # Errors
 /// On I/O or Parquet errors.
-pub fn write_table(path: &Path, resource_type: &str, rows: &[Row]) -> Result<(), LakeError> {
-    let file = File::create(path).map_err(io_err(path))?;
-    let schema = schema(resource_type);
-    let mut w = ArrowWriter::try_new(
-        file,
-        schema.clone(),
-        Some(writer_props(resource_type, &schema)),
-    )
-    .map_err(|e| pq_err(path, e))?;
-    for chunk in rows.chunks(8192) {
-        let b = batch(resource_type, chunk)?;
-        w.write(&b).map_err(|e| pq_err(path, e))?;
+pub fn write_file(
+    path: &Path,
+    resource_type: &str,
+    rows: &[NewRow],
+    last_updated: i64,
+) -> Result<u64, LakeError> {
+    let mut w = TableWriter::create(path, resource_type)?;
+    for chunk in rows.chunks(ROW_GROUP_ROWS) {
+        w.write(&batch(resource_type, chunk, last_updated)?)?;
     }
-    let file = w.into_inner().map_err(|e| pq_err(path, e))?;
-    file.sync_all().map_err(io_err(path))?;
-    Ok(())
+    w.finish()
 }
 
-/// Read the base columns of a table back (for merging into the next snapshot).
+/// A table file being written batch by batch.
+pub struct TableWriter {
+    path: PathBuf,
+    writer: ArrowWriter<File>,
+    rows: u64,
+}
+
+impl TableWriter {
+    /// Create the file.
+    ///
+    /// # Errors
+    /// On I/O or Parquet errors.
+    pub fn create(path: &Path, resource_type: &str) -> Result<Self, LakeError> {
+        let file = File::create(path).map_err(io_err(path))?;
+        let writer = ArrowWriter::try_new(
+            file,
+            schema(resource_type),
+            Some(writer_props(resource_type)),
+        )
+        .map_err(|e| pq_err(path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            writer,
+            rows: 0,
+        })
+    }
+
+    /// Append a batch.
+    ///
+    /// # Errors
+    /// On I/O or Parquet errors.
+    pub fn write(&mut self, b: &RecordBatch) -> Result<(), LakeError> {
+        self.rows += b.num_rows() as u64;
+        self.writer.write(b).map_err(|e| pq_err(&self.path, e))
+    }
+
+    /// Close and fsync the file; returns its row count.
+    ///
+    /// # Errors
+    /// On I/O or Parquet errors.
+    pub fn finish(self) -> Result<u64, LakeError> {
+        let file = self
+            .writer
+            .into_inner()
+            .map_err(|e| pq_err(&self.path, e))?;
+        file.sync_all().map_err(io_err(&self.path))?;
+        Ok(self.rows)
+    }
+}
+
+fn open_batches(
+    path: &Path,
+    columns: &[&str],
+) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader, LakeError> {
+    let file = File::open(path).map_err(io_err(path))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| pq_err(path, e))?;
+    let builder = if columns.is_empty() {
+        builder
+    } else {
+        let roots: Vec<usize> = columns
+            .iter()
+            .filter_map(|c| builder.schema().index_of(c).ok())
+            .collect();
+        let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), roots);
+        builder.with_projection(mask)
+    };
+    builder
+        .with_batch_size(ROW_GROUP_ROWS)
+        .build()
+        .map_err(|e| pq_err(path, e))
+}
+
+fn strings<'a>(b: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a StringArray, LakeError> {
+    b.column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        .ok_or_else(|| pq_err(path, format!("column {name} is missing or not text")))
+}
+
+/// Read the base columns of a table file back.
 ///
 /// # Errors
 /// On I/O or Parquet errors.
 pub fn read_rows(path: &Path) -> Result<Vec<Row>, LakeError> {
-    let file = File::open(path).map_err(io_err(path))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| pq_err(path, e))?;
-    let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), [0, 1, 2, 3, 4, 5]);
-    let reader = builder
-        .with_projection(mask)
-        .build()
-        .map_err(|e| pq_err(path, e))?;
     let mut out = Vec::new();
-    for b in reader {
+    let cols = [
+        "id",
+        "patient_id",
+        "version_id",
+        "last_updated",
+        "content_hash",
+        "resource",
+    ];
+    for b in open_batches(path, &cols)? {
         let b = b.map_err(|e| pq_err(path, e))?;
-        let s = |i: usize| b.column(i).as_any().downcast_ref::<StringArray>().cloned();
-        let (Some(id), Some(pid), Some(hash), Some(res)) = (s(0), s(1), s(4), s(5)) else {
-            return Err(pq_err(path, "unexpected column types"));
-        };
-        let ver = b.column(2).as_any().downcast_ref::<Int64Array>().cloned();
+        let (id, pid, hash, res) = (
+            strings(&b, "id", path)?,
+            strings(&b, "patient_id", path)?,
+            strings(&b, "content_hash", path)?,
+            strings(&b, "resource", path)?,
+        );
+        let ver = b
+            .column_by_name("version_id")
+            .and_then(|c| c.as_any().downcast_ref::<Int64Array>());
         let lu = b
-            .column(3)
-            .as_any()
-            .downcast_ref::<TimestampMillisecondArray>()
-            .cloned();
+            .column_by_name("last_updated")
+            .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>());
         let (Some(ver), Some(lu)) = (ver, lu) else {
             return Err(pq_err(path, "unexpected column types"));
         };
@@ -559,6 +725,82 @@ pub fn read_rows(path: &Path) -> Result<Vec<Row>, LakeError> {
         }
     }
     Ok(out)
+}
+
+/// Call `f(row, id, version_id, content_hash)` for every row of a table file, in file order,
+/// reading only those columns.
+///
+/// # Errors
+/// On I/O or Parquet errors.
+pub fn for_each_key(path: &Path, mut f: impl FnMut(u32, &str, i64, &str)) -> Result<(), LakeError> {
+    let mut row = 0u32;
+    for b in open_batches(path, &["id", "version_id", "content_hash"])? {
+        let b = b.map_err(|e| pq_err(path, e))?;
+        let id = strings(&b, "id", path)?;
+        let hash = strings(&b, "content_hash", path)?;
+        let ver = b
+            .column_by_name("version_id")
+            .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+            .ok_or_else(|| pq_err(path, "version_id is not Int64"))?;
+        for i in 0..b.num_rows() {
+            f(row, id.value(i), ver.value(i), hash.value(i));
+            row += 1;
+        }
+    }
+    Ok(())
+}
+
+/// The values of a list column (a reference or token parameter) of every row, with its id.
+///
+/// # Errors
+/// On I/O or Parquet errors.
+pub fn list_column(path: &Path, column: &str) -> Result<Vec<(String, Vec<String>)>, LakeError> {
+    let mut out = Vec::new();
+    for b in open_batches(path, &["id", column])? {
+        let b = b.map_err(|e| pq_err(path, e))?;
+        let id = strings(&b, "id", path)?;
+        let list = b
+            .column_by_name(column)
+            .and_then(|c| c.as_any().downcast_ref::<arrow::array::ListArray>())
+            .ok_or_else(|| pq_err(path, format!("{column} is not a list")))?;
+        for i in 0..b.num_rows() {
+            let values = list.value(i);
+            let values = values
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .map(|a| a.iter().flatten().map(str::to_string).collect())
+                .unwrap_or_default();
+            out.push((id.value(i).to_string(), values));
+        }
+    }
+    Ok(out)
+}
+
+/// Copy a table file without the rows whose positions are in `dead`, and fsync the copy.
+/// Returns the number of rows kept.
+///
+/// # Errors
+/// On I/O or Parquet errors.
+pub fn copy_without(
+    src: &Path,
+    dst: &Path,
+    resource_type: &str,
+    dead: &std::collections::HashSet<u32>,
+) -> Result<u64, LakeError> {
+    let mut w = TableWriter::create(dst, resource_type)?;
+    let mut row = 0u32;
+    for b in open_batches(src, &[])? {
+        let b = b.map_err(|e| pq_err(src, e))?;
+        let keep: arrow::array::BooleanArray = (0..b.num_rows())
+            .map(|i| Some(!dead.contains(&(row + i as u32))))
+            .collect();
+        row += b.num_rows() as u32;
+        let kept = arrow::compute::filter_record_batch(&b, &keep).map_err(|e| pq_err(src, e))?;
+        if kept.num_rows() > 0 {
+            w.write(&kept)?;
+        }
+    }
+    w.finish()
 }
 
 /// A lake directory.
@@ -578,6 +820,25 @@ pub struct Manifest {
     pub created: String,
     /// Rows per resource type.
     pub counts: BTreeMap<String, u64>,
+    /// The table files of each resource type. Empty in snapshots written before tables
+    /// became file lists (their tables are `<Type>.parquet` in the snapshot directory).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, Vec<TableFile>>,
+}
+
+/// One table file of a snapshot.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct TableFile {
+    /// Path relative to the lake root (`data/<Type>/<name>.parquet`).
+    pub path: String,
+    /// Rows in the file.
+    pub rows: u64,
+}
+
+/// Holds the lake's writer lock (`LAKE/.lock`) until dropped: one run or prune at a time.
+#[derive(Debug)]
+pub struct LakeLock {
+    _file: File,
 }
 
 impl Lake {
@@ -619,9 +880,81 @@ impl Lake {
         Ok(self.snapshots().join(name))
     }
 
-    /// The table file of a type in a snapshot directory.
+    /// The legacy table file of a type in a snapshot directory (snapshots written before
+    /// tables became file lists).
     pub fn table_path(snapshot: &Path, resource_type: &str) -> PathBuf {
         snapshot.join(format!("{resource_type}.parquet"))
+    }
+
+    /// The directory of a type's table files.
+    pub fn data_dir(&self, resource_type: &str) -> PathBuf {
+        self.root.join("data").join(resource_type)
+    }
+
+    /// Take the writer lock, or fail when another run holds it.
+    ///
+    /// # Errors
+    /// [`LakeError::Busy`] when another process holds the lock; I/O errors.
+    pub fn lock(&self) -> Result<LakeLock, LakeError> {
+        fs::create_dir_all(&self.root).map_err(io_err(&self.root))?;
+        let p = self.root.join(".lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(io_err(&p))?;
+        match file.try_lock() {
+            Ok(()) => Ok(LakeLock { _file: file }),
+            Err(fs::TryLockError::WouldBlock) => {
+                Err(LakeError::Busy(self.root.display().to_string()))
+            }
+            Err(fs::TryLockError::Error(e)) => Err(io_err(&p)(e)),
+        }
+    }
+
+    /// The table files of every type in a snapshot, as absolute paths.
+    ///
+    /// # Errors
+    /// On I/O or JSON errors.
+    pub fn snapshot_files(&self, name: &str) -> Result<BTreeMap<String, Vec<PathBuf>>, LakeError> {
+        let dir = self.snapshots().join(name);
+        let mut out = BTreeMap::new();
+        for t in registry::resource_types() {
+            let files = Self::table_files(&dir, t)?;
+            if !files.is_empty() {
+                out.insert(t.to_string(), files);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Remove table files no published snapshot refers to (left by crashed runs or by pruned
+    /// snapshots). Call with the lock held.
+    fn collect_garbage(&self) -> Result<(), LakeError> {
+        let mut referenced = std::collections::HashSet::new();
+        for name in self.list()? {
+            let m = self.manifest(&name)?;
+            for f in m.files.values().flatten() {
+                referenced.insert(self.root.join(&f.path));
+            }
+        }
+        let data = self.root.join("data");
+        let Ok(types) = fs::read_dir(&data) else {
+            return Ok(());
+        };
+        for t in types.flatten() {
+            let Ok(files) = fs::read_dir(t.path()) else {
+                continue;
+            };
+            for f in files.flatten() {
+                if !referenced.contains(&f.path()) {
+                    fs::remove_file(f.path()).map_err(io_err(&f.path()))?;
+                }
+            }
+            sync_dir(&t.path())?;
+        }
+        Ok(())
     }
 
     /// The Parquet files holding a type's table in a published snapshot directory, in a stable
@@ -632,16 +965,39 @@ impl Lake {
     /// # Errors
     /// On I/O errors.
     pub fn table_files(snapshot: &Path, resource_type: &str) -> Result<Vec<PathBuf>, LakeError> {
-        let p = Self::table_path(snapshot, resource_type);
-        Ok(if p.is_file() { vec![p] } else { Vec::new() })
+        let p = snapshot.join("manifest.json");
+        let manifest: Manifest = match fs::read_to_string(&p) {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| pq_err(&p, e))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Manifest::default(),
+            Err(e) => return Err(io_err(&p)(e)),
+        };
+        if manifest.files.is_empty() {
+            let legacy = Self::table_path(snapshot, resource_type);
+            return Ok(if legacy.is_file() {
+                vec![legacy]
+            } else {
+                Vec::new()
+            });
+        }
+        let root = snapshot
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new("."));
+        Ok(manifest
+            .files
+            .get(resource_type)
+            .map(|fs| fs.iter().map(|f| root.join(&f.path)).collect())
+            .unwrap_or_default())
     }
 
-    /// Begin a new snapshot: a staging directory that only [`Lake::publish`] makes visible.
-    /// Leftovers of crashed runs are removed first.
+    /// Begin a new snapshot: a staging directory that only [`Staged::publish`] makes visible,
+    /// under the writer lock. Leftovers of crashed runs are removed first.
     ///
     /// # Errors
-    /// On I/O errors.
+    /// [`LakeError::Busy`] when another run holds the lake; I/O errors.
     pub fn stage(&self) -> Result<Staged, LakeError> {
+        let lock = self.lock()?;
+        self.collect_garbage()?;
         let snaps = self.snapshots();
         fs::create_dir_all(&snaps).map_err(io_err(&snaps))?;
         for e in fs::read_dir(&snaps).map_err(io_err(&snaps))?.flatten() {
@@ -668,6 +1024,7 @@ impl Lake {
             name,
             dir,
             parent,
+            _lock: lock,
         })
     }
 
@@ -711,6 +1068,7 @@ impl Lake {
     /// # Errors
     /// On I/O errors.
     pub fn prune(&self, keep: usize) -> Result<Vec<String>, LakeError> {
+        let _lock = self.lock()?;
         let current = self.current_name()?;
         let all = self.list()?;
         let cut = all.len().saturating_sub(keep.max(1));
@@ -724,6 +1082,7 @@ impl Lake {
             removed.push(name);
         }
         sync_dir(&self.snapshots())?;
+        self.collect_garbage()?;
         Ok(removed)
     }
 
@@ -767,19 +1126,36 @@ pub struct Staged {
     pub dir: PathBuf,
     /// The snapshot this one builds on.
     pub parent: Option<String>,
+    _lock: LakeLock,
 }
 
 impl Staged {
+    /// The lake being written.
+    pub fn lake(&self) -> &Lake {
+        &self.lake
+    }
+
     /// Publish: fsync, rename the staging directory into place, switch `CURRENT`.
     ///
     /// # Errors
     /// On I/O errors; the previous snapshot stays current.
-    pub fn publish(self, counts: BTreeMap<String, u64>) -> Result<Manifest, LakeError> {
+    pub fn publish(
+        self,
+        counts: BTreeMap<String, u64>,
+        files: BTreeMap<String, Vec<TableFile>>,
+    ) -> Result<Manifest, LakeError> {
+        for t in files.keys() {
+            let dir = self.lake.data_dir(t);
+            if dir.is_dir() {
+                sync_dir(&dir)?;
+            }
+        }
         let manifest = Manifest {
             name: self.name.clone(),
             parent: self.parent.clone(),
             created: instant(chrono::Utc::now().timestamp_millis()),
             counts,
+            files,
         };
         let text = serde_json::to_vec_pretty(&manifest).map_err(|e| pq_err(&self.dir, e))?;
         write_atomic(&self.dir, "manifest.json", &text)?;
@@ -792,40 +1168,7 @@ impl Staged {
     }
 }
 
-/// Merge new resources into the rows of the previous snapshot: a resource whose content is
-/// unchanged keeps its version and `last_updated`; a changed one gets the next version and
-/// `now`; a deleted one is removed.
-pub fn merge(previous: Vec<Row>, new: Vec<Prepared>, now: i64) -> (Vec<Row>, MergeStats) {
-    let mut stats = MergeStats::default();
-    let mut by_id: HashMap<String, Row> = previous.into_iter().map(|r| (r.id.clone(), r)).collect();
-    for r in new {
-        if r.deleted {
-            if by_id.remove(&r.id).is_some() {
-                stats.deleted += 1;
-            }
-            continue;
-        }
-        match by_id.get(&r.id) {
-            Some(old) if old.content_hash == r.content_hash => stats.unchanged += 1,
-            Some(old) => {
-                let v = old.version_id + 1;
-                stats.updated += 1;
-                let id = r.id.clone();
-                by_id.insert(id, r.into_row(v, now));
-            }
-            None => {
-                stats.created += 1;
-                let id = r.id.clone();
-                by_id.insert(id, r.into_row(1, now));
-            }
-        }
-    }
-    let mut rows: Vec<Row> = by_id.into_values().collect();
-    rows.sort_by(|a, b| (&a.patient_id, &a.id).cmp(&(&b.patient_id, &b.id)));
-    (rows, stats)
-}
-
-/// What a merge did.
+/// What a run did to a table.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MergeStats {
     /// New resources.

@@ -1,11 +1,16 @@
 //! One ingest run: files → records → FHIR resources → a new lake snapshot.
 //!
-//! Files are read in parallel (rayon), each by the reader its content selects; every record
-//! becomes resources or a reject. The run then merges the resources into the previous
-//! snapshot, writes the tables, the rejects (NDJSON) and the report, and publishes the new
-//! snapshot atomically. `records read = accepted + rejected` is checked before publishing.
+//! Files are read one after another, each by the reader its content selects, on a thread of
+//! its own; chunks of records are mapped in parallel (rayon) and every record becomes
+//! resources or a reject. Resources stream into per-type buffers that are sorted and written
+//! as new table files (by a writer thread) whenever they fill, so memory stays bounded
+//! whatever the input. A resource that the previous snapshot already holds with the same
+//! content is not written again; one that changed gets the next version, and the earlier
+//! file that held it is copied without it. The rejects (NDJSON) are written as they occur;
+//! `records read = accepted + rejected` is checked before the snapshot is published
+//! atomically.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -79,6 +84,9 @@ pub struct Options {
     pub forced_mapping: Option<PathBuf>,
     /// Called every few thousand records of each file, and when a file is done.
     pub progress: Option<ProgressFn>,
+    /// Rows per table file the run writes; a type's rows are buffered in memory up to this
+    /// many (or about 96 MiB) before they are sorted and written. `None`: 65,536.
+    pub file_rows: Option<usize>,
 }
 
 impl std::fmt::Debug for Options {
@@ -87,6 +95,7 @@ impl std::fmt::Debug for Options {
             .field("lake", &self.lake)
             .field("mappings", &self.mappings)
             .field("forced_mapping", &self.forced_mapping)
+            .field("file_rows", &self.file_rows)
             .finish()
     }
 }
@@ -169,14 +178,26 @@ struct Produced {
     primary: bool,
 }
 
-struct FileResult {
-    report: SourceReport,
-    produced: Vec<Produced>,
-    rejects: Vec<Reject>,
-    /// Formularies (`InsurancePlan/<id>`) this file lists in full: their items not in the file
-    /// are no longer on them (a FULL formulary extract).
-    full_formularies: Vec<String>,
+/// What mapping one source item gave.
+enum Mapped {
+    /// The record was rejected by its reader or by the mapper.
+    Rejected(Reject),
+    /// The record's resources.
+    Accepted {
+        produced: Vec<Produced>,
+        change: ingest::model::Change,
+        /// Formularies listed in full by this record (a FULL formulary extract).
+        full: Vec<String>,
+    },
 }
+
+/// Records handed from a file's reader to the mappers at a time.
+const CHUNK: usize = 1024;
+
+/// A type's rows of this run are written to a new table file when its buffer reaches this
+/// many rows or bytes, whichever comes first; this bounds a run's memory whatever its input.
+const FILE_ROWS: usize = 65_536;
+const FILE_BYTES: usize = 96 << 20;
 
 /// Expand folders into their files (sorted; documentation files skipped).
 ///
@@ -381,12 +402,63 @@ fn record_offset(item: &Item) -> u64 {
     }
 }
 
+/// Map one item (on a rayon worker).
+fn map_item(item: Item, cfg: &Config, is_full: bool) -> Mapped {
+    let record = match item {
+        Ok(r) => r,
+        Err(rej) => return Mapped::Rejected(rej),
+    };
+    let resources = match map_record(&record, &cfg.systems) {
+        Ok(r) => r,
+        Err(e) => return Mapped::Rejected(map_error_reject(&record, &e)),
+    };
+    let change = match &record {
+        SourceRecord::Claim(c) => c.change,
+        _ => ingest::model::Change::default(),
+    };
+    let subject = primary_type(&record);
+    let mut full = Vec::new();
+    let produced = resources
+        .into_iter()
+        .map(|r| {
+            if is_full {
+                match r.resource_type {
+                    "Basic" => full.extend(formulary_refs(&r.json)),
+                    "InsurancePlan" if r.id.starts_with("formulary-") => {
+                        full.push(format!("InsurancePlan/{}", r.id))
+                    }
+                    _ => {}
+                }
+            }
+            let primary = r.resource_type == subject
+                || (subject == "Patient" && r.resource_type == "Coverage")
+                || matches!(
+                    record,
+                    SourceRecord::FormularyDrug(_) | SourceRecord::FormularyPlan(_)
+                );
+            Produced {
+                resource: lake::Prepared::new(r),
+                primary,
+            }
+        })
+        .collect();
+    Mapped::Accepted {
+        produced,
+        change,
+        full,
+    }
+}
+
+/// Read one file: its reader runs on its own thread and hands chunks of records to the
+/// mappers (rayon, in parallel); the results go, in file order, into the run's tables and
+/// rejects.
 fn process_file(
     path: &Path,
     cfg: &Config,
     progress: Option<&ProgressFn>,
-    now: i64,
-) -> Result<FileResult, RunError> {
+    tables: &mut Tables<'_>,
+    rejects: &mut RejectSink,
+) -> Result<SourceReport, RunError> {
     let file_name = path.display().to_string();
     let total_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let started = Instant::now();
@@ -396,73 +468,65 @@ fn process_file(
         layout,
         ..Default::default()
     };
-    let mut produced = Vec::new();
-    // A FULL formulary extract lists its formularies completely (see `run`).
+    // A FULL formulary extract lists its formularies completely (see `Tables::finish`).
     let is_full = report.layout == "formulary-xml"
         && matches!(
             ingest::formulary::extract_kind(path),
             Ok(ingest::formulary::ExtractKind::Full)
         );
-    let mut full_formularies: Vec<String> = Vec::new();
-    let mut rejects = Vec::new();
-    let summary: FileSummary = reader.read(path, &mut |item: Item| {
-        report.records_read += 1;
-        if let Some(p) = progress {
-            if report.records_read.is_multiple_of(4096) {
-                p(&Progress {
-                    file: &file_name,
-                    records: report.records_read,
-                    bytes: record_offset(&item),
-                    total_bytes,
-                    done: false,
-                });
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Item>>(2);
+    let summary = std::thread::scope(|scope| -> Result<FileSummary, RunError> {
+        let reading = scope.spawn(|| {
+            let tx = tx;
+            let mut chunk = Vec::with_capacity(CHUNK);
+            let mut read = 0u64;
+            let summary = reader.read(path, &mut |item: Item| {
+                read += 1;
+                if let Some(p) = progress {
+                    if read.is_multiple_of(4096) {
+                        p(&Progress {
+                            file: &file_name,
+                            records: read,
+                            bytes: record_offset(&item),
+                            total_bytes,
+                            done: false,
+                        });
+                    }
+                }
+                chunk.push(item);
+                if chunk.len() == CHUNK {
+                    // The receiver only stops early on an error, which ends the run anyway.
+                    let _ = tx.send(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));
+                }
+            });
+            if !chunk.is_empty() {
+                let _ = tx.send(chunk);
+            }
+            summary
+        });
+        let mut failure = None;
+        for chunk in rx.iter() {
+            if failure.is_some() {
+                continue; // drain, so the reader finishes
+            }
+            let mapped: Vec<Mapped> = chunk
+                .into_par_iter()
+                .map(|item| map_item(item, cfg, is_full))
+                .collect();
+            for m in mapped {
+                report.records_read += 1;
+                if let Err(e) = accept(m, &mut report, tables, rejects) {
+                    failure = Some(e);
+                    break;
+                }
             }
         }
-        let record = match item {
-            Ok(r) => r,
-            Err(rej) => {
-                rejects.push(rej);
-                return;
-            }
-        };
-        match map_record(&record, &cfg.systems) {
-            Ok(resources) => {
-                report.accepted += 1;
-                if let SourceRecord::Claim(c) = &record {
-                    match c.change {
-                        ingest::model::Change::Replace => report.updates += 1,
-                        ingest::model::Change::Cancel => report.cancels += 1,
-                        _ => {}
-                    }
-                }
-                let subject = primary_type(&record);
-                for r in resources {
-                    if is_full {
-                        match r.resource_type {
-                            "Basic" => full_formularies.extend(formulary_refs(&r.json)),
-                            "InsurancePlan" if r.id.starts_with("formulary-") => {
-                                full_formularies.push(format!("InsurancePlan/{}", r.id))
-                            }
-                            _ => {}
-                        }
-                    }
-                    *report
-                        .resources
-                        .entry(r.resource_type.to_string())
-                        .or_default() += 1;
-                    let primary = r.resource_type == subject
-                        || (subject == "Patient" && r.resource_type == "Coverage")
-                        || matches!(
-                            record,
-                            SourceRecord::FormularyDrug(_) | SourceRecord::FormularyPlan(_)
-                        );
-                    produced.push(Produced {
-                        resource: lake::Prepared::new(r, now),
-                        primary,
-                    });
-                }
-            }
-            Err(e) => rejects.push(map_error_reject(&record, &e)),
+        let summary = reading
+            .join()
+            .map_err(|_| RunError::Config("a reader thread panicked".into()))??;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(summary),
         }
     })?;
     if let Some(p) = progress {
@@ -473,13 +537,6 @@ fn process_file(
             total_bytes,
             done: true,
         });
-    }
-    report.rejected = rejects.len() as u64;
-    for r in &rejects {
-        *report
-            .rejects_by_reason
-            .entry(r.reason.as_str().to_string())
-            .or_default() += 1;
     }
     report.bytes = summary.bytes;
     report.units = summary.units;
@@ -502,25 +559,75 @@ fn process_file(
         });
     }
     report.seconds = started.elapsed().as_secs_f64();
-    full_formularies.sort();
-    full_formularies.dedup();
-    Ok(FileResult {
-        report,
-        produced,
-        rejects,
-        full_formularies,
-    })
+    Ok(report)
 }
 
-/// Write the rejects as NDJSON.
-fn write_rejects(path: &Path, rejects: &[&Reject]) -> Result<(), LakeError> {
-    let io = |source| LakeError::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    let f = std::fs::File::create(path).map_err(io)?;
-    let mut w = std::io::BufWriter::new(f);
-    for r in rejects {
+/// Account for one mapped record and hand its resources to the tables.
+fn accept(
+    m: Mapped,
+    report: &mut SourceReport,
+    tables: &mut Tables<'_>,
+    rejects: &mut RejectSink,
+) -> Result<(), RunError> {
+    match m {
+        Mapped::Rejected(r) => {
+            report.rejected += 1;
+            *report
+                .rejects_by_reason
+                .entry(r.reason.as_str().to_string())
+                .or_default() += 1;
+            rejects.write(&r)?;
+        }
+        Mapped::Accepted {
+            produced,
+            change,
+            full,
+        } => {
+            report.accepted += 1;
+            match change {
+                ingest::model::Change::Replace => report.updates += 1,
+                ingest::model::Change::Cancel => report.cancels += 1,
+                _ => {}
+            }
+            tables.full.extend(full);
+            for p in produced {
+                *report
+                    .resources
+                    .entry(p.resource.resource_type.to_string())
+                    .or_default() += 1;
+                tables.add(p)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The rejects file, written as records are rejected.
+struct RejectSink {
+    path: PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+}
+
+impl RejectSink {
+    fn create(path: PathBuf) -> Result<Self, LakeError> {
+        let f = std::fs::File::create(&path).map_err(|source| LakeError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(Self {
+            path,
+            out: std::io::BufWriter::new(f),
+        })
+    }
+
+    fn io(&self, source: std::io::Error) -> LakeError {
+        LakeError::Io {
+            path: self.path.display().to_string(),
+            source,
+        }
+    }
+
+    fn write(&mut self, r: &Reject) -> Result<(), LakeError> {
         let line = serde_json::json!({
             "file": &*r.position.file,
             "line": r.position.line,
@@ -532,10 +639,424 @@ fn write_rejects(path: &Path, rejects: &[&Reject]) -> Result<(), LakeError> {
             "message": r.message,
             "raw": r.raw,
         });
-        writeln!(w, "{line}").map_err(io)?;
+        writeln!(self.out, "{line}").map_err(|e| self.io(e))
     }
-    let f = w.into_inner().map_err(|e| io(e.into_error()))?;
-    f.sync_all().map_err(io)
+
+    fn finish(self) -> Result<(), LakeError> {
+        let path = self.path;
+        let io = |source| LakeError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let f = self.out.into_inner().map_err(|e| io(e.into_error()))?;
+        f.sync_all().map_err(io)
+    }
+}
+
+/// The key of an id in a table's maps: 128 bits of XXH3, so that a run's bookkeeping costs
+/// a few dozen bytes per resource whatever the length of its ids.
+fn key(id: &str) -> u128 {
+    twox_hash::XxHash3_128::oneshot(id.as_bytes())
+}
+
+fn hex128(s: &str) -> u128 {
+    u128::from_str_radix(s, 16).unwrap_or(0)
+}
+
+/// Where a row of the previous snapshot is.
+#[derive(Debug, Clone, Copy)]
+struct PrevRow {
+    file: u32,
+    row: u32,
+    version: i64,
+    hash: u128,
+}
+
+/// What this run decided for an id.
+#[derive(Debug, Clone, Copy)]
+enum Fate {
+    /// Came again with the content it has: the previous row stays.
+    Unchanged,
+    /// A new row: in flush `generation`, at `index` of that flush's buffer.
+    New { generation: u32, index: u32 },
+    /// Deleted by its source.
+    Deleted,
+}
+
+/// A flushed buffer: its file, and where each buffered row went after sorting.
+struct Flushed {
+    file: lake::TableFile,
+    position: Vec<u32>,
+}
+
+/// One resource type's table, being built by the run.
+struct TypeTable {
+    prev_files: Vec<lake::TableFile>,
+    prev: Option<HashMap<u128, PrevRow>>,
+    fates: HashMap<u128, Fate>,
+    buf: Vec<Option<lake::NewRow>>,
+    buf_bytes: usize,
+    flushed: Vec<Flushed>,
+    dead_in_run: BTreeMap<u32, HashSet<u32>>,
+    side: HashMap<String, lake::Prepared>,
+    stats: MergeStats,
+}
+
+/// A table file to write, handed to the writer thread.
+struct WriteJob {
+    path: PathBuf,
+    resource_type: &'static str,
+    rows: Vec<lake::NewRow>,
+}
+
+/// All tables of the run, and the thread that writes their files.
+struct Tables<'a> {
+    lake: &'a Lake,
+    snapshot: String,
+    types: BTreeMap<&'static str, TypeTable>,
+    file_rows: usize,
+    seq: u32,
+    jobs: Option<std::sync::mpsc::SyncSender<WriteJob>>,
+    /// Formularies (`InsurancePlan/<id>`) listed in full by a FULL extract of this run: their
+    /// items not in the run are no longer on them.
+    full: HashSet<String>,
+}
+
+impl TypeTable {
+    fn new(prev_files: Vec<lake::TableFile>) -> Self {
+        Self {
+            prev_files,
+            prev: None,
+            fates: HashMap::new(),
+            buf: Vec::new(),
+            buf_bytes: 0,
+            flushed: Vec::new(),
+            dead_in_run: BTreeMap::new(),
+            side: HashMap::new(),
+            stats: MergeStats::default(),
+        }
+    }
+
+    /// The previous snapshot's ids of this type, read (ids, versions and hashes only) when
+    /// the run first touches the type.
+    fn prev(&mut self, root: &Path) -> Result<&HashMap<u128, PrevRow>, LakeError> {
+        if self.prev.is_none() {
+            let mut map = HashMap::new();
+            for (file, f) in self.prev_files.iter().enumerate() {
+                map.reserve(f.rows as usize);
+                lake::for_each_key(&root.join(&f.path), |row, id, version, hash| {
+                    map.insert(
+                        key(id),
+                        PrevRow {
+                            file: file as u32,
+                            row,
+                            version,
+                            hash: hex128(hash),
+                        },
+                    );
+                })?;
+            }
+            self.prev = Some(map);
+        }
+        Ok(self.prev.get_or_insert_default())
+    }
+
+    fn generation(&self) -> u32 {
+        self.flushed.len() as u32
+    }
+
+    /// Forget this run's earlier row of an id (a later record replaced it).
+    fn kill(&mut self, fate: Fate) {
+        if let Fate::New { generation, index } = fate {
+            if generation == self.generation() {
+                if let Some(slot) = self.buf.get_mut(index as usize) {
+                    if let Some(r) = slot.take() {
+                        self.buf_bytes -= weight(&r.prepared);
+                    }
+                }
+            } else if let Some(f) = self.flushed.get(generation as usize) {
+                if let Some(&pos) = f.position.get(index as usize) {
+                    self.dead_in_run.entry(generation).or_default().insert(pos);
+                }
+            }
+        }
+    }
+
+    fn push(&mut self, prepared: lake::Prepared, version_id: i64) -> Fate {
+        let fate = Fate::New {
+            generation: self.generation(),
+            index: self.buf.len() as u32,
+        };
+        self.buf_bytes += weight(&prepared);
+        self.buf.push(Some(lake::NewRow {
+            prepared,
+            version_id,
+        }));
+        fate
+    }
+
+    fn full(&self, file_rows: usize) -> bool {
+        self.buf.len() >= file_rows || self.buf_bytes >= FILE_BYTES
+    }
+}
+
+/// Memory a buffered row takes, roughly.
+fn weight(p: &lake::Prepared) -> usize {
+    p.text.len() + p.id.len() + 64 * p.index.iter().map(Vec::len).sum::<usize>() + 128
+}
+
+impl<'a> Tables<'a> {
+    fn table(&mut self, t: &'static str) -> &mut TypeTable {
+        self.types
+            .entry(t)
+            .or_insert_with(|| TypeTable::new(Vec::new()))
+    }
+
+    /// Take one produced resource.
+    fn add(&mut self, p: Produced) -> Result<(), LakeError> {
+        let root = self.lake.root().to_path_buf();
+        let file_rows = self.file_rows;
+        let t = p.resource.resource_type;
+        let table = self.table(t);
+        if !p.primary {
+            // Side products: the richer description wins; written at the end if nothing
+            // else describes the id.
+            match table.side.get(&p.resource.id) {
+                Some(old) if old.text.len() >= p.resource.text.len() => {}
+                _ => {
+                    table.side.insert(p.resource.id.clone(), p.resource);
+                }
+            }
+            return Ok(());
+        }
+        let k = key(&p.resource.id);
+        let prev = table.prev(&root)?.get(&k).copied();
+        if let Some(fate) = table.fates.get(&k).copied() {
+            table.kill(fate);
+        }
+        let fate = if p.resource.deleted {
+            Fate::Deleted
+        } else {
+            match prev {
+                Some(old) if old.hash == hex128(&p.resource.content_hash) => Fate::Unchanged,
+                Some(old) => table.push(p.resource, old.version + 1),
+                None => table.push(p.resource, 1),
+            }
+        };
+        table.fates.insert(k, fate);
+        if table.full(file_rows) {
+            self.flush(t)?;
+        }
+        Ok(())
+    }
+
+    /// Sort a type's buffer and hand it to the writer as a new table file.
+    fn flush(&mut self, t: &'static str) -> Result<(), LakeError> {
+        self.seq += 1;
+        let name = format!("{}-{:05}.parquet", self.snapshot, self.seq);
+        let rel = format!("data/{t}/{name}");
+        let path = self.lake.root().join(&rel);
+        let table = self.types.get_mut(t).expect("flushed tables exist");
+        let buf = std::mem::take(&mut table.buf);
+        table.buf_bytes = 0;
+        let mut order: Vec<u32> = (0..buf.len() as u32)
+            .filter(|&i| buf[i as usize].is_some())
+            .collect();
+        let sort_key = |i: &u32| {
+            let p = buf[*i as usize].as_ref().map(|r| &r.prepared);
+            (
+                p.and_then(|p| p.patient_id.as_deref()),
+                p.map(|p| p.id.as_str()),
+            )
+        };
+        if lake::clustered_by_patient(t) {
+            order.sort_by(|a, b| sort_key(a).cmp(&sort_key(b)));
+        } else {
+            order.sort_by(|a, b| sort_key(a).1.cmp(&sort_key(b).1));
+        }
+        let mut position = vec![u32::MAX; buf.len()];
+        for (post, &pre) in order.iter().enumerate() {
+            position[pre as usize] = post as u32;
+        }
+        let mut buf = buf;
+        let rows: Vec<lake::NewRow> = order
+            .iter()
+            .filter_map(|&i| buf[i as usize].take())
+            .collect();
+        table.flushed.push(Flushed {
+            file: lake::TableFile {
+                path: rel,
+                rows: rows.len() as u64,
+            },
+            position,
+        });
+        if rows.is_empty() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(self.lake.data_dir(t)).map_err(|source| LakeError::Io {
+            path: self.lake.data_dir(t).display().to_string(),
+            source,
+        })?;
+        let job = WriteJob {
+            path,
+            resource_type: t,
+            rows,
+        };
+        match &self.jobs {
+            Some(tx) if tx.send(job).is_ok() => Ok(()),
+            // The writer stopped on an error, which `run` reports when it joins it.
+            _ => Err(LakeError::Parquet {
+                path: self.lake.data_dir(t).display().to_string(),
+                message: "the table writer stopped".into(),
+            }),
+        }
+    }
+
+    /// Finish every table: side products, FULL formulary removals, copies of earlier files
+    /// without the rows this run replaced. Returns the new snapshot's files, row counts and
+    /// merge statistics per type. The writer must be joined (all flushed files written)
+    /// before the copies are made, so this takes the join as a closure.
+    #[allow(clippy::type_complexity)]
+    fn finish(
+        mut self,
+        join_writer: impl FnOnce() -> Result<(), LakeError>,
+    ) -> Result<
+        (
+            BTreeMap<String, Vec<lake::TableFile>>,
+            BTreeMap<String, u64>,
+            BTreeMap<String, MergeStats>,
+        ),
+        LakeError,
+    > {
+        let root = self.lake.root().to_path_buf();
+        let types: Vec<&'static str> = self.types.keys().copied().collect();
+        let mut dead_prev: BTreeMap<&'static str, BTreeMap<u32, HashSet<u32>>> = BTreeMap::new();
+        for t in &types {
+            let t = *t;
+            let full = self.full.clone();
+            let table = self.types.get_mut(t).expect("listed");
+            let touched = !table.fates.is_empty()
+                || !table.side.is_empty()
+                || (t == "Basic" && !full.is_empty());
+            if !touched {
+                continue;
+            }
+            table.prev(&root)?;
+            let prev = table.prev.take().unwrap_or_default();
+            // Side products nothing else describes.
+            let side = std::mem::take(&mut table.side);
+            let mut side: Vec<lake::Prepared> = side.into_values().collect();
+            side.sort_by(|a, b| a.id.cmp(&b.id));
+            for p in side {
+                let k = key(&p.id);
+                if table.fates.contains_key(&k) || prev.contains_key(&k) {
+                    continue;
+                }
+                let fate = table.push(p, 1);
+                table.fates.insert(k, fate);
+            }
+            let dead = dead_prev.entry(t).or_default();
+            for (k, fate) in &table.fates {
+                let old = prev.get(k);
+                match (fate, old) {
+                    (Fate::Unchanged, _) => table.stats.unchanged += 1,
+                    (Fate::New { .. }, Some(_)) => table.stats.updated += 1,
+                    (Fate::New { .. }, None) => {}
+                    (Fate::Deleted, Some(_)) => table.stats.deleted += 1,
+                    (Fate::Deleted, None) => {}
+                }
+                if let (Fate::New { .. } | Fate::Deleted, Some(old)) = (fate, old) {
+                    dead.entry(old.file).or_default().insert(old.row);
+                }
+            }
+            table.stats.created += table
+                .fates
+                .iter()
+                .filter(|(k, f)| matches!(f, Fate::New { .. }) && !prev.contains_key(*k))
+                .count() as u64;
+            if t == "Basic" && !full.is_empty() {
+                // A FULL extract replaces its formularies: items it no longer lists go.
+                let column = crate::registry::find("Basic", "formulary")
+                    .map(|p| p.column())
+                    .unwrap_or_else(|| "formulary".into());
+                for (fi, f) in table.prev_files.iter().enumerate() {
+                    let rows = lake::list_column(&root.join(&f.path), &column)?;
+                    for (row, (id, refs)) in rows.iter().enumerate() {
+                        if !table.fates.contains_key(&key(id))
+                            && refs.iter().any(|r| full.contains(r))
+                            && dead.entry(fi as u32).or_default().insert(row as u32)
+                        {
+                            table.stats.deleted += 1;
+                        }
+                    }
+                }
+            }
+            if !table.buf.is_empty() {
+                self.flush(t)?;
+            }
+        }
+        self.jobs = None;
+        join_writer()?;
+
+        let mut files = BTreeMap::new();
+        let mut counts = BTreeMap::new();
+        let mut stats = BTreeMap::new();
+        for t in types {
+            let table = self.types.remove(t).expect("listed");
+            let dead = dead_prev.remove(t).unwrap_or_default();
+            let mut list = Vec::new();
+            let mut copies: Vec<(lake::TableFile, HashSet<u32>)> = Vec::new();
+            for (fi, f) in table.prev_files.into_iter().enumerate() {
+                match dead.get(&(fi as u32)) {
+                    Some(d) if !d.is_empty() => copies.push((f, d.clone())),
+                    // A table of a snapshot from before file lists lives in that snapshot's
+                    // directory, which pruning removes: copy it into data/.
+                    _ if !f.path.starts_with("data/") => copies.push((f, HashSet::new())),
+                    _ => list.push(f),
+                }
+            }
+            for (g, f) in table.flushed.into_iter().enumerate() {
+                if f.file.rows == 0 {
+                    continue;
+                }
+                match table.dead_in_run.get(&(g as u32)) {
+                    Some(d) if !d.is_empty() => copies.push((f.file, d.clone())),
+                    _ => list.push(f.file),
+                }
+            }
+            let names: Vec<String> = (0..copies.len())
+                .map(|_| {
+                    self.seq += 1;
+                    format!("data/{t}/{}-{:05}.parquet", self.snapshot, self.seq)
+                })
+                .collect();
+            let copied: Vec<Result<lake::TableFile, LakeError>> = copies
+                .par_iter()
+                .zip(names)
+                .map(|((f, d), rel)| {
+                    let rows = lake::copy_without(&root.join(&f.path), &root.join(&rel), t, d)?;
+                    Ok(lake::TableFile { path: rel, rows })
+                })
+                .collect();
+            for c in copied {
+                let c = c?;
+                if c.rows > 0 {
+                    list.push(c);
+                } else {
+                    let _ = std::fs::remove_file(root.join(&c.path));
+                }
+            }
+            let rows: u64 = list.iter().map(|f| f.rows).sum();
+            if !list.is_empty() {
+                counts.insert(t.to_string(), rows);
+                files.insert(t.to_string(), list);
+            }
+            if table.stats != MergeStats::default() {
+                stats.insert(t.to_string(), table.stats);
+            }
+        }
+        Ok((files, counts, stats))
+    }
 }
 
 /// Run an ingest over `paths` into the lake.
@@ -548,111 +1069,96 @@ pub fn run(paths: &[PathBuf], opts: &Options) -> Result<RunReport, RunError> {
     let cfg = Config::load(opts)?;
     let files = expand(paths)?;
     let now = chrono::Utc::now().timestamp_millis();
-    let results: Vec<FileResult> = files
-        .par_iter()
-        .map(|f| process_file(f, &cfg, opts.progress.as_ref(), now))
-        .collect::<Result<_, _>>()?;
-
-    // Resources of this run, by type and id: subjects beat side products; among subjects the
-    // later file wins; among side products the richer description wins.
-    let mut by_type: BTreeMap<&'static str, HashMap<String, Produced>> = BTreeMap::new();
-    let mut results = results;
-    for r in results
-        .iter_mut()
-        .flat_map(|r| std::mem::take(&mut r.produced))
-    {
-        let slot = by_type.entry(r.resource.resource_type).or_default();
-        let replace = match slot.get(&r.resource.id) {
-            None => true,
-            Some(old) if r.primary != old.primary => r.primary,
-            Some(_) if r.primary => true,
-            Some(old) => r.resource.text.len() > old.resource.text.len(),
-        };
-        if replace {
-            slot.insert(r.resource.id.clone(), r);
-        }
-    }
-
     let lake = Lake::new(&opts.lake);
     let staged = lake.stage()?;
-    let previous = lake.current_name()?.map(|_| lake.current()).transpose()?;
+    let prev_manifest = match &staged.parent {
+        Some(name) => Some(lake.manifest(name)?),
+        None => None,
+    };
+    let mut types = BTreeMap::new();
+    if let Some(m) = &prev_manifest {
+        for (t, list) in lake.snapshot_files(&m.name)? {
+            let Some(t) = crate::registry::resource_types()
+                .into_iter()
+                .find(|x| *x == t)
+            else {
+                continue;
+            };
+            let root = lake.root();
+            let list = list
+                .into_iter()
+                .map(|p| -> Result<lake::TableFile, LakeError> {
+                    let rows = m.counts.get(t).copied().unwrap_or(0);
+                    let rel = p.strip_prefix(root).unwrap_or(&p).display().to_string();
+                    let rows = m
+                        .files
+                        .get(t)
+                        .and_then(|fs| fs.iter().find(|f| f.path == rel))
+                        .map_or(rows, |f| f.rows);
+                    Ok(lake::TableFile { path: rel, rows })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            types.insert(t, TypeTable::new(list));
+        }
+    }
     let mut report = RunReport {
         snapshot: staged.name.clone(),
         parent: staged.parent.clone(),
         ..Default::default()
     };
-    let mut types: Vec<&'static str> = crate::registry::resource_types();
-    for t in by_type.keys() {
-        if !types.contains(t) {
-            types.push(t);
-        }
-    }
-    let full: std::collections::HashSet<String> = results
-        .iter()
-        .flat_map(|r| r.full_formularies.iter().cloned())
-        .collect();
-    for t in types {
-        let mut old_rows = match &previous {
-            Some(dir) if Lake::table_path(dir, t).is_file() => {
-                lake::read_rows(&Lake::table_path(dir, t))?
-            }
-            _ => Vec::new(),
-        };
-        let produced: Vec<Produced> = by_type
-            .remove(t)
-            .map(|m| m.into_values().collect())
-            .unwrap_or_default();
-        let existing: std::collections::HashSet<String> =
-            old_rows.iter().map(|r| r.id.clone()).collect();
-        let new: Vec<lake::Prepared> = produced
-            .into_iter()
-            .filter(|p| p.primary || !existing.contains(&p.resource.id))
-            .map(|p| p.resource)
-            .collect();
-        if t == "Basic" && !full.is_empty() {
-            // A FULL extract replaces its formularies: items it no longer lists are dropped.
-            let listed: std::collections::HashSet<&str> =
-                new.iter().map(|r| r.id.as_str()).collect();
-            let before = old_rows.len();
-            old_rows.retain(|r| {
-                listed.contains(r.id.as_str())
-                    || serde_json::from_str::<serde_json::Value>(&r.resource)
-                        .map(|v| !formulary_refs(&v).iter().any(|f| full.contains(f)))
-                        .unwrap_or(true)
-            });
-            report.merge.entry(t.to_string()).or_default().deleted +=
-                (before - old_rows.len()) as u64;
-        }
-        if old_rows.is_empty() && new.is_empty() {
-            continue;
-        }
-        let (rows, mut stats) = lake::merge(old_rows, new, now);
-        if let Some(prior) = report.merge.get(t) {
-            stats.deleted += prior.deleted;
-        }
-        let rows = if lake::clustered_by_patient(t) {
-            rows
-        } else {
-            let mut rows = rows;
-            rows.sort_by(|a, b| a.id.cmp(&b.id));
-            rows
-        };
-        lake::write_table(&Lake::table_path(&staged.dir, t), t, &rows)?;
-        report.tables.insert(t.to_string(), rows.len() as u64);
-        report.merge.insert(t.to_string(), stats);
-    }
+    let mut rejects = RejectSink::create(staged.dir.join("rejects.ndjson"))?;
 
-    let rejects: Vec<&Reject> = results.iter().flat_map(|r| r.rejects.iter()).collect();
-    write_rejects(&staged.dir.join("rejects.ndjson"), &rejects)?;
-    for r in &results {
-        report.records_read += r.report.records_read;
-        report.accepted += r.report.accepted;
-        report.rejected += r.report.rejected;
-        for (k, v) in &r.report.rejects_by_reason {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<WriteJob>(0);
+    let writer = std::thread::spawn(move || -> Result<(), LakeError> {
+        for job in rx {
+            lake::write_file(&job.path, job.resource_type, &job.rows, now)?;
+        }
+        Ok(())
+    });
+    let mut tables = Tables {
+        lake: &lake,
+        snapshot: staged.name.clone(),
+        types,
+        file_rows: opts.file_rows.unwrap_or(FILE_ROWS).max(1),
+        seq: 0,
+        jobs: Some(tx),
+        full: HashSet::new(),
+    };
+    let mut failure = None;
+    for f in &files {
+        match process_file(f, &cfg, opts.progress.as_ref(), &mut tables, &mut rejects) {
+            Ok(r) => report.sources.push(r),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    let join = move || -> Result<(), LakeError> {
+        writer.join().map_err(|_| LakeError::Parquet {
+            path: "(writer)".into(),
+            message: "the table writer panicked".into(),
+        })?
+    };
+    if let Some(e) = failure {
+        drop(tables);
+        return Err(match join() {
+            Err(w) => w.into(),
+            Ok(()) => e,
+        });
+    }
+    let (files_by_type, counts, merge) = tables.finish(join)?;
+    rejects.finish()?;
+    report.tables = counts;
+    report.merge = merge;
+    for r in &report.sources {
+        report.records_read += r.records_read;
+        report.accepted += r.accepted;
+        report.rejected += r.rejected;
+        for (k, v) in &r.rejects_by_reason {
             *report.rejects_by_reason.entry(k.clone()).or_default() += v;
         }
     }
-    report.sources = results.into_iter().map(|r| r.report).collect();
     if report.records_read != report.accepted + report.rejected {
         return Err(RunError::Accounting {
             file: "(all sources)".into(),
@@ -677,6 +1183,6 @@ pub fn run(paths: &[PathBuf], opts: &Options) -> Result<RunReport, RunError> {
         path: staged.dir.join("report.json").display().to_string(),
         source,
     })?;
-    staged.publish(report.tables.clone())?;
+    staged.publish(report.tables.clone(), files_by_type)?;
     Ok(report)
 }

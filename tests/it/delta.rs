@@ -1,0 +1,259 @@
+//! Incremental runs against a lake of many table files: a delta writes only what it touches,
+//! a record repeated within a run keeps only its last version even when the first one was
+//! already written out, and pruning leaves exactly the files the kept snapshots list.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use mapper::lake::Lake;
+use mapper::pipeline::{run, Options};
+use serde_json::Value;
+
+use crate::common::root;
+
+fn options(lake: &Path, file_rows: usize) -> Options {
+    Options {
+        lake: lake.to_path_buf(),
+        mappings: root().join("mappings"),
+        forced_mapping: None,
+        progress: None,
+        file_rows: Some(file_rows),
+    }
+}
+
+/// Generated plain members and claims (deterministic), as (members, claims) paths.
+fn generated(dir: &Path, members: usize, claims_per_member: usize) -> (PathBuf, PathBuf) {
+    let (m, c) = (dir.join("members.csv"), dir.join("claims.csv"));
+    let mut mo = std::fs::File::create(&m).unwrap();
+    let mut co = std::fs::File::create(&c).unwrap();
+    ingest::synth::plain(&mut mo, &mut co, members, claims_per_member, 7).unwrap();
+    (m, c)
+}
+
+/// The files of a type in the current snapshot, relative to the lake root, with their rows.
+fn files(lake: &Path, t: &str) -> BTreeMap<String, u64> {
+    let l = Lake::new(lake);
+    let m = l.manifest(&l.current_name().unwrap().unwrap()).unwrap();
+    m.files
+        .get(t)
+        .map(|fs| fs.iter().map(|f| (f.path.clone(), f.rows)).collect())
+        .unwrap_or_default()
+}
+
+/// Every resource of the current snapshot, by `Type/id`.
+fn resources(lake: &Path) -> BTreeMap<String, Value> {
+    let l = Lake::new(lake);
+    let dir = l.current().unwrap();
+    let mut out = BTreeMap::new();
+    for t in mapper::registry::resource_types() {
+        for f in Lake::table_files(&dir, t).unwrap() {
+            for r in mapper::lake::read_rows(&f).unwrap() {
+                let v: Value = serde_json::from_str(&r.resource).unwrap();
+                assert!(
+                    out.insert(format!("{t}/{}", r.id), v).is_none(),
+                    "{t}/{} twice",
+                    r.id
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The rows of one claim (all its lines) in a plain claims file, and the header.
+fn claim_lines(claims: &Path, claim_id: &str) -> (String, Vec<String>) {
+    let text = std::fs::read_to_string(claims).unwrap();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap().to_string();
+    let rows = lines
+        .filter(|l| l.split(',').next() == Some(claim_id))
+        .map(str::to_string)
+        .collect();
+    (header, rows)
+}
+
+fn first_claim_id(claims: &Path) -> String {
+    let text = std::fs::read_to_string(claims).unwrap();
+    let line = text.lines().nth(1).unwrap();
+    line.split(',').next().unwrap().to_string()
+}
+
+/// Change a claim line's billed amount (column 24, after the quoted names are accounted for
+/// by replacing the last numeric amount pattern we wrote ourselves).
+fn with_billed(line: &str, amount: &str) -> String {
+    let mut fields = split_csv(line);
+    let billed = 23; // billed_amount
+    fields[billed] = amount.to_string();
+    fields
+        .iter()
+        .map(|f| {
+            if f.contains(',') {
+                format!("\"{f}\"")
+            } else {
+                f.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn split_csv(line: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut quoted = false;
+    for ch in line.chars() {
+        match ch {
+            '"' => quoted = !quoted,
+            ',' if !quoted => out.push(String::new()),
+            c => out.last_mut().unwrap().push(c),
+        }
+    }
+    out
+}
+
+fn eob_billed(eob: &Value) -> f64 {
+    eob["item"][0]["adjudication"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["category"]["coding"][0]["code"] == "submitted")
+        .and_then(|a| a["amount"]["value"].as_f64())
+        .unwrap()
+}
+
+#[test]
+fn a_delta_run_writes_only_the_rows_and_files_it_touches() {
+    let work = tempfile::tempdir().unwrap();
+    let (members, claims) = generated(work.path(), 60, 10);
+    let lake = work.path().join("lake");
+    let base = run(&[members, claims.clone()], &options(&lake, 100)).unwrap();
+    let eobs = base.tables["ExplanationOfBenefit"];
+    assert!(eobs > 500, "{eobs}");
+    let before = files(&lake, "ExplanationOfBenefit");
+    assert!(before.len() >= 6, "many files: {before:?}");
+    let before_resources = resources(&lake);
+
+    // The delta: one claim adjusted (new billed amount), one brand-new claim.
+    let id = first_claim_id(&claims);
+    let (header, lines) = claim_lines(&claims, &id);
+    let adjusted: Vec<String> = lines
+        .iter()
+        .map(|l| with_billed(&l.replace(",ORIGINAL,", ",ADJUSTED,"), "4321.00"))
+        .collect();
+    let new_id = "P-DELTA-1";
+    let fresh: Vec<String> = lines
+        .iter()
+        .map(|l| l.replacen(&format!("{id},"), &format!("{new_id},"), 1))
+        .collect();
+    let delta = work.path().join("delta.csv");
+    let mut text = header + "\n";
+    for l in adjusted.iter().chain(&fresh) {
+        text.push_str(l);
+        text.push('\n');
+    }
+    std::fs::write(&delta, text).unwrap();
+    let report = run(&[delta], &options(&lake, 100)).unwrap();
+
+    let stats = report.merge["ExplanationOfBenefit"];
+    assert_eq!((stats.created, stats.updated, stats.deleted), (1, 1, 0));
+    assert_eq!(report.tables["ExplanationOfBenefit"], eobs + 1);
+
+    // Every earlier file but the one that held the adjusted claim is shared as it was; the
+    // run wrote one file with its two rows and one copy of the touched file minus one row.
+    let after = files(&lake, "ExplanationOfBenefit");
+    let kept: BTreeSet<&String> = after.keys().filter(|p| before.contains_key(*p)).collect();
+    let gone: Vec<&String> = before.keys().filter(|p| !after.contains_key(*p)).collect();
+    let added: Vec<(&String, &u64)> = after
+        .iter()
+        .filter(|(p, _)| !before.contains_key(*p))
+        .collect();
+    assert_eq!(gone.len(), 1, "{gone:?}");
+    assert_eq!(kept.len(), before.len() - 1);
+    let mut added_rows: Vec<u64> = added.iter().map(|(_, r)| **r).collect();
+    added_rows.sort();
+    assert_eq!(added_rows, vec![2, before[gone[0]] - 1]);
+
+    // The content: the adjusted claim has version 2 and the new amount; the new claim is
+    // there at version 1; every other resource is byte-for-byte what it was.
+    let after_resources = resources(&lake);
+    let eob_id = |claim: &str| {
+        after_resources
+            .keys()
+            .find(|k| k.starts_with("ExplanationOfBenefit/") && k.ends_with(claim))
+            .unwrap()
+            .clone()
+    };
+    let changed = &after_resources[&eob_id(&id)];
+    assert_eq!(changed["meta"]["versionId"], "2");
+    assert_eq!(eob_billed(changed), 4321.0);
+    assert_eq!(after_resources[&eob_id(new_id)]["meta"]["versionId"], "1");
+    for (k, v) in &before_resources {
+        if *k != eob_id(&id) {
+            assert_eq!(&after_resources[k], v, "{k} changed");
+        }
+    }
+
+    // Pruning to one snapshot leaves exactly the files it lists.
+    Lake::new(&lake).prune(1).unwrap();
+    let mut on_disk = BTreeSet::new();
+    for t in std::fs::read_dir(lake.join("data")).unwrap().flatten() {
+        for f in std::fs::read_dir(t.path()).unwrap().flatten() {
+            on_disk.insert(f.path().strip_prefix(&lake).unwrap().display().to_string());
+        }
+    }
+    let l = Lake::new(&lake);
+    let m = l.manifest(&l.current_name().unwrap().unwrap()).unwrap();
+    let listed: BTreeSet<String> = m.files.values().flatten().map(|f| f.path.clone()).collect();
+    assert_eq!(on_disk, listed);
+    assert_eq!(resources(&lake), after_resources);
+}
+
+#[test]
+fn a_claim_repeated_later_in_a_run_keeps_only_its_last_version() {
+    let work = tempfile::tempdir().unwrap();
+    let (members, claims) = generated(work.path(), 40, 10);
+    let id = first_claim_id(&claims);
+    let (_, lines) = claim_lines(&claims, &id);
+    // The same claim again at the end of the file, adjusted: by then its first version has
+    // long been written out to a table file (20 rows per file).
+    let mut text = std::fs::read_to_string(&claims).unwrap();
+    for l in &lines {
+        text.push_str(&with_billed(
+            &l.replace(",ORIGINAL,", ",ADJUSTED,"),
+            "99.99",
+        ));
+        text.push('\n');
+    }
+    std::fs::write(&claims, text).unwrap();
+    let lake = work.path().join("lake");
+    let report = run(&[members, claims.clone()], &options(&lake, 20)).unwrap();
+    assert!(files(&lake, "ExplanationOfBenefit").len() > 10);
+
+    let all = resources(&lake);
+    let matching: Vec<&Value> = all
+        .iter()
+        .filter(|(k, _)| k.starts_with("ExplanationOfBenefit/") && k.ends_with(&id))
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(matching.len(), 1);
+    assert_eq!(eob_billed(matching[0]), 99.99);
+    assert_eq!(matching[0]["meta"]["versionId"], "1");
+    let eobs = all
+        .keys()
+        .filter(|k| k.starts_with("ExplanationOfBenefit/"))
+        .count() as u64;
+    assert_eq!(report.tables["ExplanationOfBenefit"], eobs);
+    assert_eq!(report.merge["ExplanationOfBenefit"].created, eobs);
+
+    // The same input again changes nothing and writes no file.
+    let before = files(&lake, "ExplanationOfBenefit");
+    let again = run(
+        &[work.path().join("members.csv"), claims],
+        &options(&lake, 20),
+    )
+    .unwrap();
+    assert_eq!(again.merge["ExplanationOfBenefit"].unchanged, eobs);
+    assert_eq!(again.merge["ExplanationOfBenefit"].created, 0);
+    assert_eq!(again.merge["ExplanationOfBenefit"].updated, 0);
+    assert_eq!(files(&lake, "ExplanationOfBenefit"), before);
+    assert_eq!(resources(&lake), all);
+}
