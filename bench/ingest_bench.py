@@ -9,7 +9,6 @@ Prints one table; figures are from this machine, this run (compare ratios, not a
 
 import argparse
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -18,15 +17,43 @@ import time
 
 
 def run_measured(cmd):
-    """Run a command; return (seconds, peak RSS in MiB of that child)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Run a command; return (seconds, peak RSS in MiB of that process alone, stdout)."""
+    rss_file = tempfile.mktemp(prefix="fhirlake-rss-")
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss_file] + cmd,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     dt = time.perf_counter() - t0
     if p.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{p.stdout}\n{p.stderr}")
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return dt, max(after, before) / 1024.0, p.stdout
+    with open(rss_file) as f:
+        rss_kb = int(f.read().strip().splitlines()[-1])
+    os.unlink(rss_file)
+    return dt, rss_kb / 1024.0, p.stdout
+
+
+def make_delta(src, dst, delim, quote, id_col, amount_col, share):
+    """A delta extract: the last `share` of the claims (whole claims) with a changed amount
+    (updates), plus the same claims under new ids (creates). Returns the delta's line count."""
+    import csv  # noqa: PLC0415
+
+    with open(src, newline="") as f:
+        r = csv.reader(f, delimiter=delim, quotechar='"' if quote else None,
+                       quoting=csv.QUOTE_MINIMAL if quote else csv.QUOTE_NONE)
+        header = next(r)
+        rows = list(r)
+    i, a = header.index(id_col), header.index(amount_col)
+    cut = int(len(rows) * (1 - share))
+    while 0 < cut < len(rows) and rows[cut][i] == rows[cut - 1][i]:
+        cut += 1
+    tail = rows[cut:]
+    changed = [row[:a] + [f"{float(row[a] or 0) + 1:.2f}"] + row[a + 1:] for row in tail]
+    fresh = [row[:i] + [row[i] + "9"] + row[i + 1:] for row in tail]
+    with open(dst, "w", newline="") as f:
+        w = csv.writer(f, delimiter=delim, quotechar='"' if quote else None,
+                       quoting=csv.QUOTE_MINIMAL if quote else csv.QUOTE_NONE, lineterminator="\n")
+        w.writerow(header)
+        w.writerows(changed + fresh)
+    return len(changed) + len(fresh)
 
 
 def duckdb_convert(src, dst, delim, quote):
@@ -48,6 +75,8 @@ def main():
     ap.add_argument("--members", type=int, default=100_000)
     ap.add_argument("--claims-per-member", type=int, default=10)
     ap.add_argument("--bin", default="target/release/fhirlake")
+    ap.add_argument("--delta-share", type=float, default=0.01,
+                    help="size of the delta run, as a share of the claims")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="fhirlake-bench-")
     try:
@@ -55,9 +84,10 @@ def main():
         subprocess.run([a.bin, "generate", "--dataset", data, "--members", str(a.members),
                         "--claims-per-member", str(a.claims_per_member)], check=True, stdout=subprocess.DEVNULL)
         rows = []
-        for name, claims, members, delim, quote in [
-            ("CMS RIF carrier (100 cols)", "rif/carrier.txt", "rif/beneficiaries.txt", "|", False),
-            ("plain CSV claims (37 cols)", "plain/claims.csv", "plain/members.csv", ",", True),
+        deltas = []
+        for name, claims, delim, quote, id_col, amount_col in [
+            ("CMS RIF carrier (100 cols)", "rif/carrier.txt", "|", False, "CLM_ID", "LINE_NCH_PMT_AMT"),
+            ("plain CSV claims (37 cols)", "plain/claims.csv", ",", True, "claim_id", "paid_amount"),
         ]:
             src = os.path.join(data, claims)
             size = os.path.getsize(src)
@@ -71,12 +101,22 @@ def main():
                     resources = sum(int(kv.split("=")[1]) for kv in line.split(":", 1)[1].split(","))
             dsecs = duckdb_convert(src, os.path.join(work, "duck.parquet"), delim, quote)
             rows.append((name, size, lines, secs, rss, resources, dsecs))
+            # A nightly delta of 1 % of the claims (half changed, half new) on that lake.
+            delta = os.path.join(work, "delta-" + os.path.basename(claims))
+            dlines = make_delta(src, delta, delim, quote, id_col, amount_col, a.delta_share / 2)
+            d_secs, d_rss, _ = run_measured([a.bin, "ingest", "--lake", lake, delta])
+            deltas.append((name, dlines, d_secs, d_rss, secs))
+            shutil.rmtree(lake, ignore_errors=True)
         print(f"{'input':30} {'MB':>8} {'lines':>10} {'fhirlake s':>10} {'lines/s':>10} {'MB/s':>7} "
               f"{'res/s':>9} {'peak MiB':>9} {'duckdb s':>9} {'ratio':>6}")
         for name, size, lines, secs, rss, res, dsecs in rows:
             print(f"{name:30} {size/1e6:8.1f} {lines:10d} {secs:10.2f} {lines/secs:10.0f} {size/1e6/secs:7.1f} "
                   f"{res/secs:9.0f} {rss:9.0f} {dsecs:9.2f} {dsecs/secs:6.2f}")
         print("ratio = DuckDB seconds / fhirlake seconds (>= 1.0 means fhirlake is at least as fast)")
+        print()
+        print(f"{'delta run on that lake':30} {'lines':>10} {'seconds':>10} {'peak MiB':>9} {'share of full run':>18}")
+        for name, dlines, d_secs, d_rss, full in deltas:
+            print(f"{name:30} {dlines:10d} {d_secs:10.2f} {d_rss:9.0f} {d_secs / full:18.3f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

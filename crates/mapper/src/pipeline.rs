@@ -185,6 +185,8 @@ enum Mapped {
     /// The record's resources.
     Accepted {
         produced: Vec<Produced>,
+        /// Types of side products dropped because an equal or richer one was seen.
+        dropped: Vec<&'static str>,
         change: ingest::model::Change,
         /// Formularies listed in full by this record (a FULL formulary extract).
         full: Vec<String>,
@@ -402,8 +404,40 @@ fn record_offset(item: &Item) -> u64 {
     }
 }
 
+/// Side products seen so far in the run, by `Type/id`: the length and hash of the best
+/// description (see [`Tables::add`]). Claims repeat the same payer and providers thousands of
+/// times; a description no richer than one already seen is dropped on the mapping thread,
+/// before it is hashed and indexed.
+#[derive(Default)]
+struct SideSeen(std::sync::Mutex<HashMap<u128, (usize, u64)>>);
+
+impl SideSeen {
+    /// Whether a side product must go on to the tables.
+    fn keep(&self, r: &Resource) -> bool {
+        thread_local! {
+            static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let (len, hash) = BUF.with_borrow_mut(|buf| {
+            buf.clear();
+            let _ = serde_json::to_writer(&mut *buf, &r.json);
+            (buf.len(), twox_hash::XxHash3_64::oneshot(buf))
+        });
+        let k = key(&format!("{}/{}", r.resource_type, r.id));
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match seen.get(&k) {
+            // Identical, or shorter than one seen: the tables would not take it.
+            Some(&(l, h)) if l > len || (l == len && h == hash) => false,
+            Some(&(l, _)) if l == len => true,
+            _ => {
+                seen.insert(k, (len, hash));
+                true
+            }
+        }
+    }
+}
+
 /// Map one item (on a rayon worker).
-fn map_item(item: Item, cfg: &Config, is_full: bool) -> Mapped {
+fn map_item(item: Item, cfg: &Config, is_full: bool, side: &SideSeen) -> Mapped {
     let record = match item {
         Ok(r) => r,
         Err(rej) => return Mapped::Rejected(rej),
@@ -418,9 +452,10 @@ fn map_item(item: Item, cfg: &Config, is_full: bool) -> Mapped {
     };
     let subject = primary_type(&record);
     let mut full = Vec::new();
+    let mut dropped = Vec::new();
     let produced = resources
         .into_iter()
-        .map(|r| {
+        .filter_map(|r| {
             if is_full {
                 match r.resource_type {
                     "Basic" => full.extend(formulary_refs(&r.json)),
@@ -436,14 +471,19 @@ fn map_item(item: Item, cfg: &Config, is_full: bool) -> Mapped {
                     record,
                     SourceRecord::FormularyDrug(_) | SourceRecord::FormularyPlan(_)
                 );
-            Produced {
+            if !primary && !side.keep(&r) {
+                dropped.push(r.resource_type);
+                return None;
+            }
+            Some(Produced {
                 resource: lake::Prepared::new(r),
                 primary,
-            }
+            })
         })
         .collect();
     Mapped::Accepted {
         produced,
+        dropped,
         change,
         full,
     }
@@ -458,6 +498,7 @@ fn process_file(
     progress: Option<&ProgressFn>,
     tables: &mut Tables<'_>,
     rejects: &mut RejectSink,
+    side: &SideSeen,
 ) -> Result<SourceReport, RunError> {
     let file_name = path.display().to_string();
     let total_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
@@ -511,7 +552,7 @@ fn process_file(
             }
             let mapped: Vec<Mapped> = chunk
                 .into_par_iter()
-                .map(|item| map_item(item, cfg, is_full))
+                .map(|item| map_item(item, cfg, is_full, side))
                 .collect();
             for m in mapped {
                 report.records_read += 1;
@@ -580,9 +621,13 @@ fn accept(
         }
         Mapped::Accepted {
             produced,
+            dropped,
             change,
             full,
         } => {
+            for t in dropped {
+                *report.resources.entry(t.to_string()).or_default() += 1;
+            }
             report.accepted += 1;
             match change {
                 ingest::model::Change::Replace => report.updates += 1,
@@ -1125,8 +1170,16 @@ pub fn run(paths: &[PathBuf], opts: &Options) -> Result<RunReport, RunError> {
         full: HashSet::new(),
     };
     let mut failure = None;
+    let side = SideSeen::default();
     for f in &files {
-        match process_file(f, &cfg, opts.progress.as_ref(), &mut tables, &mut rejects) {
+        match process_file(
+            f,
+            &cfg,
+            opts.progress.as_ref(),
+            &mut tables,
+            &mut rejects,
+            &side,
+        ) {
             Ok(r) => report.sources.push(r),
             Err(e) => {
                 failure = Some(e);
