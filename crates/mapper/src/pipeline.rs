@@ -284,6 +284,9 @@ fn primary_type(record: &SourceRecord) -> &'static str {
     }
 }
 
+/// The layout name of X12 837 sources.
+const X12_LAYOUT: &str = "x12-837";
+
 fn reader_for(
     path: &Path,
     cfg: &Config,
@@ -301,7 +304,7 @@ fn reader_for(
         )),
         Format::X12 => Ok((
             Box::new(ingest::x12::X12Reader::new()),
-            "x12-837".to_string(),
+            X12_LAYOUT.to_string(),
         )),
         Format::Xml => Ok((
             Box::new(ingest::formulary::FormularyXmlReader::new()),
@@ -405,7 +408,7 @@ fn process_file(
         );
     let mut full_formularies: Vec<String> = Vec::new();
     let mut rejects = Vec::new();
-    let summary: FileSummary = reader.read(path, &mut |item: Item| {
+    let mut handle = |item: Item, mapped: Option<Result<Vec<Resource>, MapError>>| {
         report.records_read += 1;
         if let Some(p) = progress {
             if report.records_read.is_multiple_of(4096) {
@@ -418,14 +421,18 @@ fn process_file(
                 });
             }
         }
-        let record = match item {
-            Ok(r) => r,
-            Err(rej) => {
+        let (record, mapped) = match (item, mapped) {
+            (Ok(r), Some(m)) => (r, m),
+            (Ok(r), None) => {
+                let m = map_record(&r, &cfg.systems);
+                (r, m)
+            }
+            (Err(rej), _) => {
                 rejects.push(rej);
                 return;
             }
         };
-        match map_record(&record, &cfg.systems) {
+        match mapped {
             Ok(resources) => {
                 report.accepted += 1;
                 if let SourceRecord::Claim(c) = &record {
@@ -464,7 +471,21 @@ fn process_file(
             }
             Err(e) => rejects.push(map_error_reject(&record, &e)),
         }
-    })?;
+    };
+    let summary: FileSummary = if report.layout == X12_LAYOUT {
+        // A large X12 file is cut at interchange boundaries; its pieces are read and mapped
+        // in parallel, the results taken in file order.
+        ingest::x12::read_parallel(
+            path,
+            &|item: Item| {
+                let mapped = item.as_ref().ok().map(|r| map_record(r, &cfg.systems));
+                (item, mapped)
+            },
+            &mut |(item, mapped)| handle(item, mapped),
+        )?
+    } else {
+        reader.read(path, &mut |item: Item| handle(item, None))?
+    };
     if let Some(p) = progress {
         p(&Progress {
             file: &file_name,

@@ -21,6 +21,21 @@ pub fn thread_cpu_secs() -> f64 {
         .map_or(f64::NAN, |ns| ns / 1e9)
 }
 
+/// CPU time of the whole process (all threads), in seconds (`/proc/self/stat` utime +
+/// stime, at the usual 100 ticks per second).
+#[allow(dead_code)]
+pub fn process_cpu_secs() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // Fields 14 and 15 of the line; `rest` starts at field 3.
+            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+        })
+        .map_or(f64::NAN, |ticks| ticks / 100.0)
+}
+
 /// Peak resident set size (VmHWM) in MiB, since the start or the last [`reset_peak_rss`].
 pub fn peak_rss_mib() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
