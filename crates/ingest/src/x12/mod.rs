@@ -135,8 +135,8 @@ pub fn read_piece<R: Read>(
 /// next pieces are being found. `emit` gets the mapped items in file order, exactly as a
 /// sequential read followed by `map` would give them, positions included.
 ///
-/// Memory stays bounded: at most two windows of pieces (twice as many as the pool has
-/// threads) are held at once. A file smaller than two pieces, or a pool of one thread, is
+/// Memory stays bounded: the results of one window of pieces (twice as many pieces as the
+/// pool has threads) are held at once. A file smaller than two pieces, or a pool of one thread, is
 /// read sequentially.
 ///
 /// # Errors
