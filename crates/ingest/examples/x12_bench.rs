@@ -13,11 +13,14 @@
 //! of the system allocator; the report says which.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::time::Instant;
 
 use ingest::x12::{generate_837, scan_stream, X12Reader};
 use ingest::{Reader, SourceRecord};
+
+mod common;
+use common::{load_average, memchr_terminators, peak_rss_mib, thread_cpu_secs};
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
@@ -28,21 +31,6 @@ const ALLOCATOR: &str = if cfg!(feature = "mimalloc") {
 } else {
     "system"
 };
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
-
-/// CPU time this thread has run, in seconds (Linux `schedstat`, nanoseconds): unlike wall
-/// time it does not grow when other jobs share the cores.
-fn thread_cpu_secs() -> f64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
-        .map_or(f64::NAN, |ns| ns / 1e9)
-}
 
 /// Best wall and best CPU seconds over the runs of one measurement.
 #[derive(Clone, Copy)]
@@ -66,13 +54,6 @@ impl Best {
         self.cpu = self.cpu.min(thread_cpu_secs() - c);
         out
     }
-}
-
-fn peak_rss_mb() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
 }
 
 fn main() -> std::io::Result<()> {
@@ -114,18 +95,7 @@ fn main() -> std::io::Result<()> {
         scanned = c.time(|| scan_stream(File::open(&path)?))?.claims;
 
         // (a) plain memchr count of segment terminators (the generator uses '~' and 0x1C).
-        terms = a.time(|| -> std::io::Result<u64> {
-            let mut f = File::open(&path)?;
-            let mut buf = vec![0u8; 128 * 1024];
-            let mut n = 0u64;
-            loop {
-                let k = f.read(&mut buf)?;
-                if k == 0 {
-                    return Ok(n);
-                }
-                n += memchr::memchr2_iter(b'~', 0x1C, &buf[..k]).count() as u64;
-            }
-        })?;
+        terms = a.time(|| memchr_terminators(&path))?;
 
         // (b) the reader, records discarded.
         (seen, rejects) = b.time(|| -> std::io::Result<(u64, u64)> {
@@ -176,7 +146,7 @@ fn main() -> std::io::Result<()> {
         a.cpu / c.cpu
     );
     println!("load average after: {}", load_average());
-    if let Some(rss) = peak_rss_mb() {
+    if let Some(rss) = peak_rss_mib() {
         println!("peak RSS: {rss:.1} MB (file {mb:.0} MB)");
     }
     Ok(())

@@ -9,6 +9,7 @@ use std::io::{BufReader, Read};
 use std::path::Path;
 use std::sync::Arc;
 
+use compact_str::ToCompactString;
 use csv::{ByteRecord, ReaderBuilder};
 
 use crate::layout::{compile, compile_groups, parse_date, parse_decimal, Field, FieldSet};
@@ -217,7 +218,7 @@ fn without(
 }
 
 /// A code with its version and one companion value (`poa`, `date`).
-type Coded = (String, Option<String>, Option<String>);
+type Coded = (Text, Option<Text>, Option<Text>);
 
 /// A failure to read one value: the reason code and a message naming the column.
 type ValueError = (Reason, String);
@@ -229,7 +230,7 @@ struct Row<'a> {
 
 impl Compiled {
     /// The value of a field in a row: trimmed, typed, translated; `None` when empty.
-    fn value(&self, row: &Row<'_>, f: &Field) -> Result<Option<String>, ValueError> {
+    fn value(&self, row: &Row<'_>, f: &Field) -> Result<Option<Text>, ValueError> {
         let joined;
         let raw = match &f.source {
             FieldSource::Const(c) => c.as_str(),
@@ -251,7 +252,7 @@ impl Compiled {
             return Ok(None);
         }
         let typed = match f.ty {
-            FieldType::Text => raw.to_string(),
+            FieldType::Text => raw.into(),
             FieldType::Date => {
                 parse_date(raw, &self.mapping.source.date_formats).ok_or_else(|| {
                     (
@@ -269,12 +270,15 @@ impl Compiled {
                     format!("{}: {raw:?} is not a decimal", f.label),
                 )
             })?,
-            FieldType::Int => raw.parse::<i64>().map(|n| n.to_string()).map_err(|_| {
-                (
-                    Reason::BadNumber,
-                    format!("{}: {raw:?} is not an integer", f.label),
-                )
-            })?,
+            FieldType::Int => raw
+                .parse::<i64>()
+                .map(|n| n.to_compact_string())
+                .map_err(|_| {
+                    (
+                        Reason::BadNumber,
+                        format!("{}: {raw:?} is not an integer", f.label),
+                    )
+                })?,
         };
         match &f.codes {
             None => Ok(Some(typed)),
@@ -285,9 +289,9 @@ impl Compiled {
                         format!("{}: no code table {table:?}", f.label),
                     )
                 })?;
-                match codes.get(&typed).or_else(|| codes.get("*")) {
+                match codes.get(typed.as_str()).or_else(|| codes.get("*")) {
                     Some(v) if v.is_empty() => Ok(None),
-                    Some(v) => Ok(Some(v.clone())),
+                    Some(v) => Ok(Some(v.as_str().into())),
                     None => Err((
                         Reason::UnknownCode,
                         format!("{}: code {typed:?} is not in table {table:?}", f.label),
@@ -297,24 +301,40 @@ impl Compiled {
         }
     }
 
-    fn get(&self, row: &Row<'_>, set: &FieldSet, name: &str) -> Result<Option<String>, ValueError> {
+    /// A named field's value, as [`Text`] (canonical claims and members) or `String`.
+    fn get<T: From<Text>>(
+        &self,
+        row: &Row<'_>,
+        set: &FieldSet,
+        name: &str,
+    ) -> Result<Option<T>, ValueError> {
         match set.one(name) {
-            Some(f) => self.value(row, f),
+            Some(f) => Ok(self.value(row, f)?.map(T::from)),
             None => Ok(None),
         }
     }
 
-    fn list(&self, row: &Row<'_>, set: &FieldSet, name: &str) -> Result<Vec<String>, ValueError> {
+    fn list<T: From<Text>>(
+        &self,
+        row: &Row<'_>,
+        set: &FieldSet,
+        name: &str,
+    ) -> Result<Vec<T>, ValueError> {
         let mut out = Vec::new();
         for f in set.all(name) {
             if let Some(v) = self.value(row, f)? {
-                out.push(v);
+                out.push(T::from(v));
             }
         }
         Ok(out)
     }
 
-    fn required(&self, row: &Row<'_>, set: &FieldSet, name: &str) -> Result<String, ValueError> {
+    fn required<T: From<Text>>(
+        &self,
+        row: &Row<'_>,
+        set: &FieldSet,
+        name: &str,
+    ) -> Result<T, ValueError> {
         self.get(row, set, name)?.ok_or_else(|| {
             let label = set.one(name).map(|f| f.label.as_str()).unwrap_or(name);
             (Reason::MissingValue, format!("{name} ({label}) is empty"))
@@ -344,15 +364,15 @@ impl Compiled {
         set: &FieldSet,
         prefix: &str,
     ) -> Result<Option<Party>, ValueError> {
-        let id = self
+        let id: Option<Text> = self
             .get(row, set, &format!("{prefix}_npi"))?
-            .filter(|n| n.bytes().any(|b| b != b'0'));
+            .filter(|n: &Text| n.bytes().any(|b| b != b'0'));
         let (id, id_kind) = match id {
-            Some(id) => (Some(id), Some("npi".to_string())),
+            Some(id) => (Some(id), Some("npi".into())),
             None => match self.get(row, set, &format!("{prefix}_id"))? {
                 Some(id) => (
                     Some(id),
-                    set.attr(&format!("{prefix}_id_kind")).map(str::to_string),
+                    set.attr(&format!("{prefix}_id_kind")).map(Text::from),
                 ),
                 None => (None, None),
             },
@@ -380,24 +400,24 @@ impl Compiled {
         for g in self.groups("identifier") {
             if let Some(value) = self.get(row, g, "value")? {
                 identifiers.push(Ident {
-                    kind: g.attr("kind").unwrap_or("member").to_string(),
+                    kind: g.attr("kind").unwrap_or("member").into(),
                     value,
                 });
             }
         }
         let mut coverages = Vec::new();
         for c in &self.coverages {
-            if c.one("when").is_some() && self.get(row, c, "when")?.is_none() {
+            if c.one("when").is_some() && self.get::<Text>(row, c, "when")?.is_none() {
                 continue;
             }
             let key = match c.one("key") {
                 Some(f) => self.value(row, f)?,
-                None => c.attr("key").map(str::to_string),
+                None => c.attr("key").map(Text::from),
             };
             coverages.push(CoverageSpan {
-                key: key.unwrap_or_else(|| "coverage".to_string()),
+                key: key.unwrap_or_else(|| "coverage".into()),
                 type_code: self.get(row, c, "type_code")?,
-                type_display: c.attr("type_display").map(str::to_string),
+                type_display: c.attr("type_display").map(Text::from),
                 subscriber_id: self.get(row, c, "subscriber_id")?,
                 relationship: self.get(row, c, "relationship")?,
                 group: self.get(row, c, "group_id")?,
@@ -431,7 +451,7 @@ impl Compiled {
     /// The `code` fields of a repeated group, each with its `version` and one more field of
     /// the same index (`poa`, `date`); codes left empty are skipped.
     fn coded(&self, row: &Row<'_>, g: &FieldSet, extra: &str) -> Result<Vec<Coded>, ValueError> {
-        let at = |fields: &[Field], i: usize| -> Result<Option<String>, ValueError> {
+        let at = |fields: &[Field], i: usize| -> Result<Option<Text>, ValueError> {
             match fields.get(i) {
                 Some(f) => self.value(row, f),
                 None => Ok(None),
@@ -451,7 +471,7 @@ impl Compiled {
         for g in groups {
             if let Some(value) = self.get(row, g, "value")? {
                 out.push(Amount {
-                    category: g.attr("category").unwrap_or("submitted").to_string(),
+                    category: g.attr("category").unwrap_or("submitted").into(),
                     value,
                 });
             }
@@ -469,7 +489,7 @@ impl Compiled {
             let reasons = self.list(row, g, "reason")?;
             for reason in reasons {
                 out.push(Adjustment {
-                    group: g.attr("group").map(str::to_string),
+                    group: g.attr("group").map(Text::from),
                     reason,
                     amount: self.get(row, g, "amount")?,
                 });
@@ -483,7 +503,7 @@ impl Compiled {
             return Err((Reason::Malformed, "empty record".into()));
         };
         let p = &self.part;
-        let kind_text = self.required(first, p, "kind")?;
+        let kind_text: Text = self.required(first, p, "kind")?;
         let kind = ClaimKind::parse(&kind_text).ok_or_else(|| {
             (
                 Reason::UnknownCode,
@@ -494,7 +514,7 @@ impl Compiled {
         for g in self.groups("identifier") {
             if let Some(value) = self.get(first, g, "value")? {
                 identifiers.push(Ident {
-                    kind: g.attr("kind").unwrap_or("claim").to_string(),
+                    kind: g.attr("kind").unwrap_or("claim").into(),
                     value,
                 });
             }
@@ -517,7 +537,7 @@ impl Compiled {
                 diagnoses.push(Diagnosis {
                     code,
                     icd_version,
-                    kind: g.attr("kind").unwrap_or("other").to_string(),
+                    kind: g.attr("kind").unwrap_or("other").into(),
                     poa,
                 });
             }
@@ -537,19 +557,19 @@ impl Compiled {
                     } else {
                         10
                     },
-                    kind: kind.to_string(),
+                    kind: kind.into(),
                     date,
                 });
             }
         }
         let mut supporting = Vec::new();
         for g in self.groups("supporting") {
-            let category = g.attr("category").unwrap_or_default().to_string();
-            let value = self.get(first, g, "value")?;
-            let end = self.get(first, g, "end")?;
+            let category: Text = g.attr("category").unwrap_or_default().into();
+            let value: Option<Text> = self.get(first, g, "value")?;
+            let end: Option<Text> = self.get(first, g, "end")?;
             let value = match (value, end) {
                 (None, None) => continue,
-                (v, Some(e)) => format!("{}/{}", v.unwrap_or_default(), e),
+                (v, Some(e)) => compact_str::format_compact!("{}/{}", v.unwrap_or_default(), e),
                 (Some(v), None) => v,
             };
             supporting.push(Supporting { category, value });
@@ -559,7 +579,7 @@ impl Compiled {
             if let Some(party) = self.party(first, g, "provider")? {
                 let mut party = party;
                 party.person = g.attr("person") != Some("false");
-                care_team.push((g.attr("role").unwrap_or("rendering").to_string(), party));
+                care_team.push((g.attr("role").unwrap_or("rendering").into(), party));
             }
         }
         let mut lines = Vec::with_capacity(rows.len());
@@ -569,7 +589,7 @@ impl Compiled {
                 break;
             }
             let l = &self.line;
-            let number = match self.get(row, l, "number")? {
+            let number = match self.get::<Text>(row, l, "number")? {
                 Some(n) => n.parse::<u32>().map_err(|_| {
                     (
                         Reason::BadNumber,
@@ -589,7 +609,7 @@ impl Compiled {
                 revenue_code: self.get(row, l, "revenue_code")?,
                 ndc: self
                     .get(row, l, "ndc")?
-                    .filter(|n| n.bytes().any(|b| b != b'0')),
+                    .filter(|n: &Text| n.bytes().any(|b| b != b'0')),
                 quantity: self.get(row, l, "quantity")?,
                 from: self.get(row, l, "from")?,
                 thru: self.get(row, l, "thru")?,
@@ -625,7 +645,7 @@ impl Compiled {
             supporting,
             amounts: self.amounts(first, self.groups("amount"))?,
             adjustments: self.adjustments(first, self.groups("adjustment"))?,
-            adjudicated: self.get(first, p, "adjudicated")?.as_deref() == Some("true"),
+            adjudicated: self.get::<Text>(first, p, "adjudicated")?.as_deref() == Some("true"),
             payment_status: self.get(first, p, "payment_status")?,
             network_status: self.get(first, p, "network_status")?,
             lines,
@@ -642,7 +662,7 @@ impl Compiled {
         let flag = |name: &str| -> Result<Option<bool>, ValueError> {
             Ok(self
                 .get(row, p, name)?
-                .map(|v| matches!(v.as_str(), "true" | "Y" | "1")))
+                .map(|v: Text| matches!(v.as_str(), "true" | "Y" | "1")))
         };
         Ok(FormularyDrug {
             formulary_id: self.required(row, p, "formulary_id")?,

@@ -13,8 +13,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use compact_str::format_compact;
 use serde::Deserialize;
 
+use crate::model::Text;
 use crate::Error;
 
 /// A parsed mapping file.
@@ -398,12 +400,12 @@ pub fn compile_groups(
 }
 
 /// Parse a date in one of the supported formats into ISO `YYYY-MM-DD`.
-pub fn parse_date(text: &str, formats: &[String]) -> Option<String> {
+pub fn parse_date(text: &str, formats: &[String]) -> Option<Text> {
     let t = text.trim();
     formats.iter().find_map(|f| parse_date_with(t, f))
 }
 
-fn parse_date_with(t: &str, format: &str) -> Option<String> {
+fn parse_date_with(t: &str, format: &str) -> Option<Text> {
     let (y, m, d) = match format {
         "DD-MON-YYYY" => {
             let mut it = t.split('-');
@@ -451,7 +453,7 @@ fn parse_date_with(t: &str, format: &str) -> Option<String> {
         }
         _ => return None,
     };
-    valid_ymd(y, m, d).then(|| format!("{y:04}-{m:02}-{d:02}"))
+    valid_ymd(y, m, d).then(|| format_compact!("{y:04}-{m:02}-{d:02}"))
 }
 
 fn valid_ymd(y: i32, m: u32, d: u32) -> bool {
@@ -477,7 +479,7 @@ fn valid_ymd(y: i32, m: u32, d: u32) -> bool {
 }
 
 /// Validate and normalise a decimal: optional sign, digits, optional fraction.
-pub fn parse_decimal(text: &str) -> Option<String> {
+pub fn parse_decimal(text: &str) -> Option<Text> {
     let t = text.trim();
     let body = t.strip_prefix(['-', '+']).unwrap_or(t);
     let (int, frac) = body.split_once('.').unwrap_or((body, ""));
@@ -490,11 +492,14 @@ pub fn parse_decimal(text: &str) -> Option<String> {
     let sign = if t.starts_with('-') { "-" } else { "" };
     let int = int.trim_start_matches('0');
     let int = if int.is_empty() { "0" } else { int };
-    Some(if frac.is_empty() {
-        format!("{sign}{int}")
-    } else {
-        format!("{sign}{int}.{frac}")
-    })
+    let mut out = Text::with_capacity(sign.len() + int.len() + 1 + frac.len());
+    out.push_str(sign);
+    out.push_str(int);
+    if !frac.is_empty() {
+        out.push('.');
+        out.push_str(frac);
+    }
+    Some(out)
 }
 
 #[cfg(test)]

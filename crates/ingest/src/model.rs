@@ -11,6 +11,11 @@
 
 use std::sync::Arc;
 
+/// The text of a record's fields: codes, ids, dates, amounts and names are short, so a string
+/// of up to 24 bytes is stored inline (no heap allocation); longer ones spill to the heap.
+/// It dereferences to `str` and converts from `&str` and `String`.
+pub type Text = compact_str::CompactString;
+
 /// Where a record came from: enough for an operator to find the bytes again.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Position {
@@ -23,7 +28,7 @@ pub struct Position {
     /// 1-based X12 segment number within the file, for X12 sources.
     pub segment: Option<u64>,
     /// The X12 loop (e.g. `2300`) or XML element path the record was in.
-    pub context: Option<String>,
+    pub context: Option<Text>,
 }
 
 /// What the source says should happen to the record's business key.
@@ -57,36 +62,36 @@ pub enum SourceRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ident {
     /// The identifier kind, as named in the mapping (the mapper turns it into a system URI).
-    pub kind: String,
+    pub kind: Text,
     /// The identifier's value.
-    pub value: String,
+    pub value: Text,
 }
 
 /// A member (beneficiary, subscriber or dependent).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Member {
     /// The payer's stable member key (the business key of the Patient).
-    pub member_id: String,
+    pub member_id: Text,
     /// Further identifiers (MBI, HICN, subscriber id, …).
     pub identifiers: Vec<Ident>,
     /// Family name.
-    pub family: Option<String>,
+    pub family: Option<Text>,
     /// Given names, in order.
-    pub given: Vec<String>,
+    pub given: Vec<Text>,
     /// Administrative gender, already translated to `male`, `female`, `other` or `unknown`.
-    pub gender: Option<String>,
+    pub gender: Option<Text>,
     /// Birth date, ISO `YYYY-MM-DD`.
-    pub birth_date: Option<String>,
+    pub birth_date: Option<Text>,
     /// Death date, ISO `YYYY-MM-DD`.
-    pub death_date: Option<String>,
+    pub death_date: Option<Text>,
     /// Address lines.
-    pub address_lines: Vec<String>,
+    pub address_lines: Vec<Text>,
     /// City.
-    pub city: Option<String>,
+    pub city: Option<Text>,
     /// State or province code.
-    pub state: Option<String>,
+    pub state: Option<Text>,
     /// Postal code.
-    pub postal_code: Option<String>,
+    pub postal_code: Option<Text>,
     /// Coverages the member holds.
     pub coverages: Vec<CoverageSpan>,
     /// What to do with the record.
@@ -99,29 +104,29 @@ pub struct Member {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct CoverageSpan {
     /// Short key unique within the member (e.g. `part-a`); part of the Coverage's business key.
-    pub key: String,
+    pub key: Text,
     /// Coverage type code (e.g. the X12 insurance type or a payer plan type).
-    pub type_code: Option<String>,
+    pub type_code: Option<Text>,
     /// Human-readable type, e.g. `Medicare Part A`.
-    pub type_display: Option<String>,
+    pub type_display: Option<Text>,
     /// Subscriber id on the card.
-    pub subscriber_id: Option<String>,
+    pub subscriber_id: Option<Text>,
     /// Relationship of the member to the subscriber (`self`, `spouse`, `child`, …).
-    pub relationship: Option<String>,
+    pub relationship: Option<Text>,
     /// Group number / id.
-    pub group: Option<String>,
+    pub group: Option<Text>,
     /// Group name.
-    pub group_name: Option<String>,
+    pub group_name: Option<Text>,
     /// Plan id.
-    pub plan: Option<String>,
+    pub plan: Option<Text>,
     /// Plan name.
-    pub plan_name: Option<String>,
+    pub plan_name: Option<Text>,
     /// Start of the coverage period, ISO date.
-    pub start: Option<String>,
+    pub start: Option<Text>,
     /// End of the coverage period, ISO date.
-    pub end: Option<String>,
+    pub end: Option<Text>,
     /// `active` or `cancelled` (translated by the mapping).
-    pub status: Option<String>,
+    pub status: Option<Text>,
     /// The payer (insurer) of this coverage.
     pub payer: Party,
 }
@@ -130,23 +135,23 @@ pub struct CoverageSpan {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Party {
     /// Identifier of the party: an NPI for providers, a payer id for payers.
-    pub id: Option<String>,
+    pub id: Option<Text>,
     /// The kind of `id` (`npi`, `payerid`, `tax`, `cms-provider-number`, …).
-    pub id_kind: Option<String>,
+    pub id_kind: Option<Text>,
     /// Name (organization name, or `Family, Given` of a person).
-    pub name: Option<String>,
+    pub name: Option<Text>,
     /// Whether the party is a person (Practitioner) rather than an organization.
     pub person: bool,
     /// Tax id, if given.
-    pub tax_id: Option<String>,
+    pub tax_id: Option<Text>,
     /// Address lines.
-    pub address_lines: Vec<String>,
+    pub address_lines: Vec<Text>,
     /// City.
-    pub city: Option<String>,
+    pub city: Option<Text>,
     /// State.
-    pub state: Option<String>,
+    pub state: Option<Text>,
     /// Postal code.
-    pub postal_code: Option<String>,
+    pub postal_code: Option<Text>,
 }
 
 /// The kind of claim, which picks the C4BB EOB profile.
@@ -191,11 +196,11 @@ pub struct Claim {
     /// The claim kind; `None` only while a reader is still assembling it.
     pub kind: Option<ClaimKind>,
     /// The payer's claim id (the business key together with `kind`).
-    pub claim_id: String,
+    pub claim_id: Text,
     /// The member the claim is for (links to `Member::member_id`).
-    pub member_id: String,
+    pub member_id: Text,
     /// Key of the member's coverage the claim was paid under (`CoverageSpan::key`).
-    pub coverage_key: Option<String>,
+    pub coverage_key: Option<Text>,
     /// Identifiers of the member as they appear on the claim (subscriber id, …).
     pub member_identifiers: Vec<Ident>,
     /// The member as described by the claim itself (837 subscriber/patient loops).
@@ -205,17 +210,17 @@ pub struct Claim {
     /// What the record does to an earlier version of the claim.
     pub change: Change,
     /// The source's own claim type code (e.g. NCH claim type `71`), if any.
-    pub type_code: Option<String>,
+    pub type_code: Option<Text>,
     /// Institutional type of bill (facility type + classification + frequency), e.g. `111`.
-    pub type_of_bill: Option<String>,
+    pub type_of_bill: Option<Text>,
     /// First date of service, ISO.
-    pub from: Option<String>,
+    pub from: Option<Text>,
     /// Last date of service, ISO.
-    pub thru: Option<String>,
+    pub thru: Option<Text>,
     /// The date the claim was created/processed, ISO.
-    pub created: Option<String>,
+    pub created: Option<Text>,
     /// The date the payer received the claim, ISO.
-    pub received: Option<String>,
+    pub received: Option<Text>,
     /// The payer paying the claim.
     pub payer: Party,
     /// Billing provider.
@@ -223,7 +228,7 @@ pub struct Claim {
     /// Service facility.
     pub facility: Option<Party>,
     /// Care team: C4BB care-team role code (`rendering`, `attending`, …) and the provider.
-    pub care_team: Vec<(String, Party)>,
+    pub care_team: Vec<(Text, Party)>,
     /// Diagnoses in order.
     pub diagnoses: Vec<Diagnosis>,
     /// Procedures in order.
@@ -237,9 +242,9 @@ pub struct Claim {
     /// Whether the source carries payer adjudication (picks the C4BB profile vs its `-Basis`).
     pub adjudicated: bool,
     /// Payer benefit payment status code (`paid`, `denied`, `partiallypaid`), if known.
-    pub payment_status: Option<String>,
+    pub payment_status: Option<Text>,
     /// Network status of the billing provider (`innetwork`, `outofnetwork`), if known.
-    pub network_status: Option<String>,
+    pub network_status: Option<Text>,
     /// The lines.
     pub lines: Vec<ClaimLine>,
     /// Where the claim (its first record) came from.
@@ -250,55 +255,55 @@ pub struct Claim {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Diagnosis {
     /// The code, without the dot (as claims carry it).
-    pub code: String,
+    pub code: Text,
     /// ICD revision: `10` or `9`.
     pub icd_version: u8,
     /// Diagnosis type code (`principal`, `admitting`, `secondary`, `externalcauseofinjury`, `patientreasonforvisit`, `other`).
-    pub kind: String,
+    pub kind: Text,
     /// Present-on-admission indicator (`Y`, `N`, `U`, `W`, `1`).
-    pub poa: Option<String>,
+    pub poa: Option<Text>,
 }
 
 /// A procedure on a claim.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Procedure {
     /// ICD-10-PCS (or ICD-9 volume 3) code.
-    pub code: String,
+    pub code: Text,
     /// ICD revision: `10` or `9`.
     pub icd_version: u8,
     /// `principal` or `other`.
-    pub kind: String,
+    pub kind: Text,
     /// Date performed, ISO.
-    pub date: Option<String>,
+    pub date: Option<Text>,
 }
 
 /// A supporting-information entry.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Supporting {
     /// C4BB supporting-info type code (`dayssupply`, `typeofbill`, `admissionperiod`, …).
-    pub category: String,
+    pub category: Text,
     /// The value: a code, a number, or for periods `start/end` (ISO dates).
-    pub value: String,
+    pub value: Text,
 }
 
 /// An amount with its adjudication category.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Amount {
     /// Category code (HL7 adjudication or C4BB adjudication: `submitted`, `paidtoprovider`, …).
-    pub category: String,
+    pub category: Text,
     /// The decimal as text (kept exact).
-    pub value: String,
+    pub value: Text,
 }
 
 /// A claim adjustment (X12 CAS, or an RIF reason code).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Adjustment {
     /// Group code (`CO`, `PR`, `OA`, `PI`, `CR`).
-    pub group: Option<String>,
+    pub group: Option<Text>,
     /// Reason code (CARC).
-    pub reason: String,
+    pub reason: Text,
     /// Decimal text, if any.
-    pub amount: Option<String>,
+    pub amount: Option<Text>,
 }
 
 /// One claim line (service line, revenue center line, or the drug of a pharmacy claim).
@@ -307,21 +312,21 @@ pub struct ClaimLine {
     /// Line number in the source (1-based).
     pub number: u32,
     /// Procedure / service code (HCPCS/CPT) or, for pharmacy, empty.
-    pub service_code: Option<String>,
+    pub service_code: Option<Text>,
     /// Modifiers.
-    pub modifiers: Vec<String>,
+    pub modifiers: Vec<Text>,
     /// Revenue center code (institutional).
-    pub revenue_code: Option<String>,
+    pub revenue_code: Option<Text>,
     /// NDC of a drug.
-    pub ndc: Option<String>,
+    pub ndc: Option<Text>,
     /// Quantity (units, days, …) as decimal text.
-    pub quantity: Option<String>,
+    pub quantity: Option<Text>,
     /// First date of service, ISO.
-    pub from: Option<String>,
+    pub from: Option<Text>,
     /// Last date of service, ISO.
-    pub thru: Option<String>,
+    pub thru: Option<Text>,
     /// CMS place-of-service code.
-    pub place_of_service: Option<String>,
+    pub place_of_service: Option<Text>,
     /// Rendering provider of this line.
     pub rendering: Option<Party>,
     /// Diagnosis pointers (1-based indexes into the claim's diagnoses).
@@ -331,7 +336,7 @@ pub struct ClaimLine {
     /// Adjustments of the line.
     pub adjustments: Vec<Adjustment>,
     /// Payment status of the line, if known.
-    pub payment_status: Option<String>,
+    pub payment_status: Option<Text>,
 }
 
 /// One drug on one formulary.

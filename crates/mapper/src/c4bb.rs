@@ -155,7 +155,7 @@ fn set_name(org: &mut Value, name: Option<&str>) {
 }
 
 fn address(
-    lines: &[String],
+    lines: &[ingest::model::Text],
     city: Option<&str>,
     state: Option<&str>,
     postal: Option<&str>,

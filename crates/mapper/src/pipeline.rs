@@ -307,6 +307,9 @@ fn primary_type(record: &SourceRecord) -> &'static str {
     }
 }
 
+/// The layout name of X12 837 sources.
+const X12_LAYOUT: &str = "x12-837";
+
 fn reader_for(
     path: &Path,
     cfg: &Config,
@@ -324,7 +327,7 @@ fn reader_for(
         )),
         Format::X12 => Ok((
             Box::new(ingest::x12::X12Reader::new()),
-            "x12-837".to_string(),
+            X12_LAYOUT.to_string(),
         )),
         Format::Xml => Ok((
             Box::new(ingest::formulary::FormularyXmlReader::new()),
@@ -515,61 +518,96 @@ fn process_file(
             ingest::formulary::extract_kind(path),
             Ok(ingest::formulary::ExtractKind::Full)
         );
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Item>>(2);
-    let summary = std::thread::scope(|scope| -> Result<FileSummary, RunError> {
-        let reading = scope.spawn(|| {
-            let tx = tx;
-            let mut chunk = Vec::with_capacity(CHUNK);
-            let mut read = 0u64;
-            let summary = reader.read(path, &mut |item: Item| {
-                read += 1;
+    let summary: FileSummary = if report.layout == X12_LAYOUT {
+        // A large X12 file is cut at interchange boundaries; its pieces are read and mapped
+        // in parallel, the results taken in file order.
+        let mut failure = None;
+        let summary = ingest::x12::read_parallel(
+            path,
+            &|item: Item| (record_offset(&item), map_item(item, cfg, is_full, side)),
+            &mut |(offset, m)| {
+                if failure.is_some() {
+                    return;
+                }
+                report.records_read += 1;
                 if let Some(p) = progress {
-                    if read.is_multiple_of(4096) {
+                    if report.records_read.is_multiple_of(4096) {
                         p(&Progress {
                             file: &file_name,
-                            records: read,
-                            bytes: record_offset(&item),
+                            records: report.records_read,
+                            bytes: offset,
                             total_bytes,
                             done: false,
                         });
                     }
                 }
-                chunk.push(item);
-                if chunk.len() == CHUNK {
-                    // The receiver only stops early on an error, which ends the run anyway.
-                    let _ = tx.send(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));
-                }
-            });
-            if !chunk.is_empty() {
-                let _ = tx.send(chunk);
-            }
-            summary
-        });
-        let mut failure = None;
-        for chunk in rx.iter() {
-            if failure.is_some() {
-                continue; // drain, so the reader finishes
-            }
-            let mapped: Vec<Mapped> = chunk
-                .into_par_iter()
-                .map(|item| map_item(item, cfg, is_full, side))
-                .collect();
-            for m in mapped {
-                report.records_read += 1;
                 if let Err(e) = accept(m, &mut report, tables, rejects) {
                     failure = Some(e);
-                    break;
+                }
+            },
+        )?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        summary
+    } else {
+        // The reader runs on a thread of its own and hands chunks of records to the mappers.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Item>>(2);
+        std::thread::scope(|scope| -> Result<FileSummary, RunError> {
+            let reading = scope.spawn(|| {
+                let tx = tx;
+                let mut chunk = Vec::with_capacity(CHUNK);
+                let mut read = 0u64;
+                let summary = reader.read(path, &mut |item: Item| {
+                    read += 1;
+                    if let Some(p) = progress {
+                        if read.is_multiple_of(4096) {
+                            p(&Progress {
+                                file: &file_name,
+                                records: read,
+                                bytes: record_offset(&item),
+                                total_bytes,
+                                done: false,
+                            });
+                        }
+                    }
+                    chunk.push(item);
+                    if chunk.len() == CHUNK {
+                        // The receiver only stops early on an error, which ends the run anyway.
+                        let _ = tx.send(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));
+                    }
+                });
+                if !chunk.is_empty() {
+                    let _ = tx.send(chunk);
+                }
+                summary
+            });
+            let mut failure = None;
+            for chunk in rx.iter() {
+                if failure.is_some() {
+                    continue; // drain, so the reader finishes
+                }
+                let mapped: Vec<Mapped> = chunk
+                    .into_par_iter()
+                    .map(|item| map_item(item, cfg, is_full, side))
+                    .collect();
+                for m in mapped {
+                    report.records_read += 1;
+                    if let Err(e) = accept(m, &mut report, tables, rejects) {
+                        failure = Some(e);
+                        break;
+                    }
                 }
             }
-        }
-        let summary = reading
-            .join()
-            .map_err(|_| RunError::Config("a reader thread panicked".into()))??;
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(summary),
-        }
-    })?;
+            let summary = reading
+                .join()
+                .map_err(|_| RunError::Config("a reader thread panicked".into()))??;
+            match failure {
+                Some(e) => Err(e),
+                None => Ok(summary),
+            }
+        })?
+    };
     if let Some(p) = progress {
         p(&Progress {
             file: &file_name,

@@ -396,7 +396,7 @@ fn position(file: &Arc<str>, line: u64, offset: u64, context: String) -> Positio
         line,
         byte_offset: offset,
         segment: None,
-        context: Some(context),
+        context: Some(context.into()),
     }
 }
 
@@ -578,8 +578,8 @@ fn plan_record(
         plan_type: Some("qhp".into()),
         formulary_name: None,
         payer: Party {
-            id_kind: issuer.as_ref().map(|_| "hios-issuer".to_string()),
-            id: issuer,
+            id_kind: issuer.as_ref().map(|_| "hios-issuer".into()),
+            id: issuer.map(Into::into),
             ..Party::default()
         },
         tiers,

@@ -391,7 +391,7 @@ impl<R: BufRead> Parser<R> {
             line,
             byte_offset: offset,
             segment: None,
-            context: Some(context),
+            context: Some(context.into()),
         }
     }
 
@@ -1006,7 +1006,7 @@ impl<R: BufRead> Parser<R> {
                 "a 14-character HIOS plan id",
             )? {
                 let payer = Party {
-                    id: Some(h[..5].to_string()),
+                    id: Some(h[..5].into()),
                     id_kind: Some("hios-issuer".into()),
                     ..Party::default()
                 };
@@ -1040,7 +1040,7 @@ impl<R: BufRead> Parser<R> {
                 None => format!("{contract}-{plan}"),
             };
             let payer = Party {
-                id: Some(contract),
+                id: Some(contract.into()),
                 id_kind: Some("cms-contract".into()),
                 ..Party::default()
             };

@@ -49,10 +49,13 @@ mod parse;
 mod token;
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
+use rayon::prelude::*;
+
 pub use generate::generate_837;
+pub use parse::Piece;
 pub use token::Delimiters;
 
 use crate::{Error, FileSummary, Item, Reader};
@@ -92,6 +95,111 @@ pub fn read_stream<R: Read>(
     emit: &mut dyn FnMut(Item),
 ) -> std::io::Result<FileSummary> {
     parse::run(name, rdr, emit)
+}
+
+/// Size of the pieces [`read_parallel`] cuts a large file into (they end at the first
+/// interchange boundary past this size).
+pub const PIECE_BYTES: u64 = 1 << 20;
+
+/// Cut an X12 stream into pieces of about `target` bytes that read on their own (see
+/// [`Piece`]), walking it once with the tokenizer. Reading the pieces in order with
+/// [`read_piece`] gives exactly what [`read_stream`] gives.
+///
+/// # Errors
+/// Only I/O errors of `rdr`.
+pub fn split_stream<R: Read>(rdr: R, target: u64) -> std::io::Result<Vec<Piece>> {
+    let mut splitter = parse::Splitter::new(rdr, target);
+    let mut out = Vec::new();
+    while let Some(p) = splitter.next_piece()? {
+        out.push(p);
+    }
+    Ok(out)
+}
+
+/// Read one piece of a file; `rdr` yields the piece's bytes only (`piece.start..piece.end`).
+/// Positions (byte offsets, segment numbers) are the file's.
+///
+/// # Errors
+/// Only I/O errors of `rdr`.
+pub fn read_piece<R: Read>(
+    name: &str,
+    rdr: R,
+    piece: Piece,
+    emit: &mut dyn FnMut(Item),
+) -> std::io::Result<FileSummary> {
+    parse::run_piece(name, rdr, piece, emit)
+}
+
+/// Read an X12 file on the current rayon pool, cut at interchange boundaries into pieces of
+/// about [`PIECE_BYTES`] that are read — and passed through `map` — in parallel, while the
+/// next pieces are being found. `emit` gets the mapped items in file order, exactly as a
+/// sequential read followed by `map` would give them, positions included.
+///
+/// Memory stays bounded: the results of one window of pieces (twice as many pieces as the
+/// pool has threads) are held at once. A file smaller than two pieces, or a pool of one thread, is
+/// read sequentially.
+///
+/// # Errors
+/// Only when the file cannot be read.
+pub fn read_parallel<T: Send>(
+    path: &Path,
+    map: &(dyn Fn(Item) -> T + Sync),
+    emit: &mut dyn FnMut(T),
+) -> Result<FileSummary, Error> {
+    let name = path.display().to_string();
+    let io = |source| Error::Io {
+        path: name.clone(),
+        source,
+    };
+    let threads = rayon::current_num_threads();
+    let len = std::fs::metadata(path).map_err(io)?.len();
+    if threads < 2 || len < 2 * PIECE_BYTES {
+        let file = File::open(path).map_err(io)?;
+        return read_stream(&name, file, &mut |item| emit(map(item))).map_err(io);
+    }
+    let mut splitter = parse::Splitter::new(File::open(path).map_err(io)?, PIECE_BYTES);
+    let window = threads * 2;
+    let take = |s: &mut parse::Splitter<File>| -> std::io::Result<Vec<Piece>> {
+        let mut v = Vec::with_capacity(window);
+        while v.len() < window {
+            match s.next_piece()? {
+                Some(p) => v.push(p),
+                None => break,
+            }
+        }
+        Ok(v)
+    };
+    let read_one = |piece: Piece| -> std::io::Result<(FileSummary, Vec<T>)> {
+        let mut f = File::open(path)?;
+        f.seek(SeekFrom::Start(piece.start))?;
+        let mut out = Vec::new();
+        let summary =
+            parse::run_piece(&name, f.take(piece.end - piece.start), piece, &mut |item| {
+                out.push(map(item))
+            })?;
+        Ok((summary, out))
+    };
+    let mut summary = FileSummary::default();
+    let mut next = take(&mut splitter).map_err(io)?;
+    while !next.is_empty() {
+        let current = std::mem::take(&mut next);
+        // Find the next window while this one is read.
+        let (found, results) = rayon::join(
+            || take(&mut splitter),
+            || current.par_iter().map(|p| read_one(*p)).collect::<Vec<_>>(),
+        );
+        next = found.map_err(io)?;
+        for r in results {
+            let (s, items) = r.map_err(io)?;
+            summary.bytes += s.bytes;
+            summary.units += s.units;
+            summary.notices.extend(s.notices);
+            for t in items {
+                emit(t);
+            }
+        }
+    }
+    Ok(summary)
 }
 
 /// Read X12 bytes held in memory (tests, fuzzing). Never fails and never panics.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::model::{
     Adjustment, Amount, Change, Claim, ClaimKind, ClaimLine, CoverageSpan, Diagnosis, Ident,
-    Member, Party, Position, Procedure, SourceRecord, Supporting,
+    Member, Party, Position, Procedure, SourceRecord, Supporting, Text,
 };
 use crate::reject::{Notice, Reason, Reject, Stage};
 use crate::{FileSummary, Item};
@@ -44,7 +44,7 @@ impl Out<'_> {
             line: 0,
             byte_offset: offset,
             segment: Some(segment),
-            context: Some(context.to_string()),
+            context: Some(Text::new(context)),
         }
     }
 
@@ -78,7 +78,126 @@ pub(crate) fn run<R: Read>(
     rdr: R,
     emit: &mut dyn FnMut(Item),
 ) -> io::Result<FileSummary> {
-    let mut src = Source::new(rdr);
+    run_piece(file, rdr, Piece::default(), emit)
+}
+
+/// One part of an X12 file that reads on its own: it starts at the start of the file or right
+/// where the whole-file reader is between interchanges (nothing open, only the segment count
+/// carried), so reading the pieces one after another gives exactly what reading the file
+/// gives, positions included.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Piece {
+    /// Byte offset of the piece's first byte in the file.
+    pub start: u64,
+    /// Byte offset just past the piece's last byte.
+    pub end: u64,
+    /// Segments (ISA included) in the file before the piece.
+    pub segments_before: u64,
+}
+
+/// Cuts an X12 stream into [`Piece`]s of about `target` bytes, at interchange boundaries.
+///
+/// It walks the stream as [`run`] does (the same tokenizer, the same rules for where an
+/// interchange ends and for skipping bad ones) without building anything, counting segments,
+/// so that each piece knows its first segment number.
+pub(crate) struct Splitter<R> {
+    src: Source<R>,
+    target: u64,
+    seg_no: u64,
+    start: u64,
+    start_seg: u64,
+    /// Whether the last unit ended cleanly (IEA, or a rejected interchange).
+    closed: bool,
+    done: bool,
+}
+
+impl<R: Read> Splitter<R> {
+    pub(crate) fn new(rdr: R, target: u64) -> Self {
+        Self {
+            src: Source::new(rdr),
+            target: target.max(1),
+            seg_no: 0,
+            start: 0,
+            start_seg: 0,
+            closed: true,
+            done: false,
+        }
+    }
+
+    /// The next piece, `None` after the last one.
+    pub(crate) fn next_piece(&mut self) -> io::Result<Option<Piece>> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut sink = Vec::new();
+        // The top of `run`'s loop: the reader's state is empty here.
+        while self.src.skip_ws()? {
+            let off = self.src.offset();
+            // Not before a byte-order mark: `skip_ws` skips one only at the start of its
+            // call, so a piece starting there would skip what the whole-file reader reads.
+            // Nor after an interchange that ended without IEA: the reader places that notice
+            // on the segment after it, which only the whole file has.
+            if self.closed
+                && off - self.start >= self.target
+                && !self.src.peek_isa()?.starts_with(&[0xEF, 0xBB, 0xBF])
+            {
+                let piece = Piece {
+                    start: self.start,
+                    end: off,
+                    segments_before: self.start_seg,
+                };
+                self.start = off;
+                self.start_seg = self.seg_no;
+                return Ok(Some(piece));
+            }
+            self.seg_no += 1;
+            match parse_isa(self.src.peek_isa()?) {
+                Ok(isa) => {
+                    self.src.advance(ISA_LEN);
+                    let d = isa.delims;
+                    self.closed = false;
+                    // `Driver::interchange`, counting only.
+                    loop {
+                        if !self.src.skip_ws()? || self.src.at_isa()? {
+                            break;
+                        }
+                        let Some(rs) = self.src.next_segment(d.segment)? else {
+                            break;
+                        };
+                        self.seg_no += 1;
+                        if Seg::split(rs.data, &d).id() == b"IEA" {
+                            self.closed = true;
+                            break;
+                        }
+                    }
+                }
+                Err(_) => {
+                    self.closed = true;
+                    while self.src.seek_isa(1, &mut sink, 0)? {
+                        if parse_isa(self.src.peek_isa()?).is_ok() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        self.done = true;
+        Ok(Some(Piece {
+            start: self.start,
+            end: self.src.bytes,
+            segments_before: self.start_seg,
+        }))
+    }
+}
+
+/// Read one piece of an X12 file; `rdr` yields the piece's bytes only.
+pub(crate) fn run_piece<R: Read>(
+    file: &str,
+    rdr: R,
+    piece: Piece,
+    emit: &mut dyn FnMut(Item),
+) -> io::Result<FileSummary> {
+    let mut src = Source::at(rdr, piece.start);
     let mut d = Driver {
         file: Arc::from(file),
         out: Out {
@@ -86,7 +205,7 @@ pub(crate) fn run<R: Read>(
             emit,
             notices: Vec::new(),
         },
-        seg_no: 0,
+        seg_no: piece.segments_before,
         ic: None,
         grp: None,
         set: None,
@@ -100,7 +219,7 @@ pub(crate) fn run<R: Read>(
             Ok(isa) => {
                 d.seg_no += 1;
                 d.ic = Some(Ic {
-                    control: isa.control,
+                    control: isa.control.into(),
                     groups: 0,
                     pos: d.out.pos(d.seg_no, off, "ISA"),
                 });
@@ -132,20 +251,20 @@ pub(crate) fn run<R: Read>(
     }
     Ok(FileSummary {
         bytes: src.bytes,
-        units: d.seg_no,
+        units: d.seg_no - piece.segments_before,
         notices: d.out.notices,
     })
 }
 
 struct Ic {
-    control: String,
+    control: Text,
     groups: u64,
     pos: Position,
 }
 
 struct Grp {
-    control: String,
-    version: String,
+    control: Text,
+    version: Text,
     sets: u64,
     pos: Position,
 }
@@ -170,8 +289,8 @@ struct Driver<'e> {
     orphan: Option<Orphan>,
 }
 
-fn lossy(b: &[u8]) -> String {
-    super::token::to_string(b.trim_ascii())
+fn lossy(b: &[u8]) -> Text {
+    super::token::to_text(b.trim_ascii())
 }
 
 fn num(b: &[u8]) -> Option<u64> {
@@ -342,7 +461,7 @@ impl Driver<'_> {
                             p.clone(),
                             "ST outside a functional group (GS missing)".into(),
                         );
-                        String::new()
+                        Text::default()
                     }
                 };
                 let mut set = SetCtx::new(seg, p, gs_version, &mut self.out);
@@ -545,8 +664,8 @@ fn take_or_clone<T: Clone + Default>(slot: &mut T, take: bool) -> T {
 
 /// The coverage key: `payer-plan`, lower-cased, every other character than an ASCII letter or
 /// digit turned into `-`.
-fn coverage_key(payer: &str, plan: Option<&str>) -> String {
-    let mut key = String::with_capacity(payer.len() + plan.map_or(0, |p| p.len() + 1));
+fn coverage_key(payer: &str, plan: Option<&str>) -> Text {
+    let mut key = Text::with_capacity(payer.len() + plan.map_or(0, |p| p.len() + 1));
     let mut push = |s: &str| {
         for ch in s.chars() {
             key.push(if ch.is_ascii_alphanumeric() {
@@ -567,15 +686,15 @@ fn coverage_key(payer: &str, plan: Option<&str>) -> String {
 /// The person part of 2010BA/2010CA.
 #[derive(Debug, Default, Clone)]
 struct Person {
-    id: Option<String>,
-    family: Option<String>,
-    given: Vec<String>,
-    gender: Option<String>,
-    birth: Option<String>,
-    lines: Vec<String>,
-    city: Option<String>,
-    state: Option<String>,
-    postal: Option<String>,
+    id: Option<Text>,
+    family: Option<Text>,
+    given: Vec<Text>,
+    gender: Option<Text>,
+    birth: Option<Text>,
+    lines: Vec<Text>,
+    city: Option<Text>,
+    state: Option<Text>,
+    postal: Option<Text>,
 }
 
 impl Person {
@@ -605,16 +724,16 @@ struct Billing {
 }
 
 struct Subscriber {
-    group: Option<String>,
-    group_name: Option<String>,
-    filing: Option<String>,
+    group: Option<Text>,
+    group_name: Option<Text>,
+    filing: Option<Text>,
     person: Option<Person>,
     payer: Option<Party>,
     taint: Option<Taint>,
 }
 
 struct Patient {
-    pat01: Option<String>,
+    pat01: Option<Text>,
     person: Option<Person>,
     taint: Option<Taint>,
 }
@@ -632,10 +751,10 @@ struct ClaimCtx {
     line_at: (u64, u64),
     /// Any payer adjudication (2320 AMT/CAS, 2430 SVD) seen.
     adjudicated: bool,
-    paid: Option<String>,
+    paid: Option<Text>,
     line_paid_positive: bool,
     /// Facility code (CLM05-1) for 837P place of service.
-    facility_code: Option<String>,
+    facility_code: Option<Text>,
 }
 
 /// Where a segment is: its number, byte offset, whether it was cut, and the file name.
@@ -648,7 +767,7 @@ struct SegAt<'f> {
 
 /// State of one transaction set.
 struct SetCtx {
-    control: String,
+    control: Text,
     institutional: bool,
     unsupported: Option<String>,
     pos: Position,
@@ -657,7 +776,7 @@ struct SetCtx {
     taint: Option<Taint>,
     seen_1000a: bool,
     seen_1000b: bool,
-    created: Option<String>,
+    created: Option<Text>,
     billing: Option<Billing>,
     sub: Option<Subscriber>,
     pat: Option<Patient>,
@@ -757,7 +876,7 @@ fn id_str(id: &[u8]) -> String {
 }
 
 /// `CCYYMMDD` to ISO, if it is a plausible date.
-pub(crate) fn d8(b: &[u8]) -> Option<String> {
+pub(crate) fn d8(b: &[u8]) -> Option<Text> {
     let b = b.trim_ascii();
     if b.len() < 8 || !b[..8].iter().all(u8::is_ascii_digit) {
         return None;
@@ -774,11 +893,11 @@ pub(crate) fn d8(b: &[u8]) -> Option<String> {
     s[7] = b'-';
     s[8..].copy_from_slice(&b[6..8]);
     // Ten ASCII digits and dashes: always valid UTF-8.
-    std::str::from_utf8(&s).ok().map(str::to_owned)
+    std::str::from_utf8(&s).ok().map(Text::new)
 }
 
 /// A DTP date or period: `(from, thru)`; `Err` when the value does not parse.
-fn dtp_period(fmt: &[u8], val: &[u8]) -> Result<(Option<String>, Option<String>), ()> {
+fn dtp_period(fmt: &[u8], val: &[u8]) -> Result<(Option<Text>, Option<Text>), ()> {
     match fmt {
         b"D8" => {
             let d = d8(val).filter(|_| val.trim_ascii().len() == 8).ok_or(())?;
@@ -830,7 +949,7 @@ fn relationship(code: &str) -> &'static str {
     }
 }
 
-fn gender(code: &[u8]) -> Option<String> {
+fn gender(code: &[u8]) -> Option<Text> {
     Some(
         match code.trim_ascii() {
             b"M" => "male",
@@ -838,7 +957,7 @@ fn gender(code: &[u8]) -> Option<String> {
             b"U" => "unknown",
             _ => return None,
         }
-        .to_string(),
+        .into(),
     )
 }
 
@@ -872,7 +991,7 @@ fn filing_display(code: &str) -> Option<&'static str> {
     })
 }
 
-fn id_kind(qual: &[u8]) -> Option<String> {
+fn id_kind(qual: &[u8]) -> Option<Text> {
     let q = qual.trim_ascii();
     if q.is_empty() {
         return None;
@@ -887,7 +1006,7 @@ fn id_kind(qual: &[u8]) -> Option<String> {
             b"46" => "etin",
             _ => return Some(lossy(q).to_ascii_lowercase()),
         }
-        .to_string(),
+        .into(),
     )
 }
 
@@ -896,7 +1015,7 @@ fn nm1_party(seg: &Seg<'_>) -> Party {
     let person = seg.el(2) == b"1";
     let name = if person {
         match (seg.s(3), seg.s(4)) {
-            (Some(f), Some(g)) => Some(format!("{f}, {g}")),
+            (Some(f), Some(g)) => Some(compact_str::format_compact!("{f}, {g}")),
             (f, g) => f.or(g),
         }
     } else {
@@ -963,7 +1082,7 @@ pub(crate) fn institutional_kind(facility: &str) -> ClaimKind {
 }
 
 impl SetCtx {
-    fn new(st: &Seg<'_>, pos: Position, gs_version: String, out: &mut Out<'_>) -> Self {
+    fn new(st: &Seg<'_>, pos: Position, gs_version: Text, out: &mut Out<'_>) -> Self {
         let st03 = lossy(st.el(3));
         let version = if st03.is_empty() {
             gs_version.clone()
@@ -1047,7 +1166,7 @@ impl SetCtx {
             line: 0,
             byte_offset: offset,
             segment: Some(n),
-            context: Some(ctx.to_string()),
+            context: Some(Text::new(ctx)),
         };
         if oversized {
             let t = Taint {
@@ -1255,7 +1374,7 @@ impl SetCtx {
             line: 0,
             byte_offset: offset,
             segment: Some(n),
-            context: Some(ctx.to_string()),
+            context: Some(Text::new(ctx)),
         };
         if id == b"NM1" {
             self.rank = 0;
@@ -1503,7 +1622,7 @@ impl SetCtx {
         if self.institutional {
             claim.kind = Some(institutional_kind(&fc));
             if !fc.is_empty() {
-                let tob = format!("{fc}{}", lossy(freq));
+                let tob = compact_str::format_compact!("{fc}{}", lossy(freq));
                 claim.type_of_bill = Some(tob.clone());
                 claim.supporting.push(Supporting {
                     category: "typeofbill".into(),
@@ -1551,7 +1670,7 @@ impl SetCtx {
             line: 0,
             byte_offset: offset,
             segment: Some(n),
-            context: Some(ctx.to_string()),
+            context: Some(Text::new(ctx)),
         };
         let Some(c) = self.claim.as_mut() else {
             return;
@@ -1600,7 +1719,7 @@ impl SetCtx {
                             c.claim.facility = Some(nm1_party(seg));
                             self.target = Target::Facility;
                         } else if let Some(role) = role {
-                            c.claim.care_team.push((role.to_string(), nm1_party(seg)));
+                            c.claim.care_team.push((role.into(), nm1_party(seg)));
                             self.target = Target::Care(c.claim.care_team.len() - 1);
                         }
                     }
@@ -1686,8 +1805,7 @@ impl SetCtx {
                     if positive(&paid) {
                         c.line_paid_positive = true;
                     }
-                    l.payment_status =
-                        Some(if positive(&paid) { "paid" } else { "denied" }.to_string());
+                    l.payment_status = Some(if positive(&paid) { "paid" } else { "denied" }.into());
                     l.amounts.push(Amount {
                         category: "paidtoprovider".into(),
                         value: paid,
@@ -2180,13 +2298,10 @@ impl SetCtx {
         );
         let coverage = CoverageSpan {
             key: key.clone(),
-            type_display: filing
-                .as_deref()
-                .and_then(filing_display)
-                .map(str::to_string),
+            type_display: filing.as_deref().and_then(filing_display).map(Text::from),
             type_code: filing,
             subscriber_id: subscriber_id.clone(),
-            relationship: Some(rel.to_string()),
+            relationship: Some(rel.into()),
             group,
             group_name,
             payer: claim.payer.clone(),
@@ -2342,7 +2457,7 @@ fn ne(slot: &mut Option<Taint>, id: &[u8], pos: Position, loop_id: &str) {
 }
 
 /// Set the start or the end of the `admissionperiod` supporting entry (`start/end`).
-fn set_period(sup: &mut Vec<Supporting>, date: Option<String>, start: bool) {
+fn set_period(sup: &mut Vec<Supporting>, date: Option<Text>, start: bool) {
     let Some(date) = date else {
         return;
     };
@@ -2359,9 +2474,9 @@ fn set_period(sup: &mut Vec<Supporting>, date: Option<String>, start: bool) {
     let v = &mut sup[idx].value;
     let (a, b) = v.split_once('/').unwrap_or(("", ""));
     *v = if start {
-        format!("{date}/{b}")
+        compact_str::format_compact!("{date}/{b}")
     } else {
-        format!("{a}/{date}")
+        compact_str::format_compact!("{a}/{date}")
     };
 }
 

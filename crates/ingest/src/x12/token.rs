@@ -8,6 +8,8 @@ use std::io::{self, Read};
 
 use memchr::memmem;
 
+use crate::model::Text;
+
 /// Length of the fixed-width ISA segment including its terminator.
 pub(crate) const ISA_LEN: usize = 106;
 /// Byte offsets of the 16 element separators inside the fixed-width ISA.
@@ -163,12 +165,17 @@ fn is_ws(c: u8) -> bool {
 
 impl<R: Read> Source<R> {
     pub(crate) fn new(rdr: R) -> Self {
+        Self::at(rdr, 0)
+    }
+
+    /// A source whose first byte is at file offset `base` (a piece of a file).
+    pub(crate) fn at(rdr: R, base: u64) -> Self {
         Self {
             rdr,
             buf: vec![0; CHUNK * 2],
             pos: 0,
             end: 0,
-            base: 0,
+            base,
             eof: false,
             skipping: false,
             bytes: 0,
@@ -445,7 +452,7 @@ impl<'a> Seg<'a> {
     }
 
     /// Element `i` as trimmed text, `None` if empty.
-    pub(crate) fn s(&self, i: usize) -> Option<String> {
+    pub(crate) fn s(&self, i: usize) -> Option<Text> {
         text(self.el(i))
     }
 }
@@ -456,20 +463,21 @@ pub(crate) fn component(el: &[u8], sep: u8, j: usize) -> &[u8] {
 }
 
 /// Trimmed lossy text, `None` if empty.
-pub(crate) fn text(b: &[u8]) -> Option<String> {
+pub(crate) fn text(b: &[u8]) -> Option<Text> {
     let t = b.trim_ascii();
     if t.is_empty() {
         None
     } else {
-        Some(to_string(t))
+        Some(to_text(t))
     }
 }
 
-/// Bytes as text, invalid UTF-8 replaced (valid text, the usual case, is copied directly).
-pub(crate) fn to_string(b: &[u8]) -> String {
+/// Bytes as text, invalid UTF-8 replaced (valid text, the usual case, is copied directly;
+/// up to 24 bytes without a heap allocation).
+pub(crate) fn to_text(b: &[u8]) -> Text {
     match std::str::from_utf8(b) {
-        Ok(s) => s.to_owned(),
-        Err(_) => String::from_utf8_lossy(b).into_owned(),
+        Ok(s) => Text::new(s),
+        Err(_) => Text::from(String::from_utf8_lossy(b)),
     }
 }
 

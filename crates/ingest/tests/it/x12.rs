@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use ingest::model::{Claim, ClaimKind};
-use ingest::x12::{generate_837, read_bytes, X12Reader};
+use ingest::x12::{generate_837, read_bytes, read_parallel, read_piece, split_stream, X12Reader};
 use ingest::{FileSummary, Reader, Reason, Reject, SourceRecord};
 
 fn fixture(dir: &str, name: &str) -> PathBuf {
@@ -963,4 +963,132 @@ fn count_env(data: &[u8]) -> usize {
                 .any(|p| s.starts_with(p.as_bytes()))
         })
         .count()
+}
+
+// ---- Pieces: a file cut at interchange boundaries reads exactly like the whole file. ----
+
+/// Everything a read gives, in order.
+fn read_all(data: &[u8]) -> (Vec<ingest::Item>, FileSummary) {
+    let mut items = Vec::new();
+    let s = read_bytes("mem", data, &mut |item| items.push(item));
+    (items, s)
+}
+
+/// The same, reading the pieces of `target` bytes one by one.
+fn read_cut(data: &[u8], target: u64) -> (Vec<ingest::Item>, FileSummary, usize) {
+    let pieces = split_stream(data, target).unwrap();
+    let mut items = Vec::new();
+    let mut sum = FileSummary::default();
+    let mut at = 0;
+    for p in &pieces {
+        assert_eq!(p.start, at, "pieces are contiguous");
+        at = p.end;
+        let bytes = &data[p.start as usize..p.end as usize];
+        let s = read_piece("mem", bytes, *p, &mut |item| items.push(item)).unwrap();
+        sum.bytes += s.bytes;
+        sum.units += s.units;
+        sum.notices.extend(s.notices);
+    }
+    assert_eq!(at, data.len() as u64, "pieces cover the input");
+    (items, sum, pieces.len())
+}
+
+fn assert_pieces_match(data: &[u8], target: u64, what: &str) -> usize {
+    let (whole, ws) = read_all(data);
+    let (cut, cs, n) = read_cut(data, target);
+    assert_eq!(ws, cs, "{what}: summaries differ (target {target})");
+    assert_eq!(whole.len(), cut.len(), "{what}: item counts differ");
+    for (i, (a, b)) in whole.iter().zip(&cut).enumerate() {
+        assert_eq!(a, b, "{what}: item {i} differs (target {target})");
+    }
+    n
+}
+
+#[test]
+fn pieces_read_like_the_whole_file() {
+    for professional in [true, false] {
+        let mut buf = Vec::new();
+        generate_837(&mut buf, professional, 2_500, 9).unwrap();
+        // A leading BOM and blank lines between interchanges are part of the bytes.
+        let mut data = vec![0xEF, 0xBB, 0xBF];
+        data.extend_from_slice(&buf);
+        for target in [1, 50_000, 400_000, u64::MAX] {
+            let n = assert_pieces_match(&data, target, "generated");
+            if target == 1 {
+                assert!(n > 2, "several interchanges give several pieces");
+            }
+        }
+    }
+    // Every sample, good and bad, one after another (bad interchanges, missing trailers,
+    // truncated sets between the cuts).
+    let mut all = Vec::new();
+    for p in all_files("good").into_iter().chain(all_files("bad")) {
+        all.extend_from_slice(&std::fs::read(p).unwrap());
+        all.extend_from_slice(b"\r\n");
+    }
+    for target in [1, 700, 5_000] {
+        assert_pieces_match(&all, target, "samples");
+    }
+}
+
+#[test]
+fn pieces_of_mutated_inputs_read_like_the_whole() {
+    let samples: Vec<Vec<u8>> = all_files("good")
+        .into_iter()
+        .chain(all_files("bad"))
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    let mut rng = Lcg(0xC0FFEE);
+    for case in 0..400 {
+        let mut data = Vec::new();
+        for _ in 0..2 + rng.below(4) {
+            data.extend_from_slice(&samples[rng.below(samples.len())]);
+        }
+        for _ in 0..rng.below(6) {
+            if data.is_empty() {
+                break;
+            }
+            let i = rng.below(data.len());
+            match rng.below(3) {
+                0 => data[i] = rng.next() as u8,
+                1 => data.insert(i, [b'~', b'*', b'\n', b'I'][rng.below(4)]),
+                _ => {
+                    let b = (i + rng.below(80)).min(data.len());
+                    data.drain(i..b);
+                }
+            }
+        }
+        let target = 1 + rng.below(3_000) as u64;
+        assert_pieces_match(&data, target, &format!("case {case}"));
+    }
+}
+
+#[test]
+fn parallel_read_keeps_file_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.837");
+    let mut buf = Vec::new();
+    // Over two pieces, so that the file is really cut.
+    while buf.len() < 3 * ingest::x12::PIECE_BYTES as usize {
+        let mut part = Vec::new();
+        generate_837(&mut part, buf.len() % 2 == 0, 1_000, buf.len() as u64).unwrap();
+        buf.extend_from_slice(&part);
+    }
+    std::fs::write(&path, &buf).unwrap();
+    let mut whole = Vec::new();
+    let ws = X12Reader.read(&path, &mut |i| whole.push(i)).unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let mut par = Vec::new();
+    let ps = pool
+        .install(|| read_parallel(&path, &|i| Some(i), &mut |i| par.extend(i)))
+        .unwrap();
+    assert_eq!(ws, ps);
+    assert_eq!(whole.len(), par.len());
+    assert!(
+        whole == par,
+        "parallel read differs from the sequential one"
+    );
 }
