@@ -1202,6 +1202,55 @@ mod tests {
     }
 
     #[test]
+    fn one_writer_at_a_time() {
+        let dir = std::env::temp_dir().join(format!("fhirlake-lock-{}", std::process::id()));
+        let lake = Lake::new(&dir);
+        let staged = lake.stage().unwrap();
+        assert!(matches!(lake.stage(), Err(LakeError::Busy(_))));
+        assert!(matches!(lake.prune(1), Err(LakeError::Busy(_))));
+        drop(staged);
+        assert!(lake.stage().is_ok());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn stamps_go_inside_meta() {
+        let r = |json: Value| Resource {
+            resource_type: "Patient",
+            id: "p".into(),
+            patient_id: None,
+            json,
+            deleted: false,
+        };
+        let with = Prepared::new(r(serde_json::json!({"resourceType": "Patient", "id": "p",
+            "meta": {"profile": ["x"], "versionId": "9"}, "active": true})));
+        assert_eq!(
+            with.stamped(2, "T"),
+            r#"{"resourceType":"Patient","id":"p","meta":{"profile":["x"],"versionId":"2","lastUpdated":"T"},"active":true}"#
+        );
+        let empty = Prepared::new(r(
+            serde_json::json!({"resourceType": "Patient", "meta": {}}),
+        ));
+        assert_eq!(
+            empty.stamped(1, "T"),
+            r#"{"resourceType":"Patient","meta":{"versionId":"1","lastUpdated":"T"}}"#
+        );
+        let none = Prepared::new(r(serde_json::json!({"resourceType": "Patient"})));
+        assert_eq!(
+            none.stamped(1, "T"),
+            r#"{"resourceType":"Patient","meta":{"versionId":"1","lastUpdated":"T"}}"#
+        );
+        // The hash ignores the stamps.
+        let a = Prepared::new(r(
+            serde_json::json!({"resourceType": "Patient", "meta": {"versionId": "1"}}),
+        ));
+        let b = Prepared::new(r(
+            serde_json::json!({"resourceType": "Patient", "meta": {"lastUpdated": "x"}}),
+        ));
+        assert_eq!(a.content_hash, b.content_hash);
+    }
+
+    #[test]
     fn strings_fold_case_and_accents() {
         assert_eq!(normalize("  José   ÁLVAREZ "), "jose alvarez");
     }
