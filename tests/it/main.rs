@@ -4,6 +4,7 @@
 mod accounting;
 mod common;
 mod conformance;
+mod direct_path;
 mod e2e;
 mod formulary_api;
 mod ingest_run;
