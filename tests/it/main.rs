@@ -5,6 +5,7 @@ mod accounting;
 mod common;
 mod conformance;
 mod delta;
+mod direct_path;
 mod e2e;
 mod formulary_api;
 mod ingest_run;

@@ -9,8 +9,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
 use query::{Page, SearchRequest};
-use serde::Serialize;
-use serde_json::value::RawValue;
 
 use crate::outcome::{ApiError, FHIR_JSON};
 use crate::smart::audit::AuditEvent;
@@ -214,46 +212,42 @@ fn link(path: &str, params: &[(String, String)], cursor: Option<&str>) -> String
     }
 }
 
-#[derive(Serialize)]
-struct Bundle<'a> {
-    #[serde(rename = "resourceType")]
-    resource_type: &'static str,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    total: Option<u64>,
-    link: Vec<Link>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    entry: Vec<Entry<'a>>,
+/// The `resourceType` and `id` of a stored resource. Stored resources start with them (the
+/// mapper writes them first); anything else is parsed.
+fn head(text: &str) -> Option<(&str, &str)> {
+    fn string_at<'a>(s: &'a str, prefix: &str) -> Option<(&'a str, &'a str)> {
+        let rest = s.strip_prefix(prefix)?;
+        let end = rest.find(['"', '\\'])?;
+        if rest.as_bytes()[end] == b'"' {
+            Some((&rest[..end], &rest[end + 1..]))
+        } else {
+            None
+        }
+    }
+    if let Some((t, rest)) = string_at(text, "{\"resourceType\":\"") {
+        if let Some((id, _)) = string_at(rest, ",\"id\":\"") {
+            return Some((t, id));
+        }
+    }
+    #[derive(serde::Deserialize)]
+    struct Head<'a> {
+        #[serde(rename = "resourceType", borrow)]
+        resource_type: &'a str,
+        #[serde(borrow)]
+        id: &'a str,
+    }
+    let h: Head = serde_json::from_str(text).ok()?;
+    Some((h.resource_type, h.id))
 }
 
-#[derive(Serialize)]
-struct Link {
-    relation: &'static str,
-    url: String,
+/// Append `s` as a JSON string.
+fn push_json_str(out: &mut String, s: &str) {
+    // Serialising a &str cannot fail.
+    out.push_str(&serde_json::to_string(s).unwrap_or_default());
 }
 
-#[derive(Serialize)]
-struct Entry<'a> {
-    #[serde(rename = "fullUrl")]
-    full_url: String,
-    resource: &'a RawValue,
-    search: SearchMode,
-}
-
-#[derive(Serialize)]
-struct SearchMode {
-    mode: &'static str,
-}
-
-#[derive(serde::Deserialize)]
-struct Head<'a> {
-    #[serde(rename = "resourceType", borrow)]
-    resource_type: &'a str,
-    #[serde(borrow)]
-    id: &'a str,
-}
-
+/// The searchset Bundle, written directly: the stored resources are spliced in as they are
+/// (they are JSON the lake wrote), not parsed and re-serialised.
 fn bundle(
     base: &str,
     page: &Page,
@@ -262,48 +256,58 @@ fn bundle(
     previous: Option<String>,
     summary_count: bool,
 ) -> Result<Response, ApiError> {
-    let mut links = vec![Link {
-        relation: "self",
-        url: self_link,
-    }];
-    if let Some(n) = next {
-        links.push(Link {
-            relation: "next",
-            url: n,
-        });
-    }
-    if let Some(p) = previous {
-        links.push(Link {
-            relation: "previous",
-            url: p,
-        });
-    }
-    let mut raws = Vec::new();
-    for (text, mode) in page
+    let size: usize = page
         .matches
         .iter()
-        .map(|m| (m, "match"))
-        .chain(page.included.iter().map(|m| (m, "include")))
-    {
-        let raw: &RawValue =
-            serde_json::from_str(text).map_err(|_| ApiError::Internal("stored resource"))?;
-        let head: Head =
-            serde_json::from_str(text).map_err(|_| ApiError::Internal("stored resource"))?;
-        raws.push(Entry {
-            full_url: format!("{base}/{}/{}", head.resource_type, head.id),
-            resource: raw,
-            search: SearchMode { mode },
-        });
+        .chain(&page.included)
+        .map(String::len)
+        .sum();
+    let mut out = String::with_capacity(size + 256 * (page.matches.len() + 2));
+    out.push_str("{\"resourceType\":\"Bundle\",\"type\":\"searchset\"");
+    if let Some(t) = page.total {
+        out.push_str(",\"total\":");
+        out.push_str(&t.to_string());
     }
-    let b = Bundle {
-        resource_type: "Bundle",
-        kind: "searchset",
-        total: page.total,
-        link: links,
-        entry: if summary_count { Vec::new() } else { raws },
-    };
-    let body = serde_json::to_string(&b).map_err(|_| ApiError::Internal("bundle"))?;
-    Ok(fhir_response(StatusCode::OK, body))
+    out.push_str(",\"link\":[");
+    let links = std::iter::once(("self", Some(self_link)))
+        .chain([("next", next), ("previous", previous)])
+        .filter_map(|(r, u)| u.map(|u| (r, u)));
+    for (i, (relation, url)) in links.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str("{\"relation\":\"");
+        out.push_str(relation);
+        out.push_str("\",\"url\":");
+        push_json_str(&mut out, &url);
+        out.push('}');
+    }
+    out.push(']');
+    let has_entries = !page.matches.is_empty() || !page.included.is_empty();
+    if !summary_count && has_entries {
+        out.push_str(",\"entry\":[");
+        let entries = page
+            .matches
+            .iter()
+            .map(|m| (m, "match"))
+            .chain(page.included.iter().map(|m| (m, "include")));
+        for (i, (text, mode)) in entries.enumerate() {
+            let (t, id) = head(text).ok_or(ApiError::Internal("stored resource"))?;
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str("{\"fullUrl\":");
+            push_json_str(&mut out, &format!("{base}/{t}/{id}"));
+            out.push_str(",\"resource\":");
+            out.push_str(text.trim());
+            out.push_str(",\"search\":{\"mode\":\"");
+            out.push_str(mode);
+            out.push_str("\"}}");
+        }
+        out.push(']');
+    }
+    out.push('}');
+    Ok(fhir_response(StatusCode::OK, out))
 }
 
 async fn instance(
@@ -324,7 +328,6 @@ async fn instance(
     let Some(text) = found else {
         return Err(ApiError::NotFound(format!("{rtype}/{id} is not known")));
     };
-    let mut r = fhir_response(StatusCode::OK, text.clone());
     #[derive(serde::Deserialize)]
     struct Meta {
         meta: Option<MetaInner>,
@@ -334,15 +337,17 @@ async fn instance(
         #[serde(rename = "versionId")]
         version_id: Option<String>,
     }
-    if let Ok(Meta {
-        meta: Some(MetaInner {
-            version_id: Some(v),
-        }),
-    }) = serde_json::from_str(&text)
-    {
-        if let Ok(h) = HeaderValue::from_str(&format!("W/\"{v}\"")) {
-            r.headers_mut().insert(header::ETAG, h);
-        }
+    let etag = match serde_json::from_str(&text) {
+        Ok(Meta {
+            meta: Some(MetaInner {
+                version_id: Some(v),
+            }),
+        }) => HeaderValue::from_str(&format!("W/\"{v}\"")).ok(),
+        _ => None,
+    };
+    let mut r = fhir_response(StatusCode::OK, text);
+    if let Some(h) = etag {
+        r.headers_mut().insert(header::ETAG, h);
     }
     Ok(r)
 }

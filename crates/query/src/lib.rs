@@ -8,11 +8,12 @@
 //! Bundles.
 
 pub mod cursor;
+mod direct;
 pub mod params;
 pub mod snapshot;
 
 pub use params::{SearchRequest, SortKey};
-pub use snapshot::{Page, Snapshot};
+pub use snapshot::{OpenOptions, Page, Snapshot};
 
 /// Errors of the query layer, split by what the caller does about them.
 #[derive(Debug, thiserror::Error)]

@@ -459,7 +459,7 @@ pub fn filter_expr(f: &Filter, base_url: Option<&str>) -> Result<Expr, QueryErro
     Ok(e)
 }
 
-fn reference_forms(
+pub(crate) fn reference_forms(
     p: &SearchParam,
     modifier: Option<&str>,
     v: &str,
@@ -488,8 +488,11 @@ fn reference_forms(
     }
 }
 
-/// The instant range of a search date, and the date expression for a prefix.
-fn date_expr(name: &str, value: &str, start: Expr, end: Expr) -> Result<Expr, QueryError> {
+/// The prefix of a search date and the instant range of its date.
+pub(crate) fn date_parts<'a>(
+    name: &str,
+    value: &'a str,
+) -> Result<(&'a str, i64, i64), QueryError> {
     let (prefix, date) = match value.get(..2) {
         Some(p @ ("eq" | "ne" | "gt" | "lt" | "ge" | "le" | "sa" | "eb" | "ap")) => {
             (p, &value[2..])
@@ -498,6 +501,51 @@ fn date_expr(name: &str, value: &str, start: Expr, end: Expr) -> Result<Expr, Qu
     };
     let (lo, hi) =
         date_range(date).ok_or_else(|| invalid(name, format!("{date:?} is not a FHIR date")))?;
+    Ok((prefix, lo, hi))
+}
+
+/// The slack of `ap` around a date starting at `lo`: 10% of the distance from now, at least a
+/// day.
+fn ap_slack(lo: i64) -> i64 {
+    let now = chrono::Utc::now().timestamp_millis();
+    ((now - lo).abs() / 10).max(86_400_000)
+}
+
+/// [`date_expr`] evaluated on one row, with SQL's three-valued logic (`None`: unknown, which
+/// a filter treats as false).
+pub(crate) fn date_eval(
+    prefix: &str,
+    lo: i64,
+    hi: i64,
+    start: Option<i64>,
+    end: Option<i64>,
+) -> Option<bool> {
+    fn and(a: Option<bool>, b: Option<bool>) -> Option<bool> {
+        match (a, b) {
+            (Some(false), _) | (_, Some(false)) => Some(false),
+            (Some(true), Some(true)) => Some(true),
+            _ => None,
+        }
+    }
+    match prefix {
+        "eq" => and(start.map(|s| s >= lo), end.map(|e| e <= hi)),
+        "ne" => and(start.map(|s| s >= lo), end.map(|e| e <= hi)).map(|b| !b),
+        "gt" => end.map(|e| e > hi),
+        "lt" => start.map(|s| s < lo),
+        "ge" => end.map(|e| e >= lo),
+        "le" => start.map(|s| s <= hi),
+        "sa" => start.map(|s| s > hi),
+        "eb" => end.map(|e| e < lo),
+        _ => {
+            let slack = ap_slack(lo);
+            and(start.map(|s| s <= hi + slack), end.map(|e| e >= lo - slack))
+        }
+    }
+}
+
+/// The instant range of a search date, and the date expression for a prefix.
+fn date_expr(name: &str, value: &str, start: Expr, end: Expr) -> Result<Expr, QueryError> {
+    let (prefix, lo, hi) = date_parts(name, value)?;
     Ok(match prefix {
         "eq" => start.gt_eq(ts(lo)).and(end.lt_eq(ts(hi))),
         "ne" => start.gt_eq(ts(lo)).and(end.lt_eq(ts(hi))).not(),
@@ -509,8 +557,7 @@ fn date_expr(name: &str, value: &str, start: Expr, end: Expr) -> Result<Expr, Qu
         "eb" => end.lt(ts(lo)),
         _ => {
             // ap: within 10% of the distance from now (at least a day) around the value.
-            let now = chrono::Utc::now().timestamp_millis();
-            let slack = ((now - lo).abs() / 10).max(86_400_000);
+            let slack = ap_slack(lo);
             start.lt_eq(ts(hi + slack)).and(end.gt_eq(ts(lo - slack)))
         }
     })

@@ -5,7 +5,13 @@
 //! filter pushdown, page-index and bloom-filter pruning on. It is immutable: a request is
 //! answered wholly from one snapshot, and the server swaps in a new `Snapshot` when a new one
 //! is published.
+//!
+//! The hot requests (read by id; searches of a compartment type confined to patients, with
+//! only `patient` and date filters; `Patient/$everything`) take a direct path over an
+//! in-memory index of the files instead (see [`crate::direct`]); it answers exactly as
+//! DataFusion would.
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,11 +24,12 @@ use datafusion::datasource::file_format::options::ReadOptions;
 use datafusion::logical_expr::{col, lit, Expr, SortExpr};
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use mapper::lake::{clustered_by_patient, Lake};
-use mapper::registry::{self, IndexValue};
+use mapper::registry::{self, IndexValue, ParamType};
 use serde_json::Value;
 
 use crate::cursor::{self, Cursor};
-use crate::params::{ts, Include, SearchRequest, SortKey};
+use crate::direct::{self, Direct, Loc};
+use crate::params::{date_eval, date_parts, reference_forms, ts, Include, SearchRequest, SortKey};
 use crate::QueryError;
 
 /// A page of results.
@@ -50,6 +57,37 @@ pub struct Snapshot {
     pub dir: PathBuf,
     ctx: SessionContext,
     tables: HashSet<String>,
+    direct: Option<Direct>,
+}
+
+/// How a snapshot is opened.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenOptions {
+    /// Answer the hot requests on the direct path (off: everything through DataFusion).
+    pub direct: bool,
+    /// Budget of the decoded-row cache of the direct path, in bytes.
+    pub row_cache_bytes: usize,
+}
+
+impl Default for OpenOptions {
+    /// The direct path on, with a row cache of `FHIRLAKE_ROW_CACHE_MB` MiB (default 64).
+    fn default() -> Self {
+        let row_cache_bytes = std::env::var("FHIRLAKE_ROW_CACHE_MB")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .map_or(direct::DEFAULT_ROW_CACHE_BYTES, |mb| mb << 20);
+        Self {
+            direct: true,
+            row_cache_bytes,
+        }
+    }
+}
+
+/// One row found on the direct path: where it is, its id and its sort key.
+struct Hit {
+    loc: Loc,
+    id: String,
+    key: i64,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -75,11 +113,38 @@ impl Snapshot {
     /// # Errors
     /// When nothing is published or a table cannot be registered.
     pub async fn open(lake: &Lake) -> Result<Self, QueryError> {
+        Self::open_with(lake, OpenOptions::default()).await
+    }
+
+    /// Open the lake's current snapshot with options.
+    ///
+    /// # Errors
+    /// As [`Snapshot::open`].
+    pub async fn open_with(lake: &Lake, options: OpenOptions) -> Result<Self, QueryError> {
         let dir = lake.current()?;
         let name = dir
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
+        let mut files = Vec::new();
+        for t in registry::resource_types() {
+            files.push((t.to_string(), Lake::table_files(&dir, t)?));
+        }
+        Self::open_files(name, dir, files, options).await
+    }
+
+    /// Open a snapshot made of the given table files (type, files); for tests of tables
+    /// split into several files.
+    ///
+    /// # Errors
+    /// When a table cannot be registered or indexed.
+    #[doc(hidden)]
+    pub async fn open_files(
+        name: String,
+        dir: PathBuf,
+        files: Vec<(String, Vec<PathBuf>)>,
+        options: OpenOptions,
+    ) -> Result<Self, QueryError> {
         let mut config = SessionConfig::new()
             .with_target_partitions(2)
             .with_batch_size(1024)
@@ -95,8 +160,8 @@ impl Snapshot {
         }
         let ctx = SessionContext::new_with_config(config);
         let mut tables = HashSet::new();
-        for t in registry::resource_types() {
-            let files = Lake::table_files(&dir, t)?;
+        for (t, files) in &files {
+            let t = t.as_str();
             if files.is_empty() {
                 continue;
             }
@@ -121,11 +186,34 @@ impl Snapshot {
             ctx.register_table(t, Arc::new(ListingTable::try_new(config)?))?;
             tables.insert(t.to_string());
         }
+        let direct = if options.direct {
+            let indexed: Vec<(String, Vec<PathBuf>, bool)> = files
+                .into_iter()
+                .filter(|(_, f)| !f.is_empty())
+                .map(|(t, f)| {
+                    let c = clustered_by_patient(&t);
+                    (t, f, c)
+                })
+                .collect();
+            let bytes = options.row_cache_bytes;
+            Some(
+                tokio::task::spawn_blocking(move || Direct::open(indexed, bytes))
+                    .await
+                    .map_err(|e| {
+                        QueryError::Engine(datafusion::error::DataFusionError::External(
+                            e.to_string().into(),
+                        ))
+                    })??,
+            )
+        } else {
+            None
+        };
         Ok(Self {
             name,
             dir,
             ctx,
             tables,
+            direct,
         })
     }
 
@@ -191,6 +279,17 @@ impl Snapshot {
         if !registry::resource_types().contains(&resource_type) {
             return Err(QueryError::UnknownType(resource_type.to_string()));
         }
+        if let Some(d) = &self.direct {
+            let Some((_, table)) = d.table(resource_type) else {
+                return Ok(None);
+            };
+            let rows = d.rows(resource_type, &table.id_candidates(id))?;
+            let Some(r) = rows.into_iter().find(|r| &*r.id == id) else {
+                return Ok(None);
+            };
+            let allowed = in_compartment(resource_type, &r, patients);
+            return Ok(allowed.then(|| r.resource.to_string()));
+        }
         let mut f = col("id").eq(lit(id.to_string()));
         if let Some(c) = Self::compartment(resource_type, patients) {
             f = f.and(c);
@@ -216,15 +315,22 @@ impl Snapshot {
         let t = req.resource_type.as_str();
         let scope = scope_key(patients);
         let fingerprint = req.fingerprint(&scope);
-        let mut filter = req.filter(base_url)?;
-        if let Some(c) = Self::compartment(t, patients) {
-            filter = Some(match filter {
-                Some(f) => f.and(c),
-                None => c,
-            });
+        let direct_all = self.direct_search(req, patients, base_url)?;
+        let mut filter = None;
+        if direct_all.is_none() {
+            filter = req.filter(base_url)?;
+            if let Some(c) = Self::compartment(t, patients) {
+                filter = Some(match filter {
+                    Some(f) => f.and(c),
+                    None => c,
+                });
+            }
         }
         let total = if req.summary_count || req.total_accurate {
-            Some(self.count(t, filter.clone()).await?)
+            Some(match &direct_all {
+                Some(all) => all.len() as u64,
+                None => self.count(t, filter.clone()).await?,
+            })
         } else {
             None
         };
@@ -252,18 +358,23 @@ impl Snapshot {
             None => None,
         };
         let back = cursor.as_ref().is_some_and(|c| c.back);
-        let (order, key) = sort_exprs(&req.sort, back);
-        if let Some(c) = &cursor {
-            let k = keyset(&req.sort, c);
-            filter = Some(match filter {
-                Some(f) => f.and(k),
-                None => k,
-            });
-        }
-        let batches = self
-            .fetch(t, filter, Some((order, key)), Some(req.count + 1))
-            .await?;
-        let mut found = rows(&batches);
+        let mut found = match direct_all {
+            Some(all) => self.direct_page(t, all, &req.sort, cursor.as_ref(), req.count + 1)?,
+            None => {
+                let (order, key) = sort_exprs(&req.sort, back);
+                if let Some(c) = &cursor {
+                    let k = keyset(&req.sort, c);
+                    filter = Some(match filter {
+                        Some(f) => f.and(k),
+                        None => k,
+                    });
+                }
+                let batches = self
+                    .fetch(t, filter, Some((order, key)), Some(req.count + 1))
+                    .await?;
+                rows(&batches)
+            }
+        };
         let more = found.len() > req.count;
         found.truncate(req.count);
         if back {
@@ -317,6 +428,197 @@ impl Snapshot {
             previous,
             offset,
         })
+    }
+
+    /// All matches of a search, in search order, when the direct path can answer it: a
+    /// compartment type, confined to patients (by the compartment or the `patient`
+    /// parameter), filtered by nothing but `patient` and dates. `None`: use DataFusion.
+    fn direct_search(
+        &self,
+        req: &SearchRequest,
+        patients: Option<&[String]>,
+        base_url: Option<&str>,
+    ) -> Result<Option<Vec<Hit>>, QueryError> {
+        let Some(d) = &self.direct else {
+            return Ok(None);
+        };
+        let t = req.resource_type.as_str();
+        if !clustered_by_patient(t) {
+            return Ok(None);
+        }
+        // Each `patient` occurrence: the references it accepts (ORed); occurrences are ANDed.
+        let mut patient_sets: Vec<Vec<String>> = Vec::new();
+        // Each date occurrence: its start and end columns and its values (ORed).
+        type DateValues = Vec<(String, i64, i64)>;
+        let mut dates: Vec<(String, String, DateValues)> = Vec::new();
+        for f in &req.filters {
+            let p = f.param;
+            match (p.code, p.kind, f.modifier.as_deref()) {
+                ("patient", ParamType::Reference, None | Some("Patient")) => {
+                    let mut forms = Vec::new();
+                    for v in &f.values {
+                        forms.extend(reference_forms(p, f.modifier.as_deref(), v, base_url));
+                    }
+                    if forms.iter().any(|r| !r.starts_with("Patient/")) {
+                        return Ok(None);
+                    }
+                    patient_sets.push(forms);
+                }
+                (code, ParamType::Date, None) => {
+                    let (start, end) = if code == "_lastUpdated" {
+                        ("last_updated".to_string(), "last_updated".to_string())
+                    } else {
+                        let c = p.column();
+                        (format!("{c}__start"), format!("{c}__end"))
+                    };
+                    let mut values = Vec::new();
+                    for v in &f.values {
+                        let (prefix, lo, hi) = date_parts(code, v)?;
+                        values.push((prefix.to_string(), lo, hi));
+                    }
+                    dates.push((start, end, values));
+                }
+                _ => return Ok(None),
+            }
+        }
+        let mut cands: Option<Vec<String>> = patients.map(<[String]>::to_vec);
+        for forms in &patient_sets {
+            let ids: Vec<String> = forms
+                .iter()
+                .filter_map(|f| f.strip_prefix("Patient/"))
+                .map(str::to_string)
+                .collect();
+            cands = Some(match cands {
+                None => ids,
+                Some(c) => c.into_iter().filter(|x| ids.contains(x)).collect(),
+            });
+        }
+        let Some(mut cands) = cands else {
+            return Ok(None);
+        };
+        cands.sort();
+        cands.dedup();
+        let Some((_, table)) = d.table(t) else {
+            return Ok(Some(Vec::new()));
+        };
+        let mut locs: Vec<Loc> = cands
+            .iter()
+            .flat_map(|p| table.patient_candidates(p))
+            .collect();
+        locs.sort_unstable();
+        locs.dedup();
+        let patient_col = registry::find(t, "patient").map(|p| p.column());
+        let mut cols: Vec<&str> = vec!["id", "patient_id"];
+        if let (false, Some(c)) = (patient_sets.is_empty(), &patient_col) {
+            cols.push(c);
+        }
+        for (start, end, _) in &dates {
+            cols.push(start);
+            cols.push(end);
+        }
+        if let SortKey::Time { column, .. } = &req.sort {
+            cols.push(column);
+        }
+        cols.sort_unstable();
+        cols.dedup();
+        let mut hits = Vec::new();
+        for (file, rows) in direct::by_file(&locs) {
+            let b = table.read(file, &rows, &cols)?;
+            let ids = direct::string_col(&b, "id")?;
+            let pids = direct::string_col(&b, "patient_id")?;
+            let plist = match (&patient_col, patient_sets.is_empty()) {
+                (Some(c), false) => Some(direct::list_col(&b, c)?),
+                _ => None,
+            };
+            let mut date_cols = Vec::new();
+            for (start, end, values) in &dates {
+                date_cols.push((direct::ts_col(&b, start)?, direct::ts_col(&b, end)?, values));
+            }
+            let sort_col = match &req.sort {
+                SortKey::Time { column, .. } => Some(direct::ts_col(&b, column)?),
+                SortKey::Id => None,
+            };
+            let opt = |a: &TimestampMillisecondArray, i: usize| (!a.is_null(i)).then(|| a.value(i));
+            for (i, row) in rows.iter().enumerate() {
+                let in_scope = !pids.is_null(i)
+                    && cands
+                        .binary_search_by(|c| c.as_str().cmp(pids.value(i)))
+                        .is_ok();
+                if !in_scope {
+                    continue;
+                }
+                if let Some(pl) = plist {
+                    if pl.is_null(i) {
+                        continue;
+                    }
+                    let refs = pl.value(i);
+                    let Some(refs) = refs.as_any().downcast_ref::<StringArray>() else {
+                        continue;
+                    };
+                    let has = |f: &String| {
+                        (0..refs.len()).any(|j| !refs.is_null(j) && refs.value(j) == f)
+                    };
+                    if !patient_sets.iter().all(|forms| forms.iter().any(has)) {
+                        continue;
+                    }
+                }
+                let dates_ok = date_cols.iter().all(|(start, end, values)| {
+                    let (s, e) = (opt(start, i), opt(end, i));
+                    values
+                        .iter()
+                        .any(|(p, lo, hi)| date_eval(p, *lo, *hi, s, e) == Some(true))
+                });
+                if !dates_ok {
+                    continue;
+                }
+                let key = sort_col.and_then(|c| opt(c, i)).unwrap_or(0);
+                hits.push(Hit {
+                    loc: (file, *row),
+                    id: ids.value(i).to_string(),
+                    key,
+                });
+            }
+        }
+        hits.sort_by(|a, b| forward(&req.sort, (a.key, &a.id), (b.key, &b.id)));
+        Ok(Some(hits))
+    }
+
+    /// The rows of a page from all matches (in search order): after the cursor (before it,
+    /// nearest first, for a `previous` cursor), at most `n`.
+    fn direct_page(
+        &self,
+        t: &str,
+        all: Vec<Hit>,
+        sort: &SortKey,
+        cursor: Option<&Cursor>,
+        n: usize,
+    ) -> Result<Vec<(String, String, Option<i64>)>, QueryError> {
+        let Some(d) = &self.direct else {
+            return Ok(Vec::new());
+        };
+        let page: Vec<&Hit> = match cursor {
+            None => all.iter().take(n).collect(),
+            Some(c) => {
+                let at = (c.key.unwrap_or(0), c.id.as_str());
+                if c.back {
+                    let q = all
+                        .partition_point(|h| forward(sort, (h.key, &h.id), at) == Ordering::Less);
+                    all[q.saturating_sub(n)..q].iter().rev().collect()
+                } else {
+                    let p = all.partition_point(|h| {
+                        forward(sort, (h.key, &h.id), at) != Ordering::Greater
+                    });
+                    all[p..].iter().take(n).collect()
+                }
+            }
+        };
+        let locs: Vec<Loc> = page.iter().map(|h| h.loc).collect();
+        let rows = d.rows(t, &locs)?;
+        Ok(page
+            .into_iter()
+            .zip(rows)
+            .map(|(h, r)| (h.id.clone(), r.resource.to_string(), Some(h.key)))
+            .collect())
     }
 
     async fn count(&self, resource_type: &str, filter: Option<Expr>) -> Result<u64, QueryError> {
@@ -380,12 +682,40 @@ impl Snapshot {
         for (t, mut ids) in wanted {
             ids.sort();
             ids.dedup();
-            let list: Vec<Expr> = ids.iter().map(|i| lit(i.clone())).collect();
-            let mut f = col("id").in_list(list, false);
-            if let Some(c) = Self::compartment(&t, patients) {
-                f = f.and(c);
-            }
-            for (id, r, _) in rows(&self.fetch(&t, Some(f), None, None).await?) {
+            let found = match &self.direct {
+                Some(d) => {
+                    let Some((_, table)) = d.table(&t) else {
+                        continue;
+                    };
+                    let mut locs: Vec<Loc> =
+                        ids.iter().flat_map(|i| table.id_candidates(i)).collect();
+                    locs.sort_unstable();
+                    locs.dedup();
+                    let mut found: Vec<(String, String, Option<i64>)> = d
+                        .rows(&t, &locs)?
+                        .into_iter()
+                        .filter(|r| ids.binary_search_by(|i| i.as_str().cmp(&r.id)).is_ok())
+                        .filter(|r| in_compartment(&t, r, patients))
+                        .map(|r| (r.id.to_string(), r.resource.to_string(), None))
+                        .collect();
+                    found.sort_by(|a, b| a.0.cmp(&b.0));
+                    found
+                }
+                None => {
+                    let list: Vec<Expr> = ids.iter().map(|i| lit(i.clone())).collect();
+                    let mut f = col("id").in_list(list, false);
+                    if let Some(c) = Self::compartment(&t, patients) {
+                        f = f.and(c);
+                    }
+                    let order = vec![col("id").sort(true, false)];
+                    rows(
+                        &self
+                            .fetch(&t, Some(f), Some((order, lit(0i64))), None)
+                            .await?,
+                    )
+                }
+            };
+            for (id, r, _) in found {
                 let key = format!("{t}/{id}");
                 if !own.contains(&key) && seen.insert(key) {
                     out.push(r);
@@ -457,11 +787,8 @@ impl Snapshot {
         let mut referenced: Option<(Vec<String>, Vec<String>)> = None;
         while phase < phases.len() {
             let t = phases[phase];
-            let mut f = match t {
-                "Patient" => col("id").eq(lit(patient.to_string())),
-                "Coverage" | "ExplanationOfBenefit" => {
-                    col("patient_id").eq(lit(patient.to_string()))
-                }
+            let ids = match t {
+                "Patient" | "Coverage" | "ExplanationOfBenefit" => Vec::new(),
                 _ => {
                     if referenced.is_none() {
                         referenced = Some(self.referenced(patient).await?);
@@ -474,20 +801,19 @@ impl Snapshot {
                         after = None;
                         continue;
                     }
-                    col("id").in_list(ids.iter().map(|i| lit(i.clone())).collect(), false)
+                    ids.clone()
                 }
             };
-            if let Some(ms) = since_ms {
-                f = f.and(col("last_updated").gt_eq(ts(ms)));
-            }
-            if let Some(a) = &after {
-                f = f.and(col("id").gt(lit(a.clone())));
-            }
-            let order = vec![col("id").sort(true, false)];
-            let batches = self
-                .fetch(t, Some(f), Some((order, lit(0i64))), Some(count + 1))
+            let mut found = self
+                .phase_rows(
+                    t,
+                    patient,
+                    &ids,
+                    since_ms,
+                    after.as_deref(),
+                    Some(count + 1),
+                )
                 .await?;
-            let mut found = rows(&batches);
             if found.is_empty() {
                 phase += 1;
                 after = None;
@@ -555,9 +881,8 @@ impl Snapshot {
         since_ms: Option<i64>,
         referenced: &mut Option<(Vec<String>, Vec<String>)>,
     ) -> Result<bool, QueryError> {
-        let mut f = match t {
-            "Patient" => col("id").eq(lit(patient.to_string())),
-            "Coverage" | "ExplanationOfBenefit" => col("patient_id").eq(lit(patient.to_string())),
+        let ids = match t {
+            "Patient" | "Coverage" | "ExplanationOfBenefit" => Vec::new(),
             _ => {
                 if referenced.is_none() {
                     *referenced = Some(self.referenced(patient).await?);
@@ -568,13 +893,72 @@ impl Snapshot {
                 if ids.is_empty() {
                     return Ok(false);
                 }
-                col("id").in_list(ids.iter().map(|i| lit(i.clone())).collect(), false)
+                ids.clone()
             }
+        };
+        Ok(!self
+            .phase_rows(t, patient, &ids, since_ms, None, Some(1))
+            .await?
+            .is_empty())
+    }
+
+    /// The rows of an `$everything` phase, by id: the member's Patient, the member's rows
+    /// of a compartment type, or the given ids of another type; updated since `since_ms`,
+    /// after the id `after`, at most `limit`.
+    async fn phase_rows(
+        &self,
+        t: &str,
+        patient: &str,
+        ids: &[String],
+        since_ms: Option<i64>,
+        after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Vec<(String, String, Option<i64>)>, QueryError> {
+        if let Some(d) = &self.direct {
+            let Some((_, table)) = d.table(t) else {
+                return Ok(Vec::new());
+            };
+            let mut locs: Vec<Loc> = match t {
+                "Patient" => table.id_candidates(patient),
+                "Coverage" | "ExplanationOfBenefit" => table.patient_candidates(patient),
+                _ => ids.iter().flat_map(|i| table.id_candidates(i)).collect(),
+            };
+            locs.sort_unstable();
+            locs.dedup();
+            let mut found: Vec<(String, String, Option<i64>)> = d
+                .rows(t, &locs)?
+                .into_iter()
+                .filter(|r| match t {
+                    "Patient" => &*r.id == patient,
+                    "Coverage" | "ExplanationOfBenefit" => r.patient_id.as_deref() == Some(patient),
+                    _ => ids.iter().any(|i| **i == *r.id),
+                })
+                .filter(|r| since_ms.is_none_or(|ms| r.last_updated >= ms))
+                .filter(|r| after.is_none_or(|a| &*r.id > a))
+                .map(|r| (r.id.to_string(), r.resource.to_string(), Some(0)))
+                .collect();
+            found.sort_by(|a, b| a.0.cmp(&b.0));
+            if let Some(n) = limit {
+                found.truncate(n);
+            }
+            return Ok(found);
+        }
+        let mut f = match t {
+            "Patient" => col("id").eq(lit(patient.to_string())),
+            "Coverage" | "ExplanationOfBenefit" => col("patient_id").eq(lit(patient.to_string())),
+            _ => col("id").in_list(ids.iter().map(|i| lit(i.clone())).collect(), false),
         };
         if let Some(ms) = since_ms {
             f = f.and(col("last_updated").gt_eq(ts(ms)));
         }
-        Ok(!rows(&self.fetch(t, Some(f), None, Some(1)).await?).is_empty())
+        if let Some(a) = after {
+            f = f.and(col("id").gt(lit(a.to_string())));
+        }
+        let order = vec![col("id").sort(true, false)];
+        let batches = self
+            .fetch(t, Some(f), Some((order, lit(0i64))), limit)
+            .await?;
+        Ok(rows(&batches))
     }
 
     /// Organizations and Practitioners the member's Coverages and EOBs reference.
@@ -582,8 +966,7 @@ impl Snapshot {
         let mut orgs = Vec::new();
         let mut pracs = Vec::new();
         for t in ["Coverage", "ExplanationOfBenefit"] {
-            let f = col("patient_id").eq(lit(patient.to_string()));
-            for (_, r, _) in rows(&self.fetch(t, Some(f), None, None).await?) {
+            for (_, r, _) in self.phase_rows(t, patient, &[], None, None, None).await? {
                 let v: Value =
                     serde_json::from_str(&r).map_err(|e| QueryError::Corrupt(e.to_string()))?;
                 for p in registry::for_type(t).filter(|p| p.kind == registry::ParamType::Reference)
@@ -626,6 +1009,30 @@ fn scope_key(patients: Option<&[String]>) -> String {
             v.join(",")
         }
     }
+}
+
+/// Whether a row of type `t` is in the compartment of `patients` (`None`: unconfined); the
+/// direct path's form of [`Snapshot::compartment`].
+fn in_compartment(t: &str, r: &direct::CachedRow, patients: Option<&[String]>) -> bool {
+    match (patients, t) {
+        (None, _) => true,
+        (Some(p), "Patient") => p.iter().any(|x| **x == *r.id),
+        (Some(p), t) if clustered_by_patient(t) => r
+            .patient_id
+            .as_deref()
+            .is_some_and(|pid| p.iter().any(|x| x == pid)),
+        _ => true,
+    }
+}
+
+/// The search order of two rows given as (sort key, id): the key (descending for a `-` sort),
+/// then the id.
+fn forward(sort: &SortKey, a: (i64, &str), b: (i64, &str)) -> Ordering {
+    let k = match sort {
+        SortKey::Time { desc: true, .. } => b.0.cmp(&a.0),
+        _ => a.0.cmp(&b.0),
+    };
+    k.then_with(|| a.1.cmp(b.1))
 }
 
 /// The order of a search (reversed when paging backwards) and its sort-key expression.

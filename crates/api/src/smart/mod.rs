@@ -118,6 +118,7 @@ impl Smart {
                     leeway,
                     patient_claims: vec!["patients".into(), "patient".into()],
                     revocations: Some(revocations.clone()),
+                    cache: Default::default(),
                 };
                 let embedded = server::Embedded::new(server::Parts {
                     base_url,
@@ -182,6 +183,7 @@ impl Smart {
                     leeway,
                     patient_claims: vec![patient_claim.clone()],
                     revocations: None,
+                    cache: Default::default(),
                 };
                 Inner {
                     validator,

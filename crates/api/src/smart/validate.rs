@@ -4,6 +4,11 @@
 //! `none` and HMAC never reach a key); `kid` present and in the issuer's JWKS (one
 //! rate-limited refresh on a miss); the signature; then `iss`, `aud`, `exp`, `nbf`, `iat`
 //! (with leeway); for tokens of the embedded server, the revocation list by grant id.
+//!
+//! A token that passed is remembered ([`TokenCache`], keyed by the token text) until it
+//! expires, and at most [`TOKEN_CACHE_SECS`], so later requests skip the signature check; its
+//! signing key must still be in the JWKS and its grant must not be revoked on every reuse.
+//! Refused tokens are never cached.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -127,6 +132,54 @@ pub(crate) struct Validator {
     pub patient_claims: Vec<String>,
     /// For the embedded issuer: revoked grant ids (tokens must carry `gid`).
     pub revocations: Option<std::sync::Arc<RevocationList>>,
+    /// Tokens that passed, by token text.
+    pub cache: TokenCache,
+}
+
+/// How long a validated token is remembered at most, in seconds.
+pub(crate) const TOKEN_CACHE_SECS: i64 = 60;
+
+/// How many validated tokens are remembered at most.
+const TOKEN_CACHE_ENTRIES: usize = 4096;
+
+/// What is remembered of a validated token.
+#[derive(Clone)]
+struct Validated {
+    grant: Grant,
+    /// Unix time until which it may be reused.
+    until: i64,
+    /// Its grant id (checked against revocations on every use).
+    gid: Option<String>,
+    /// Its signing key (which must still be in the JWKS on every use).
+    kid: String,
+}
+
+/// Validated tokens, by token text.
+#[derive(Default)]
+pub(crate) struct TokenCache {
+    map: RwLock<HashMap<String, Validated>>,
+}
+
+impl TokenCache {
+    fn get(&self, token: &str, now: i64) -> Option<Validated> {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        map.get(token).filter(|v| now < v.until).cloned()
+    }
+
+    fn put(&self, token: &str, v: Validated, now: i64) {
+        let until = v.until;
+        if until <= now {
+            return;
+        }
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= TOKEN_CACHE_ENTRIES {
+            map.retain(|_, v| v.until > now);
+            if map.len() >= TOKEN_CACHE_ENTRIES {
+                map.clear();
+            }
+        }
+        map.insert(token.to_owned(), v);
+    }
 }
 
 /// Extracts the bearer token from the headers.
@@ -152,7 +205,41 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
 }
 
 impl Validator {
+    /// Validate a token, reusing an earlier validation of the same token while it lasts.
     pub(crate) async fn validate(&self, token: &str) -> Result<Grant, AuthError> {
+        let t = now();
+        // A remembered token is reused only while its key is still published; otherwise it
+        // goes through the full check again (and fails it as the uncached path would).
+        if let Some(v) = self.cache.get(token, t) {
+            if self.jwks.get(&v.kid).await.is_some() {
+                if let (Some(rev), Some(gid)) = (&self.revocations, v.gid.as_deref()) {
+                    if rev.is_revoked(gid) {
+                        tracing::info!(
+                            reason = TokenRejection::Revoked.describe(),
+                            "access token refused"
+                        );
+                        return Err(AuthError::InvalidToken(TokenRejection::Revoked));
+                    }
+                }
+                return Ok(v.grant);
+            }
+        }
+        let (grant, exp, gid, kid) = self.validate_uncached(token).await?;
+        let v = Validated {
+            grant: grant.clone(),
+            until: exp.min(t + TOKEN_CACHE_SECS),
+            gid,
+            kid,
+        };
+        self.cache.put(token, v, t);
+        Ok(grant)
+    }
+
+    /// The full check; returns the grant, the token's `exp` and its grant id.
+    async fn validate_uncached(
+        &self,
+        token: &str,
+    ) -> Result<(Grant, i64, Option<String>, String), AuthError> {
         let reject = |r: TokenRejection| {
             tracing::info!(reason = r.describe(), "access token refused");
             AuthError::InvalidToken(r)
@@ -223,7 +310,9 @@ impl Validator {
                 return Err(reject(TokenRejection::Revoked));
             }
         }
-        Ok(self.grant_from_claims(&claims))
+        let exp = claims["exp"].as_i64().unwrap_or(0);
+        let gid = claims["gid"].as_str().map(str::to_owned);
+        Ok((self.grant_from_claims(&claims), exp, gid, kid.to_owned()))
     }
 
     fn grant_from_claims(&self, c: &Value) -> Grant {

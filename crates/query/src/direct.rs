@@ -1,0 +1,474 @@
+//! The direct path: hot requests answered from the Parquet files without DataFusion planning.
+//!
+//! At [`Direct::open`] each table file's footer and offset index are loaded once
+//! ([`ArrowReaderMetadata`], kept for the snapshot's life), and only its `id` and `patient_id`
+//! columns are read to build a compact in-memory index: the hash of every id with its
+//! (file, row), and for the types clustered by patient the hash of every `patient_id` with
+//! the (file, first row, row count) of its run (files are sorted by `(patient_id, id)`). A
+//! request then reads just the rows it needs: a [`RowSelection`] over the row groups that
+//! hold them, which the offset index turns into reads of only the pages holding them.
+//! Decoded rows are kept in a bounded cache.
+//!
+//! The index stores hashes, not ids: every candidate row is read back and its id (or
+//! `patient_id`) compared, so a collision costs a read, never a wrong answer. The index
+//! assumes what the lake guarantees: every id is in exactly one file, and a resource's
+//! `patient` reference is `Patient/<patient_id>`.
+//!
+//! What the direct path answers is decided in [`crate::snapshot`]; everything else goes
+//! through DataFusion. Both give identical results (tests/it/direct_path.rs checks that).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::hash::{Hash, Hasher};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use datafusion::arrow::array::{
+    Array, AsArray, GenericListArray, RecordBatch, RecordBatchReader, StringArray,
+    TimestampMillisecondArray,
+};
+use datafusion::arrow::compute::concat_batches;
+use datafusion::parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
+    RowSelector,
+};
+use datafusion::parquet::arrow::ProjectionMask;
+use datafusion::parquet::file::metadata::PageIndexPolicy;
+use datafusion::parquet::file::reader::{ChunkReader, Length};
+
+use crate::QueryError;
+
+/// (file index, row index in the file).
+pub(crate) type Loc = (u32, u32);
+
+/// A file read with positioned reads (`pread`), so concurrent requests share one descriptor
+/// without sharing a file offset.
+#[derive(Clone)]
+struct Pread {
+    file: Arc<File>,
+    len: u64,
+}
+
+struct PreadReader {
+    file: Arc<File>,
+    pos: u64,
+}
+
+impl Read for PreadReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Length for Pread {
+    fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+impl ChunkReader for Pread {
+    type T = PreadReader;
+
+    fn get_read(&self, start: u64) -> datafusion::parquet::errors::Result<Self::T> {
+        Ok(PreadReader {
+            file: self.file.clone(),
+            pos: start,
+        })
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> datafusion::parquet::errors::Result<Bytes> {
+        let mut buf = vec![0u8; length];
+        self.file.read_exact_at(&mut buf, start)?;
+        Ok(Bytes::from(buf))
+    }
+}
+
+fn pq(e: impl std::fmt::Display) -> QueryError {
+    QueryError::Engine(datafusion::error::DataFusionError::External(
+        e.to_string().into(),
+    ))
+}
+
+/// The hash the index keys on (stable within a process).
+pub(crate) fn key(s: &str) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    s.hash(&mut h);
+    h.finish()
+}
+
+struct TableFile {
+    src: Pread,
+    meta: ArrowReaderMetadata,
+    /// First row of each row group, plus the total row count at the end.
+    rg_start: Vec<u64>,
+}
+
+/// One table: its files and their index.
+pub(crate) struct Table {
+    files: Vec<TableFile>,
+    /// (hash of id, file, row), sorted.
+    ids: Vec<(u64, u32, u32)>,
+    /// (hash of patient_id, file, first row, rows), sorted; empty unless clustered by patient.
+    patients: Vec<(u64, u32, u32, u32)>,
+}
+
+/// A decoded row's base columns, as cached.
+#[derive(Debug)]
+pub(crate) struct CachedRow {
+    pub id: Box<str>,
+    pub patient_id: Option<Box<str>>,
+    pub last_updated: i64,
+    pub resource: Box<str>,
+}
+
+/// A bounded cache of decoded rows: two generations, the older dropped when the newer fills
+/// half the budget (an approximate LRU without per-hit bookkeeping).
+struct RowCache {
+    budget: usize,
+    inner: Mutex<Generations>,
+}
+
+#[derive(Default)]
+struct Generations {
+    young: HashMap<(u16, Loc), Arc<CachedRow>>,
+    young_bytes: usize,
+    old: HashMap<(u16, Loc), Arc<CachedRow>>,
+}
+
+impl RowCache {
+    fn get(&self, k: (u16, Loc)) -> Option<Arc<CachedRow>> {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = g.young.get(&k) {
+            return Some(r.clone());
+        }
+        let r = g.old.remove(&k)?;
+        Self::put_locked(&mut g, self.budget, k, r.clone());
+        Some(r)
+    }
+
+    fn put(&self, k: (u16, Loc), r: Arc<CachedRow>) {
+        if self.budget == 0 {
+            return;
+        }
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        Self::put_locked(&mut g, self.budget, k, r);
+    }
+
+    fn put_locked(g: &mut Generations, budget: usize, k: (u16, Loc), r: Arc<CachedRow>) {
+        g.young_bytes += r.resource.len() + r.id.len() + 64;
+        g.young.insert(k, r);
+        if g.young_bytes > budget / 2 {
+            g.old = std::mem::take(&mut g.young);
+            g.young_bytes = 0;
+        }
+    }
+}
+
+/// The direct-path index of a snapshot.
+pub(crate) struct Direct {
+    tables: HashMap<String, (u16, Table)>,
+    cache: RowCache,
+}
+
+/// Default budget of the decoded-row cache.
+pub const DEFAULT_ROW_CACHE_BYTES: usize = 64 << 20;
+
+impl Direct {
+    /// Index the given tables (type, files, clustered by patient).
+    pub(crate) fn open(
+        tables: Vec<(String, Vec<PathBuf>, bool)>,
+        cache_bytes: usize,
+    ) -> Result<Self, QueryError> {
+        let mut out = HashMap::new();
+        for (i, (t, files, clustered)) in tables.into_iter().enumerate() {
+            out.insert(t, (i as u16, Table::open(&files, clustered)?));
+        }
+        Ok(Self {
+            tables: out,
+            cache: RowCache {
+                budget: cache_bytes,
+                inner: Mutex::new(Generations::default()),
+            },
+        })
+    }
+
+    /// The table of a type, if indexed.
+    pub(crate) fn table(&self, t: &str) -> Option<(u16, &Table)> {
+        self.tables.get(t).map(|(i, t)| (*i, t))
+    }
+
+    /// The base columns of rows (in the order given), from the cache or the files.
+    pub(crate) fn rows(&self, t: &str, locs: &[Loc]) -> Result<Vec<Arc<CachedRow>>, QueryError> {
+        let Some((ti, table)) = self.table(t) else {
+            return Ok(Vec::new());
+        };
+        let mut out: Vec<Option<Arc<CachedRow>>> =
+            locs.iter().map(|l| self.cache.get((ti, *l))).collect();
+        let mut missing: Vec<Loc> = locs
+            .iter()
+            .zip(&out)
+            .filter(|(_, r)| r.is_none())
+            .map(|(l, _)| *l)
+            .collect();
+        if !missing.is_empty() {
+            missing.sort_unstable();
+            missing.dedup();
+            let mut fetched: HashMap<Loc, Arc<CachedRow>> = HashMap::new();
+            for (file, rows) in by_file(&missing) {
+                let b = table.read(
+                    file,
+                    &rows,
+                    &["id", "patient_id", "last_updated", "resource"],
+                )?;
+                let ids = string_col(&b, "id")?;
+                let pids = string_col(&b, "patient_id")?;
+                let lu = ts_col(&b, "last_updated")?;
+                let res = string_col(&b, "resource")?;
+                for (i, row) in rows.iter().enumerate() {
+                    let r = Arc::new(CachedRow {
+                        id: ids.value(i).into(),
+                        patient_id: (!pids.is_null(i)).then(|| pids.value(i).into()),
+                        last_updated: lu.value(i),
+                        resource: res.value(i).into(),
+                    });
+                    self.cache.put((ti, (file, *row)), r.clone());
+                    fetched.insert((file, *row), r);
+                }
+            }
+            for (slot, l) in out.iter_mut().zip(locs) {
+                if slot.is_none() {
+                    *slot = fetched.get(l).cloned();
+                }
+            }
+        }
+        out.into_iter()
+            .map(|r| r.ok_or_else(|| pq("row beyond the end of its file")))
+            .collect()
+    }
+}
+
+/// Group sorted locations by file.
+pub(crate) fn by_file(locs: &[Loc]) -> Vec<(u32, Vec<u32>)> {
+    let mut out: Vec<(u32, Vec<u32>)> = Vec::new();
+    for &(f, r) in locs {
+        match out.last_mut() {
+            Some((lf, rows)) if *lf == f => rows.push(r),
+            _ => out.push((f, vec![r])),
+        }
+    }
+    out
+}
+
+/// A Utf8 column of a batch, by name.
+pub(crate) fn string_col<'a>(
+    b: &'a RecordBatch,
+    name: &str,
+) -> Result<&'a StringArray, QueryError> {
+    b.column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        .ok_or_else(|| pq(format!("column {name} is missing or not Utf8")))
+}
+
+/// A timestamp column of a batch, by name.
+pub(crate) fn ts_col<'a>(
+    b: &'a RecordBatch,
+    name: &str,
+) -> Result<&'a TimestampMillisecondArray, QueryError> {
+    b.column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
+        .ok_or_else(|| pq(format!("column {name} is missing or not a timestamp")))
+}
+
+/// A list-of-Utf8 column of a batch, by name.
+pub(crate) fn list_col<'a>(
+    b: &'a RecordBatch,
+    name: &str,
+) -> Result<&'a GenericListArray<i32>, QueryError> {
+    b.column_by_name(name)
+        .and_then(|c| c.as_list_opt::<i32>())
+        .ok_or_else(|| pq(format!("column {name} is missing or not a list")))
+}
+
+impl Table {
+    fn open(files: &[PathBuf], clustered: bool) -> Result<Self, QueryError> {
+        let mut out = Table {
+            files: Vec::with_capacity(files.len()),
+            ids: Vec::new(),
+            patients: Vec::new(),
+        };
+        for (fi, path) in files.iter().enumerate() {
+            let f = File::open(path).map_err(pq)?;
+            let len = f.metadata().map_err(pq)?.len();
+            let src = Pread {
+                file: Arc::new(f),
+                len,
+            };
+            let options = ArrowReaderOptions::new()
+                .with_offset_index_policy(PageIndexPolicy::Optional)
+                .with_column_index_policy(PageIndexPolicy::Skip);
+            let meta = ArrowReaderMetadata::load(&src, options).map_err(pq)?;
+            let mut rg_start = vec![0u64];
+            for rg in meta.metadata().row_groups() {
+                let last = rg_start.last().copied().unwrap_or(0);
+                rg_start.push(last + rg.num_rows().max(0) as u64);
+            }
+            let cols: &[&str] = if clustered {
+                &["id", "patient_id"]
+            } else {
+                &["id"]
+            };
+            let mask = mask(&meta, cols)?;
+            let reader =
+                ParquetRecordBatchReaderBuilder::new_with_metadata(src.clone(), meta.clone())
+                    .with_projection(mask)
+                    .with_batch_size(8192)
+                    .build()
+                    .map_err(pq)?;
+            let fi = fi as u32;
+            let mut row = 0u32;
+            let mut run: Option<(u64, String, u32)> = None;
+            for b in reader {
+                let b = b.map_err(pq)?;
+                let ids = string_col(&b, "id")?;
+                out.ids.reserve(ids.len());
+                for i in 0..ids.len() {
+                    out.ids.push((key(ids.value(i)), fi, row + i as u32));
+                }
+                if clustered {
+                    let pids = string_col(&b, "patient_id")?;
+                    for i in 0..pids.len() {
+                        let r = row + i as u32;
+                        let p = (!pids.is_null(i)).then(|| pids.value(i));
+                        let same = matches!((&run, p), (Some((_, rp, _)), Some(p)) if rp == p);
+                        if !same {
+                            if let Some((h, _, start)) = run.take() {
+                                out.patients.push((h, fi, start, r - start));
+                            }
+                            run = p.map(|p| (key(p), p.to_string(), r));
+                        }
+                    }
+                }
+                row += b.num_rows() as u32;
+            }
+            if let Some((h, _, start)) = run.take() {
+                out.patients.push((h, fi, start, row - start));
+            }
+            out.files.push(TableFile {
+                src,
+                meta,
+                rg_start,
+            });
+        }
+        out.ids.sort_unstable();
+        out.patients.sort_unstable();
+        out.ids.shrink_to_fit();
+        out.patients.shrink_to_fit();
+        Ok(out)
+    }
+
+    /// Rows whose id may be `id` (hash matches; the caller compares the id).
+    pub(crate) fn id_candidates(&self, id: &str) -> Vec<Loc> {
+        let h = key(id);
+        let i = self.ids.partition_point(|e| e.0 < h);
+        self.ids[i..]
+            .iter()
+            .take_while(|e| e.0 == h)
+            .map(|e| (e.1, e.2))
+            .collect()
+    }
+
+    /// Rows whose `patient_id` may be `patient` (the caller compares), sorted.
+    pub(crate) fn patient_candidates(&self, patient: &str) -> Vec<Loc> {
+        let h = key(patient);
+        let i = self.patients.partition_point(|e| e.0 < h);
+        let mut out = Vec::new();
+        for e in self.patients[i..].iter().take_while(|e| e.0 == h) {
+            out.extend((e.2..e.2 + e.3).map(|r| (e.1, r)));
+        }
+        out
+    }
+
+    /// Read the named columns of some rows of one file (`rows` sorted, distinct); the batch
+    /// has one row per requested row, in order.
+    pub(crate) fn read(
+        &self,
+        file: u32,
+        rows: &[u32],
+        cols: &[&str],
+    ) -> Result<RecordBatch, QueryError> {
+        let f = self
+            .files
+            .get(file as usize)
+            .ok_or_else(|| pq("no such file"))?;
+        let mut groups = Vec::new();
+        let mut selectors = Vec::new();
+        let mut i = 0;
+        for g in 0..f.rg_start.len().saturating_sub(1) {
+            let (lo, hi) = (f.rg_start[g], f.rg_start[g + 1]);
+            if i >= rows.len() {
+                break;
+            }
+            if u64::from(rows[i]) >= hi {
+                continue;
+            }
+            groups.push(g);
+            let mut pos = lo;
+            while i < rows.len() && u64::from(rows[i]) < hi {
+                let r = u64::from(rows[i]);
+                let mut end = r + 1;
+                i += 1;
+                while i < rows.len() && u64::from(rows[i]) == end && end < hi {
+                    end += 1;
+                    i += 1;
+                }
+                if r > pos {
+                    selectors.push(RowSelector::skip((r - pos) as usize));
+                }
+                selectors.push(RowSelector::select((end - r) as usize));
+                pos = end;
+            }
+            if hi > pos {
+                selectors.push(RowSelector::skip((hi - pos) as usize));
+            }
+        }
+        if i < rows.len() {
+            return Err(pq("row beyond the end of its file"));
+        }
+        let reader =
+            ParquetRecordBatchReaderBuilder::new_with_metadata(f.src.clone(), f.meta.clone())
+                .with_projection(mask(&f.meta, cols)?)
+                .with_row_groups(groups)
+                .with_row_selection(RowSelection::from(selectors))
+                .with_batch_size(rows.len().max(1))
+                .build()
+                .map_err(pq)?;
+        let schema = reader.schema();
+        let batches = reader.collect::<Result<Vec<_>, _>>().map_err(pq)?;
+        let b = if batches.len() == 1 {
+            batches
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| RecordBatch::new_empty(schema))
+        } else {
+            concat_batches(&schema, &batches).map_err(pq)?
+        };
+        if b.num_rows() != rows.len() {
+            return Err(pq("row selection returned the wrong number of rows"));
+        }
+        Ok(b)
+    }
+}
+
+fn mask(meta: &ArrowReaderMetadata, cols: &[&str]) -> Result<ProjectionMask, QueryError> {
+    let schema = meta.schema();
+    let idx = cols
+        .iter()
+        .map(|c| schema.index_of(c).map_err(pq))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ProjectionMask::roots(meta.parquet_schema(), idx))
+}
