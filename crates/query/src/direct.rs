@@ -31,6 +31,7 @@ use datafusion::arrow::array::{
     TimestampMillisecondArray,
 };
 use datafusion::arrow::compute::concat_batches;
+use datafusion::arrow::datatypes::DataType;
 use datafusion::parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
     RowSelector,
@@ -115,6 +116,10 @@ pub(crate) struct Table {
     ids: Vec<(u64, u32, u32)>,
     /// (hash of patient_id, file, first row, rows), sorted; empty unless clustered by patient.
     patients: Vec<(u64, u32, u32, u32)>,
+    /// The reference columns of the type's search parameters (kept in [`MemberRows`]).
+    ref_cols: Vec<String>,
+    /// The timestamp columns of the table (kept in [`MemberRows`]).
+    time_cols: Vec<String>,
 }
 
 /// A decoded row's base columns, as cached.
@@ -126,42 +131,53 @@ pub(crate) struct CachedRow {
     pub resource: Box<str>,
 }
 
-/// A bounded cache of decoded rows: two generations, the older dropped when the newer fills
-/// half the budget (an approximate LRU without per-hit bookkeeping).
-struct RowCache {
+/// A bounded cache: two generations, the older dropped when the newer fills half the budget
+/// (an approximate LRU without per-hit bookkeeping).
+struct GenCache<K, V> {
     budget: usize,
-    inner: Mutex<Generations>,
+    inner: Mutex<Generations<K, V>>,
 }
 
-#[derive(Default)]
-struct Generations {
-    young: HashMap<(u16, Loc), Arc<CachedRow>>,
+struct Generations<K, V> {
+    young: HashMap<K, (V, usize)>,
     young_bytes: usize,
-    old: HashMap<(u16, Loc), Arc<CachedRow>>,
+    old: HashMap<K, (V, usize)>,
 }
 
-impl RowCache {
-    fn get(&self, k: (u16, Loc)) -> Option<Arc<CachedRow>> {
-        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(r) = g.young.get(&k) {
-            return Some(r.clone());
+impl<K: Hash + Eq + Copy, V: Clone> GenCache<K, V> {
+    fn new(budget: usize) -> Self {
+        Self {
+            budget,
+            inner: Mutex::new(Generations {
+                young: HashMap::new(),
+                young_bytes: 0,
+                old: HashMap::new(),
+            }),
         }
-        let r = g.old.remove(&k)?;
-        Self::put_locked(&mut g, self.budget, k, r.clone());
-        Some(r)
     }
 
-    fn put(&self, k: (u16, Loc), r: Arc<CachedRow>) {
+    fn get(&self, k: K) -> Option<V> {
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((v, _)) = g.young.get(&k) {
+            return Some(v.clone());
+        }
+        let (v, bytes) = g.old.remove(&k)?;
+        Self::put_locked(&mut g, self.budget, k, v.clone(), bytes);
+        Some(v)
+    }
+
+    /// Keep `v`, which costs about `bytes` of memory.
+    fn put(&self, k: K, v: V, bytes: usize) {
         if self.budget == 0 {
             return;
         }
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        Self::put_locked(&mut g, self.budget, k, r);
+        Self::put_locked(&mut g, self.budget, k, v, bytes);
     }
 
-    fn put_locked(g: &mut Generations, budget: usize, k: (u16, Loc), r: Arc<CachedRow>) {
-        g.young_bytes += r.resource.len() + r.id.len() + 64;
-        g.young.insert(k, r);
+    fn put_locked(g: &mut Generations<K, V>, budget: usize, k: K, v: V, bytes: usize) {
+        g.young_bytes += bytes;
+        g.young.insert(k, (v, bytes));
         if g.young_bytes > budget / 2 {
             g.old = std::mem::take(&mut g.young);
             g.young_bytes = 0;
@@ -169,14 +185,55 @@ impl RowCache {
     }
 }
 
+/// The small columns of one member's rows in a table clustered by patient: everything a
+/// patient-confined search filters and sorts on, and the references `$everything` follows,
+/// so that a repeated request for the member reads no Parquet page.
+#[derive(Debug)]
+pub(crate) struct MemberRows {
+    patient: Box<str>,
+    /// The member's rows (`patient_id` equal to the member), in file order.
+    pub rows: Vec<MemberRow>,
+}
+
+/// One row of [`MemberRows`].
+#[derive(Debug)]
+pub(crate) struct MemberRow {
+    pub loc: Loc,
+    pub id: Box<str>,
+    /// Values of the table's reference columns, in [`Table::ref_index`] order.
+    pub refs: Box<[Box<[Box<str>]>]>,
+    /// Values of the table's timestamp columns, in [`Table::time_index`] order.
+    pub times: Box<[Option<i64>]>,
+}
+
+impl MemberRows {
+    fn bytes(&self) -> usize {
+        let row = |r: &MemberRow| {
+            96 + r.id.len()
+                + r.times.len() * 16
+                + r.refs
+                    .iter()
+                    .map(|l| 16 + l.iter().map(|s| s.len() + 16).sum::<usize>())
+                    .sum::<usize>()
+        };
+        64 + self.patient.len() + self.rows.iter().map(row).sum::<usize>()
+    }
+}
+
 /// The direct-path index of a snapshot.
 pub(crate) struct Direct {
     tables: HashMap<String, (u16, Table)>,
-    cache: RowCache,
+    cache: GenCache<(u16, Loc), Arc<CachedRow>>,
+    members: GenCache<(u16, u64), Arc<MemberRows>>,
 }
 
 /// Default budget of the decoded-row cache.
 pub const DEFAULT_ROW_CACHE_BYTES: usize = 64 << 20;
+
+/// Share of the row cache's budget given, on top of it, to the cache of members' search
+/// columns ([`MemberRows`]): about 2 KiB per member of ten claims, so 16 MiB by default
+/// holds some 8,000 members.
+const MEMBER_CACHE_SHARE: usize = 4;
 
 impl Direct {
     /// Index the given tables (type, files, clustered by patient).
@@ -186,15 +243,35 @@ impl Direct {
     ) -> Result<Self, QueryError> {
         let mut out = HashMap::new();
         for (i, (t, files, clustered)) in tables.into_iter().enumerate() {
-            out.insert(t, (i as u16, Table::open(&files, clustered)?));
+            let table = Table::open(&t, &files, clustered)?;
+            out.insert(t, (i as u16, table));
         }
         Ok(Self {
             tables: out,
-            cache: RowCache {
-                budget: cache_bytes,
-                inner: Mutex::new(Generations::default()),
-            },
+            cache: GenCache::new(cache_bytes),
+            members: GenCache::new(cache_bytes / MEMBER_CACHE_SHARE),
         })
+    }
+
+    /// The search columns of a member's rows in a table clustered by patient (`None` when
+    /// the table is not indexed), from the cache or the files.
+    pub(crate) fn member(
+        &self,
+        t: &str,
+        patient: &str,
+    ) -> Result<Option<Arc<MemberRows>>, QueryError> {
+        let Some((ti, table)) = self.table(t) else {
+            return Ok(None);
+        };
+        let k = (ti, key(patient));
+        if let Some(m) = self.members.get(k) {
+            if &*m.patient == patient {
+                return Ok(Some(m));
+            }
+        }
+        let m = Arc::new(table.member_rows(patient)?);
+        self.members.put(k, m.clone(), m.bytes());
+        Ok(Some(m))
     }
 
     /// The table of a type, if indexed.
@@ -236,7 +313,8 @@ impl Direct {
                         last_updated: lu.value(i),
                         resource: res.value(i).into(),
                     });
-                    self.cache.put((ti, (file, *row)), r.clone());
+                    let bytes = r.resource.len() + r.id.len() + 64;
+                    self.cache.put((ti, (file, *row)), r.clone(), bytes);
                     fetched.insert((file, *row), r);
                 }
             }
@@ -295,11 +373,25 @@ pub(crate) fn list_col<'a>(
 }
 
 impl Table {
-    fn open(files: &[PathBuf], clustered: bool) -> Result<Self, QueryError> {
+    fn open(t: &str, files: &[PathBuf], clustered: bool) -> Result<Self, QueryError> {
+        let schema = mapper::lake::schema(t);
+        let time_cols = schema
+            .fields()
+            .iter()
+            .filter(|f| matches!(f.data_type(), DataType::Timestamp(_, _)))
+            .map(|f| f.name().clone())
+            .collect();
+        let ref_cols = mapper::registry::for_type(t)
+            .filter(|p| p.kind == mapper::registry::ParamType::Reference)
+            .map(|p| p.column())
+            .filter(|c| schema.index_of(c).is_ok())
+            .collect();
         let mut out = Table {
             files: Vec::with_capacity(files.len()),
             ids: Vec::new(),
             patients: Vec::new(),
+            ref_cols,
+            time_cols,
         };
         for (fi, path) in files.iter().enumerate() {
             let f = File::open(path).map_err(pq)?;
@@ -391,6 +483,77 @@ impl Table {
             out.extend((e.2..e.2 + e.3).map(|r| (e.1, r)));
         }
         out
+    }
+
+    /// Position of a reference column among [`MemberRow::refs`].
+    pub(crate) fn ref_index(&self, column: &str) -> Result<usize, QueryError> {
+        self.ref_cols
+            .iter()
+            .position(|c| c == column)
+            .ok_or_else(|| pq(format!("column {column} is not a reference column")))
+    }
+
+    /// Position of a timestamp column among [`MemberRow::times`].
+    pub(crate) fn time_index(&self, column: &str) -> Result<usize, QueryError> {
+        self.time_cols
+            .iter()
+            .position(|c| c == column)
+            .ok_or_else(|| pq(format!("column {column} is missing or not a timestamp")))
+    }
+
+    /// Read the search columns of a member's rows.
+    fn member_rows(&self, patient: &str) -> Result<MemberRows, QueryError> {
+        let locs = self.patient_candidates(patient);
+        let mut cols: Vec<&str> = vec!["id", "patient_id"];
+        cols.extend(self.ref_cols.iter().map(String::as_str));
+        cols.extend(self.time_cols.iter().map(String::as_str));
+        let mut out = Vec::new();
+        for (file, rows) in by_file(&locs) {
+            let b = self.read(file, &rows, &cols)?;
+            let ids = string_col(&b, "id")?;
+            let pids = string_col(&b, "patient_id")?;
+            let refs = self
+                .ref_cols
+                .iter()
+                .map(|c| list_col(&b, c))
+                .collect::<Result<Vec<_>, _>>()?;
+            let times = self
+                .time_cols
+                .iter()
+                .map(|c| ts_col(&b, c))
+                .collect::<Result<Vec<_>, _>>()?;
+            for (i, row) in rows.iter().enumerate() {
+                if pids.is_null(i) || pids.value(i) != patient {
+                    continue;
+                }
+                let list = |l: &GenericListArray<i32>| -> Box<[Box<str>]> {
+                    if l.is_null(i) {
+                        return Box::default();
+                    }
+                    let v = l.value(i);
+                    let Some(v) = v.as_any().downcast_ref::<StringArray>() else {
+                        return Box::default();
+                    };
+                    (0..v.len())
+                        .filter(|&j| !v.is_null(j))
+                        .map(|j| v.value(j).into())
+                        .collect()
+                };
+                out.push(MemberRow {
+                    loc: (file, *row),
+                    id: ids.value(i).into(),
+                    refs: refs.iter().map(|l| list(l)).collect(),
+                    times: times
+                        .iter()
+                        .map(|a| (!a.is_null(i)).then(|| a.value(i)))
+                        .collect(),
+                });
+            }
+        }
+        Ok(MemberRows {
+            patient: patient.into(),
+            rows: out,
+        })
     }
 
     /// Read the named columns of some rows of one file (`rows` sorted, distinct); the batch

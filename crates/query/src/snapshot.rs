@@ -501,69 +501,36 @@ impl Snapshot {
         let Some((_, table)) = d.table(t) else {
             return Ok(Some(Vec::new()));
         };
-        let mut locs: Vec<Loc> = cands
+        // Where the filters' and the sort's columns sit in a member's cached rows.
+        let patient_ref = match registry::find(t, "patient") {
+            Some(p) if !patient_sets.is_empty() => Some(table.ref_index(&p.column())?),
+            _ => None,
+        };
+        let date_idx = dates
             .iter()
-            .flat_map(|p| table.patient_candidates(p))
-            .collect();
-        locs.sort_unstable();
-        locs.dedup();
-        let patient_col = registry::find(t, "patient").map(|p| p.column());
-        let mut cols: Vec<&str> = vec!["id", "patient_id"];
-        if let (false, Some(c)) = (patient_sets.is_empty(), &patient_col) {
-            cols.push(c);
-        }
-        for (start, end, _) in &dates {
-            cols.push(start);
-            cols.push(end);
-        }
-        if let SortKey::Time { column, .. } = &req.sort {
-            cols.push(column);
-        }
-        cols.sort_unstable();
-        cols.dedup();
+            .map(|(start, end, values)| {
+                Ok((table.time_index(start)?, table.time_index(end)?, values))
+            })
+            .collect::<Result<Vec<_>, QueryError>>()?;
+        let sort_idx = match &req.sort {
+            SortKey::Time { column, .. } => Some(table.time_index(column)?),
+            SortKey::Id => None,
+        };
         let mut hits = Vec::new();
-        for (file, rows) in direct::by_file(&locs) {
-            let b = table.read(file, &rows, &cols)?;
-            let ids = direct::string_col(&b, "id")?;
-            let pids = direct::string_col(&b, "patient_id")?;
-            let plist = match (&patient_col, patient_sets.is_empty()) {
-                (Some(c), false) => Some(direct::list_col(&b, c)?),
-                _ => None,
+        for p in &cands {
+            let Some(member) = d.member(t, p)? else {
+                continue;
             };
-            let mut date_cols = Vec::new();
-            for (start, end, values) in &dates {
-                date_cols.push((direct::ts_col(&b, start)?, direct::ts_col(&b, end)?, values));
-            }
-            let sort_col = match &req.sort {
-                SortKey::Time { column, .. } => Some(direct::ts_col(&b, column)?),
-                SortKey::Id => None,
-            };
-            let opt = |a: &TimestampMillisecondArray, i: usize| (!a.is_null(i)).then(|| a.value(i));
-            for (i, row) in rows.iter().enumerate() {
-                let in_scope = !pids.is_null(i)
-                    && cands
-                        .binary_search_by(|c| c.as_str().cmp(pids.value(i)))
-                        .is_ok();
-                if !in_scope {
-                    continue;
-                }
-                if let Some(pl) = plist {
-                    if pl.is_null(i) {
-                        continue;
-                    }
-                    let refs = pl.value(i);
-                    let Some(refs) = refs.as_any().downcast_ref::<StringArray>() else {
-                        continue;
-                    };
-                    let has = |f: &String| {
-                        (0..refs.len()).any(|j| !refs.is_null(j) && refs.value(j) == f)
-                    };
+            for r in &member.rows {
+                if let Some(pi) = patient_ref {
+                    let refs = &r.refs[pi];
+                    let has = |f: &String| refs.iter().any(|x| **x == **f);
                     if !patient_sets.iter().all(|forms| forms.iter().any(has)) {
                         continue;
                     }
                 }
-                let dates_ok = date_cols.iter().all(|(start, end, values)| {
-                    let (s, e) = (opt(start, i), opt(end, i));
+                let dates_ok = date_idx.iter().all(|(start, end, values)| {
+                    let (s, e) = (r.times[*start], r.times[*end]);
                     values
                         .iter()
                         .any(|(p, lo, hi)| date_eval(p, *lo, *hi, s, e) == Some(true))
@@ -571,11 +538,10 @@ impl Snapshot {
                 if !dates_ok {
                     continue;
                 }
-                let key = sort_col.and_then(|c| opt(c, i)).unwrap_or(0);
                 hits.push(Hit {
-                    loc: (file, *row),
-                    id: ids.value(i).to_string(),
-                    key,
+                    loc: r.loc,
+                    id: r.id.to_string(),
+                    key: sort_idx.and_then(|i| r.times[i]).unwrap_or(0),
                 });
             }
         }
@@ -965,6 +931,37 @@ impl Snapshot {
     async fn referenced(&self, patient: &str) -> Result<(Vec<String>, Vec<String>), QueryError> {
         let mut orgs = Vec::new();
         let mut pracs = Vec::new();
+        let mut keep = |r: &str| match r.split_once('/') {
+            Some(("Organization", id)) => orgs.push(id.to_string()),
+            Some(("Practitioner", id)) => pracs.push(id.to_string()),
+            _ => {}
+        };
+        if let Some(d) = &self.direct {
+            // The reference columns hold what the parameters extract: no JSON to parse.
+            for t in ["Coverage", "ExplanationOfBenefit"] {
+                let Some(member) = d.member(t, patient)? else {
+                    continue;
+                };
+                for r in &member.rows {
+                    r.refs.iter().flatten().for_each(|x| keep(x));
+                }
+            }
+        } else {
+            self.referenced_scan(patient, &mut keep).await?;
+        }
+        orgs.sort();
+        orgs.dedup();
+        pracs.sort();
+        pracs.dedup();
+        Ok((orgs, pracs))
+    }
+
+    /// [`Snapshot::referenced`] through DataFusion: every reference of the member's rows.
+    async fn referenced_scan(
+        &self,
+        patient: &str,
+        keep: &mut impl FnMut(&str),
+    ) -> Result<(), QueryError> {
         for t in ["Coverage", "ExplanationOfBenefit"] {
             for (_, r, _) in self.phase_rows(t, patient, &[], None, None, None).await? {
                 let v: Value =
@@ -973,21 +970,13 @@ impl Snapshot {
                 {
                     for iv in (p.extract)(&v) {
                         if let IndexValue::Reference(r) = iv {
-                            match r.split_once('/') {
-                                Some(("Organization", id)) => orgs.push(id.to_string()),
-                                Some(("Practitioner", id)) => pracs.push(id.to_string()),
-                                _ => {}
-                            }
+                            keep(&r);
                         }
                     }
                 }
             }
         }
-        orgs.sort();
-        orgs.dedup();
-        pracs.sort();
-        pracs.dedup();
-        Ok((orgs, pracs))
+        Ok(())
     }
 }
 
