@@ -133,8 +133,8 @@ impl<R: Read> Splitter<R> {
         // The top of `run`'s loop: the reader's state is empty here.
         while self.src.skip_ws()? {
             let off = self.src.offset();
-            // Not before a byte-order mark: `skip_ws` skips one only at the start of its
-            // call, so a piece starting there would skip what the whole-file reader reads.
+            // Not before a byte-order mark (`skip_ws` has skipped every one it could see;
+            // this only guards the last bytes of the input).
             // Nor after an interchange that ended without IEA: the reader places that notice
             // on the segment after it, which only the whole file has.
             if self.closed
@@ -315,16 +315,6 @@ fn num(b: &[u8]) -> Option<u64> {
             None
         }
     })
-}
-
-/// Whether the bytes are a valid segment id: an uppercase letter then 1–2 uppercase letters
-/// or digits.
-fn valid_id(id: &[u8]) -> bool {
-    (2..=3).contains(&id.len())
-        && id[0].is_ascii_uppercase()
-        && id[1..]
-            .iter()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
 }
 
 /// Whether a segment id may appear inside an 837 transaction set.
@@ -1215,7 +1205,8 @@ impl SetCtx {
             self.taint(t);
             return;
         }
-        if !valid_id(id) || !known(id) {
+        // Every known id is a valid one (an uppercase letter, then uppercase letters or digits).
+        if !known(id) {
             let t = Taint {
                 reason: Reason::Segment,
                 message: format!(

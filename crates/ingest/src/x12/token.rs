@@ -274,7 +274,7 @@ impl<R: Read> Source<R> {
         self.base + self.pos as u64
     }
 
-    /// Skip a UTF-8 byte-order mark and whitespace; false at end of input.
+    /// Skip UTF-8 byte-order marks and whitespace; false at end of input.
     pub(crate) fn skip_ws(&mut self) -> io::Result<bool> {
         loop {
             self.ensure(3)?;
@@ -287,10 +287,10 @@ impl<R: Read> Source<R> {
                 continue;
             }
             match avail.iter().position(|&c| !is_ws(c)) {
-                Some(i) => {
-                    self.pos += i;
-                    return Ok(true);
-                }
+                Some(0) => return Ok(true),
+                // Look for a byte-order mark after the whitespace too (with 3 bytes
+                // available), whatever the boundaries of the reads.
+                Some(i) => self.pos += i,
                 None => self.pos = self.end,
             }
         }
@@ -453,7 +453,11 @@ impl<R: Read> Source<R> {
         }
         let i = a.iter().position(|&c| !is_ws(c))?;
         let a = &a[i..];
-        if a.len() < 4 || a[0] == term || (a.starts_with(b"ISA") && !a[3].is_ascii_alphanumeric()) {
+        if a.len() < 4
+            || a[0] == term
+            || a[0] == 0xEF
+            || (a.starts_with(b"ISA") && !a[3].is_ascii_alphanumeric())
+        {
             return None;
         }
         let stop = memchr::memchr(term, a)?;

@@ -1174,5 +1174,18 @@ fn non_ascii_text_and_invalid_bytes() {
         "the other segments are still read as text"
     );
     assert_dribble_matches(&ok, "utf-8 names");
+    // Byte-order marks after line breaks and indentation between segments (a concatenation
+    // of files saved with BOMs): skipped wherever the reads end.
+    let mut boms = Vec::new();
+    for (i, seg) in ok.split_inclusive(|&b| b == b'~').enumerate() {
+        boms.extend_from_slice(seg);
+        if i % 3 == 1 {
+            boms.extend_from_slice(b"\r\n  \xEF\xBB\xBF");
+        }
+    }
+    let (claims, rejects, _) = collect(&boms);
+    assert!(rejects.is_empty(), "{rejects:?}");
+    assert_eq!(claims.len(), 1);
+    assert_dribble_matches(&boms, "byte-order marks after whitespace");
     assert_dribble_matches(&bad, "invalid byte");
 }
