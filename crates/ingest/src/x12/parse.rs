@@ -17,7 +17,9 @@ use crate::model::{
 use crate::reject::{Notice, Reason, Reject, Stage};
 use crate::{FileSummary, Item};
 
-use super::token::{component, parse_isa, seg_id, Delimiters, IsaError, Seg, Source, ISA_LEN};
+use super::token::{
+    component, parse_isa, seg_id, Bounds, Delimiters, IsaError, Seg, Source, ISA_LEN,
+};
 
 /// Cap on the raw bytes kept with a reject.
 pub(crate) const RAW_CAP: usize = 64 * 1024;
@@ -375,10 +377,11 @@ fn known(id: &[u8]) -> bool {
 impl Driver<'_> {
     /// Read the segments of one interchange; returns at IEA, at a new ISA, or at end of input.
     fn interchange<R: Read>(&mut self, src: &mut Source<R>, delims: Delimiters) -> io::Result<()> {
+        let mut ends = Bounds::new();
         loop {
-            if let Some(rs) = src.next_plain(delims.segment) {
+            if let Some(rs) = src.next_plain_split(&delims, &mut ends) {
                 self.seg_no += 1;
-                let seg = Seg::split(rs.data, rs.text, &delims);
+                let seg = Seg::with_ends(rs.data, rs.text, &delims, &ends);
                 if self.segment(&seg, rs.offset, rs.oversized, &delims) {
                     return Ok(());
                 }
@@ -396,7 +399,7 @@ impl Driver<'_> {
                 break;
             };
             self.seg_no += 1;
-            let seg = Seg::split(rs.data, rs.text, &delims);
+            let seg = Seg::split(rs.data, rs.text, &delims, &mut ends);
             if self.segment(&seg, rs.offset, rs.oversized, &delims) {
                 return Ok(());
             }

@@ -465,16 +465,99 @@ impl<R: Read> Source<R> {
         self.pos = start + stop + 1;
         Some(self.seg(start, start + stop, false))
     }
+
+    /// [`Self::next_plain`], finding the element separators (into `ends`) in the same pass as
+    /// the terminator.
+    #[inline]
+    pub(crate) fn next_plain_split(
+        &mut self,
+        d: &Delimiters,
+        ends: &mut Bounds,
+    ) -> Option<RawSeg<'_>> {
+        let term = d.segment;
+        if self.skipping {
+            return None;
+        }
+        let buf = self.buf();
+        let a = &buf[self.pos..self.end];
+        if a.len() < 3 || a.starts_with(&[0xEF, 0xBB, 0xBF]) {
+            return None;
+        }
+        let i = a.iter().position(|&c| !is_ws(c))?;
+        let a = &a[i..];
+        if a.len() < 4
+            || a[0] == term
+            || a[0] == 0xEF
+            || (a.starts_with(b"ISA") && !a[3].is_ascii_alphanumeric())
+        {
+            return None;
+        }
+        // One pass, eight bytes at a time: element separators up to the terminator.
+        let (t_splat, e_splat) = (
+            u64::from_ne_bytes([term; 8]),
+            u64::from_ne_bytes([d.element; 8]),
+        );
+        ends.n = 0;
+        let mut room = true;
+        let mut chunks = a.chunks_exact(8);
+        let mut base = 0usize;
+        let mut stop = None;
+        for c in &mut chunks {
+            let w = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+            let mut m = eq_bytes(w, e_splat);
+            let t = eq_bytes(w, t_splat);
+            if t != 0 {
+                // Only the separators before the terminator.
+                let k = t.trailing_zeros() as usize;
+                m &= (1u64 << k) - 1;
+                if room {
+                    ends.push_mask(m, base);
+                }
+                stop = Some(base + k / 8);
+                break;
+            }
+            if room {
+                room = ends.push_mask(m, base);
+            }
+            base += 8;
+        }
+        let stop = match stop {
+            Some(s) => s,
+            None => {
+                let tail = chunks.remainder();
+                let k = tail.iter().position(|&c| c == term)?;
+                for (j, &c) in tail[..k].iter().enumerate() {
+                    if c == d.element && ends.n + 1 < MAX_ELEMENTS {
+                        ends.at[ends.n] = (base + j) as u32;
+                        ends.n += 1;
+                    }
+                }
+                base + k
+            }
+        };
+        let start = self.pos + i;
+        self.pos = start + stop + 1;
+        let seg = self.seg(start, start + stop, false);
+        // Trailing whitespace holds no separator (separators are not whitespace).
+        ends.finish(seg.data.len());
+        Some(seg)
+    }
 }
 
-/// A segment split into elements (no allocation: up to [`MAX_ELEMENTS`] element boundaries).
+/// A segment split into elements. The boundaries live in an [`Bounds`] the caller reuses from
+/// segment to segment (no allocation, no copy).
 pub(crate) struct Seg<'a> {
     pub data: &'a [u8],
     /// `data` as text, when it is valid UTF-8 (checked once per segment at most).
     utf8: Option<&'a str>,
-    ends: [u32; MAX_ELEMENTS],
-    n: usize,
+    ends: &'a Bounds,
     pub comp: u8,
+}
+
+/// Where the elements of a segment end: up to [`MAX_ELEMENTS`] boundaries.
+pub(crate) struct Bounds {
+    at: [u32; MAX_ELEMENTS],
+    n: usize,
 }
 
 /// Elements kept per segment; later ones are ignored (no 837 segment that fhirlake reads has
@@ -491,54 +574,97 @@ fn eq_bytes(w: u64, splat: u64) -> u64 {
     !(((x & LO7) + LO7) | x | LO7)
 }
 
-impl<'a> Seg<'a> {
-    /// Split `data` into elements; `text` is `data` as text when the caller knows it (else it
-    /// is checked here).
-    pub(crate) fn split(data: &'a [u8], text: Option<&'a str>, d: &Delimiters) -> Self {
-        // Built in place (the boundaries written straight into the returned value).
-        let mut seg = Self {
-            data,
-            utf8: text,
-            ends: [0u32; MAX_ELEMENTS],
+impl Bounds {
+    pub(crate) fn new() -> Self {
+        Self {
+            at: [0; MAX_ELEMENTS],
             n: 0,
-            comp: d.component,
-        };
-        let mut n = 0;
-        // Eight bytes at a time: segments are short, and memchr's setup costs more than it
-        // saves here.
-        let splat = u64::from_ne_bytes([d.element; 8]);
+        }
+    }
+
+    /// Record the separators flagged (0x80 per byte) in `mask`, the word at `base`; false once
+    /// [`MAX_ELEMENTS`] is reached (the last element then keeps the rest of the segment).
+    #[inline]
+    fn push_mask(&mut self, mut mask: u64, base: usize) -> bool {
+        while mask != 0 {
+            if self.n + 1 >= MAX_ELEMENTS {
+                return false;
+            }
+            self.at[self.n] = (base + (mask.trailing_zeros() / 8) as usize) as u32;
+            self.n += 1;
+            mask &= mask - 1;
+        }
+        true
+    }
+
+    /// Close the list: the last element ends at `len`.
+    #[inline]
+    fn finish(&mut self, len: usize) {
+        self.at[self.n] = len as u32;
+        self.n += 1;
+    }
+
+    /// Find the element separators of `data`, eight bytes at a time (segments are short, and
+    /// memchr's setup costs more than it saves here).
+    fn find(&mut self, data: &[u8], element: u8) {
+        self.n = 0;
+        let splat = u64::from_ne_bytes([element; 8]);
         let mut chunks = data.chunks_exact(8);
         let mut base = 0usize;
-        'outer: for c in &mut chunks {
+        let mut room = true;
+        for c in &mut chunks {
             let w = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
-            let mut m = eq_bytes(w, splat);
-            while m != 0 {
-                if n + 1 >= MAX_ELEMENTS {
-                    break 'outer;
-                }
-                seg.ends[n] = (base + (m.trailing_zeros() / 8) as usize) as u32;
-                n += 1;
-                m &= m - 1;
+            room = self.push_mask(eq_bytes(w, splat), base);
+            if !room {
+                break;
             }
             base += 8;
         }
-        if n + 1 < MAX_ELEMENTS {
+        if room {
             for (i, &c) in chunks.remainder().iter().enumerate() {
-                if c == d.element {
-                    if n + 1 >= MAX_ELEMENTS {
+                if c == element {
+                    if self.n + 1 >= MAX_ELEMENTS {
                         break;
                     }
-                    seg.ends[n] = (base + i) as u32;
-                    n += 1;
+                    self.at[self.n] = (base + i) as u32;
+                    self.n += 1;
                 }
             }
         }
-        seg.ends[n] = data.len() as u32;
-        seg.n = n + 1;
-        if text.is_none() {
-            seg.utf8 = std::str::from_utf8(data).ok();
+        self.finish(data.len());
+    }
+}
+
+impl<'a> Seg<'a> {
+    /// Split `data` into elements, using `ends` for the boundaries; `text` is `data` as text
+    /// when the caller knows it (else it is checked here).
+    pub(crate) fn split(
+        data: &'a [u8],
+        text: Option<&'a str>,
+        d: &Delimiters,
+        ends: &'a mut Bounds,
+    ) -> Self {
+        ends.find(data, d.element);
+        Self::with_ends(data, text, d, ends)
+    }
+
+    /// A segment whose boundaries are already in `ends` (see [`Source::next_plain_split`]).
+    pub(crate) fn with_ends(
+        data: &'a [u8],
+        text: Option<&'a str>,
+        d: &Delimiters,
+        ends: &'a Bounds,
+    ) -> Self {
+        let utf8 = match text {
+            Some(t) => Some(t),
+            None => std::str::from_utf8(data).ok(),
+        };
+        Self {
+            data,
+            utf8,
+            ends,
+            comp: d.component,
         }
-        seg
     }
 
     /// The segment id (element 0).
@@ -549,21 +675,18 @@ impl<'a> Seg<'a> {
     /// Element `i` (0 = id), empty if absent.
     #[inline]
     pub(crate) fn el(&self, i: usize) -> &'a [u8] {
-        if i >= self.n {
+        let e = self.ends;
+        if i >= e.n {
             return &[];
         }
-        let start = if i == 0 {
-            0
-        } else {
-            self.ends[i - 1] as usize + 1
-        };
-        let end = self.ends[i] as usize;
+        let start = if i == 0 { 0 } else { e.at[i - 1] as usize + 1 };
+        let end = e.at[i] as usize;
         self.data.get(start..end).unwrap_or(&[])
     }
 
     /// Number of elements after the id.
     pub(crate) fn len(&self) -> usize {
-        self.n - 1
+        self.ends.n - 1
     }
 
     /// Component `j` (0-based) of element `i`.
@@ -706,7 +829,8 @@ mod tests {
             repetition: None,
             segment: b'~',
         };
-        let s = Seg::split(b"SV1*HC:99213:25*40**1", None, &d);
+        let mut e = Bounds::new();
+        let s = Seg::split(b"SV1*HC:99213:25*40**1", None, &d, &mut e);
         assert_eq!(s.id(), b"SV1");
         assert_eq!(s.comp(1, 1), b"99213");
         assert_eq!(s.comp(1, 2), b"25");
@@ -731,7 +855,8 @@ mod tests {
             .flatten()
             .copied()
             .collect();
-        let s = Seg::split(&long, None, &d);
+        let mut e = Bounds::new();
+        let s = Seg::split(&long, None, &d, &mut e);
         assert_eq!(s.len(), MAX_ELEMENTS - 1);
         assert_eq!(s.el(30), b"a");
         assert_eq!(s.el(31).len(), 2 * 40 - 2 * 30 - 1);
@@ -741,7 +866,8 @@ mod tests {
             let data: Vec<u8> = (0..n)
                 .map(|i| if i % 3 == 2 { b'|' } else { b'x' })
                 .collect();
-            let s = Seg::split(&data, None, &d);
+            let mut e = Bounds::new();
+            let s = Seg::split(&data, None, &d, &mut e);
             let want: Vec<&[u8]> = data.split(|&c| c == b'|').collect();
             assert_eq!(s.len() + 1, want.len(), "{n}");
             for (i, w) in want.iter().enumerate() {
@@ -766,7 +892,8 @@ mod tests {
         let data = "NM1*IL*1*MÜLLER * JOSÉ".as_bytes();
         // Text known (the buffer was UTF-8) or checked here: the same values.
         for text in [std::str::from_utf8(data).ok(), None] {
-            let s = Seg::split(data, text, &d);
+            let mut e = Bounds::new();
+            let s = Seg::split(data, text, &d, &mut e);
             assert_eq!(s.s(3).as_deref(), Some("MÜLLER"));
             assert_eq!(s.s(4).as_deref(), Some("JOSÉ"));
             assert_eq!(s.s(5), None);
@@ -775,8 +902,68 @@ mod tests {
             assert_eq!(s.text(b" X ").as_deref(), Some("X"));
         }
         let bad = b"NM1*IL*1*M\xFCLLER*JOS\xC3\x89";
-        let s = Seg::split(bad, None, &d);
+        let mut e = Bounds::new();
+        let s = Seg::split(bad, None, &d, &mut e);
         assert_eq!(s.s(3).as_deref(), Some("M\u{FFFD}LLER"));
         assert_eq!(s.s(4).as_deref(), Some("JOSÉ"));
+    }
+
+    #[test]
+    fn one_pass_split_matches_split() {
+        let d = Delimiters {
+            element: b'*',
+            component: b':',
+            repetition: None,
+            segment: b'~',
+        };
+        // Segments of every length up to 80 bytes (separators at every offset of the 8-byte
+        // words, more than MAX_ELEMENTS of them), with and without trailing whitespace.
+        let mut data = Vec::new();
+        let mut want = Vec::new();
+        for len in 2..80usize {
+            for pad in [&b""[..], b" \r\n"] {
+                let seg: Vec<u8> = (0..len)
+                    .map(|i| {
+                        if i % (1 + len % 3) == 1 {
+                            b'*'
+                        } else {
+                            b'A' + (i % 26) as u8
+                        }
+                    })
+                    .collect();
+                want.push(seg.clone());
+                data.extend_from_slice(&seg);
+                data.extend_from_slice(pad);
+                data.push(b'~');
+                data.extend_from_slice(b"\n");
+            }
+        }
+        data.extend_from_slice(b"LAST*WITHOUT*TERMINATOR");
+        let mut src = Source::new(&data[..]);
+        // Fill the buffer (it holds the whole input).
+        assert!(src.skip_ws().unwrap());
+        let mut fast = Bounds::new();
+        let mut slow = Bounds::new();
+        for w in &want {
+            let rs = src.next_plain_split(&d, &mut fast).expect("plain segment");
+            assert_eq!(rs.data, &w[..]);
+            let a = Seg::with_ends(rs.data, rs.text, &d, &fast);
+            let b = Seg::split(w, None, &d, &mut slow);
+            assert_eq!(a.len(), b.len(), "{:?}", String::from_utf8_lossy(w));
+            for i in 0..=MAX_ELEMENTS {
+                assert_eq!(
+                    a.el(i),
+                    b.el(i),
+                    "{:?} element {i}",
+                    String::from_utf8_lossy(w)
+                );
+            }
+        }
+        // No terminator in the buffer: the general path takes it, nothing consumed.
+        let at = src.offset();
+        assert!(src.next_plain_split(&d, &mut fast).is_none());
+        assert_eq!(src.offset(), at);
+        let last = src.next_segment(b'~').unwrap().expect("last segment");
+        assert_eq!(last.data, b"LAST*WITHOUT*TERMINATOR");
     }
 }
