@@ -5,8 +5,10 @@
 //! Generates a SIZE_MB 837 file in a temp dir, then reports MB/s and claims/s for
 //! (a) a plain `memchr` count of segment terminators over the same buffered reads and
 //! (b) the X12 reader (records built, then discarded), (c) the tokenizer/envelope scan alone
-//! (`scan_stream`, no records), and the ratios b/a and c/a. Best of 3 runs, one core, file in
-//! the page cache. Each speed is given by wall time and by the thread's CPU time; on a machine
+//! (`scan_stream`, no records), (d) the records alone: as many claims as the file holds cloned
+//! from 1,000 parsed ones and dropped, no parsing (the cost of building and freeing the
+//! `ingest::model` records, a floor for (b)), and the ratios to (a). Best of 3 runs, one core,
+//! file in the page cache. Each speed is given by wall time and by the thread's CPU time; on a machine
 //! shared with other jobs the CPU figure is the one to compare between runs.
 //!
 //! With `--features mimalloc` the whole process (reader and consumer) runs on mimalloc instead
@@ -85,7 +87,8 @@ fn main() -> std::io::Result<()> {
     );
 
     let mb = bytes as f64 / 1e6;
-    let (mut a, mut b, mut c) = (Best::new(), Best::new(), Best::new());
+    let (mut a, mut b, mut c, mut f) = (Best::new(), Best::new(), Best::new(), Best::new());
+    let mut sample = Vec::new();
     let mut terms = 0u64;
     let mut seen = 0u64;
     let mut rejects = 0u64;
@@ -104,7 +107,11 @@ fn main() -> std::io::Result<()> {
                 .read(&path, &mut |item| match item {
                     Ok(SourceRecord::Claim(claim)) => {
                         n += 1;
-                        std::hint::black_box(claim);
+                        if sample.len() < 1_000 {
+                            sample.push(claim);
+                        } else {
+                            std::hint::black_box(claim);
+                        }
                     }
                     Ok(_) => {}
                     Err(_) => r += 1,
@@ -112,6 +119,14 @@ fn main() -> std::io::Result<()> {
                 .map_err(std::io::Error::other)?;
             Ok((n, r))
         })?;
+    }
+    // (d) the records alone.
+    for _ in 0..3 {
+        f.time(|| {
+            for k in 0..claims.min(sample.len() * claims) {
+                std::hint::black_box(sample[k % sample.len()].clone());
+            }
+        });
     }
     println!("best of 3; MB/s by wall time, then by this thread's CPU time");
     println!(
@@ -136,6 +151,14 @@ fn main() -> std::io::Result<()> {
         c.wall
     );
     println!(
+        "(d) records alone (clone+drop): {:>6.0} MB/s (cpu {:>6.0})  {:.0} claims/s (cpu {:.0})  {:.0} ns/claim (cpu)",
+        mb / f.wall,
+        mb / f.cpu,
+        claims as f64 / f.wall,
+        claims as f64 / f.cpu,
+        f.cpu * 1e9 / claims as f64
+    );
+    println!(
         "ratio b/a (records built): {:.3} (cpu {:.3})",
         a.wall / b.wall,
         a.cpu / b.cpu
@@ -144,6 +167,11 @@ fn main() -> std::io::Result<()> {
         "ratio c/a (tokenizer only): {:.3} (cpu {:.3})",
         a.wall / c.wall,
         a.cpu / c.cpu
+    );
+    println!(
+        "ratio d/a (records alone, a ceiling for b/a): {:.3} (cpu {:.3})",
+        a.wall / f.wall,
+        a.cpu / f.cpu
     );
     println!("load average after: {}", load_average());
     if let Some(rss) = peak_rss_mib() {

@@ -251,14 +251,18 @@ pub fn scan_stream<R: Read>(rdr: R) -> std::io::Result<ScanStats> {
         src.advance(token::ISA_LEN);
         let d = isa.delims;
         loop {
-            if !src.skip_ws()? || src.at_isa()? {
-                break;
-            }
-            let Some(seg) = src.next_segment(d.segment)? else {
-                break;
+            let id = if let Some(seg) = src.next_plain(d.segment) {
+                token::seg_id(seg.data, d.element)
+            } else {
+                if !src.skip_ws()? || src.at_isa()? {
+                    break;
+                }
+                let Some(seg) = src.next_segment(d.segment)? else {
+                    break;
+                };
+                token::seg_id(seg.data, d.element)
             };
             st.segments += 1;
-            let id = seg.data.split(|&b| b == d.element).next().unwrap_or(&[]);
             match id {
                 b"CLM" => st.claims += 1,
                 b"ST" => st.sets += 1,

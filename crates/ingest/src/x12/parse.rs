@@ -17,7 +17,9 @@ use crate::model::{
 use crate::reject::{Notice, Reason, Reject, Stage};
 use crate::{FileSummary, Item};
 
-use super::token::{component, parse_isa, text, Delimiters, IsaError, Seg, Source, ISA_LEN};
+use super::token::{
+    component, parse_isa, seg_id, Bounds, Delimiters, IsaError, Seg, Source, ISA_LEN,
+};
 
 /// Cap on the raw bytes kept with a reject.
 pub(crate) const RAW_CAP: usize = 64 * 1024;
@@ -133,8 +135,8 @@ impl<R: Read> Splitter<R> {
         // The top of `run`'s loop: the reader's state is empty here.
         while self.src.skip_ws()? {
             let off = self.src.offset();
-            // Not before a byte-order mark: `skip_ws` skips one only at the start of its
-            // call, so a piece starting there would skip what the whole-file reader reads.
+            // Not before a byte-order mark (`skip_ws` has skipped every one it could see;
+            // this only guards the last bytes of the input).
             // Nor after an interchange that ended without IEA: the reader places that notice
             // on the segment after it, which only the whole file has.
             if self.closed
@@ -158,6 +160,14 @@ impl<R: Read> Splitter<R> {
                     self.closed = false;
                     // `Driver::interchange`, counting only.
                     loop {
+                        if let Some(rs) = self.src.next_plain(d.segment) {
+                            self.seg_no += 1;
+                            if seg_id(rs.data, d.element) == b"IEA" {
+                                self.closed = true;
+                                break;
+                            }
+                            continue;
+                        }
                         if !self.src.skip_ws()? || self.src.at_isa()? {
                             break;
                         }
@@ -165,7 +175,7 @@ impl<R: Read> Splitter<R> {
                             break;
                         };
                         self.seg_no += 1;
-                        if Seg::split(rs.data, &d).id() == b"IEA" {
+                        if seg_id(rs.data, d.element) == b"IEA" {
                             self.closed = true;
                             break;
                         }
@@ -293,18 +303,20 @@ fn lossy(b: &[u8]) -> Text {
     super::token::to_text(b.trim_ascii())
 }
 
+/// An unsigned integer (as `u64::from_str` reads it: an optional `+`, digits), trimmed.
 fn num(b: &[u8]) -> Option<u64> {
-    std::str::from_utf8(b.trim_ascii()).ok()?.parse().ok()
-}
-
-/// Whether the bytes are a valid segment id: an uppercase letter then 1–2 uppercase letters
-/// or digits.
-fn valid_id(id: &[u8]) -> bool {
-    (2..=3).contains(&id.len())
-        && id[0].is_ascii_uppercase()
-        && id[1..]
-            .iter()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+    let b = b.trim_ascii();
+    let digits = b.strip_prefix(b"+").unwrap_or(b);
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |v, &c| {
+        if c.is_ascii_digit() {
+            v.checked_mul(10)?.checked_add(u64::from(c - b'0'))
+        } else {
+            None
+        }
+    })
 }
 
 /// Whether a segment id may appear inside an 837 transaction set.
@@ -365,7 +377,16 @@ fn known(id: &[u8]) -> bool {
 impl Driver<'_> {
     /// Read the segments of one interchange; returns at IEA, at a new ISA, or at end of input.
     fn interchange<R: Read>(&mut self, src: &mut Source<R>, delims: Delimiters) -> io::Result<()> {
+        let mut ends = Bounds::new();
         loop {
+            if let Some(rs) = src.next_plain_split(&delims, &mut ends) {
+                self.seg_no += 1;
+                let seg = Seg::with_ends(rs.data, rs.text, &delims, &ends);
+                if self.segment(&seg, rs.offset, rs.oversized, &delims) {
+                    return Ok(());
+                }
+                continue;
+            }
             if !src.skip_ws()? {
                 break;
             }
@@ -378,7 +399,7 @@ impl Driver<'_> {
                 break;
             };
             self.seg_no += 1;
-            let seg = Seg::split(rs.data, &delims);
+            let seg = Seg::split(rs.data, rs.text, &delims, &mut ends);
             if self.segment(&seg, rs.offset, rs.oversized, &delims) {
                 return Ok(());
             }
@@ -665,13 +686,15 @@ fn take_or_clone<T: Clone + Default>(slot: &mut T, take: bool) -> T {
 /// The coverage key: `payer-plan`, lower-cased, every other character than an ASCII letter or
 /// digit turned into `-`.
 fn coverage_key(payer: &str, plan: Option<&str>) -> Text {
-    let mut key = Text::with_capacity(payer.len() + plan.map_or(0, |p| p.len() + 1));
+    // One `-` per character that is not an ASCII letter or digit, so the key has at most as
+    // many bytes as its parts.
+    let mut key = Vec::with_capacity(payer.len() + plan.map_or(0, |p| p.len() + 1));
     let mut push = |s: &str| {
         for ch in s.chars() {
             key.push(if ch.is_ascii_alphanumeric() {
-                ch.to_ascii_lowercase()
+                ch.to_ascii_lowercase() as u8
             } else {
-                '-'
+                b'-'
             });
         }
     };
@@ -680,7 +703,8 @@ fn coverage_key(payer: &str, plan: Option<&str>) -> Text {
         push("-");
         push(p);
     }
-    key
+    // Only ASCII bytes were pushed.
+    std::str::from_utf8(&key).map(Text::new).unwrap_or_default()
 }
 
 /// The person part of 2010BA/2010CA.
@@ -744,7 +768,8 @@ struct ClaimCtx {
     clm_pos: Position,
     taint: Option<Taint>,
     state: Cl,
-    line: Option<ClaimLine>,
+    /// Whether the last of `claim.lines` is the open 2400 line (lines are built in place).
+    line_open: bool,
     /// Whether the current line has its SV1/SV2.
     line_has_service: bool,
     /// Segment number and byte offset of the current line's LX.
@@ -936,7 +961,13 @@ pub(crate) fn is_decimal(b: &[u8]) -> bool {
     digits > 0 && dots <= 1
 }
 
+/// Whether the amount is a number above zero.
 fn positive(s: &str) -> bool {
+    let b = s.as_bytes();
+    if is_decimal(b) && b == s.trim_ascii().as_bytes() {
+        // A plain decimal: positive when unsigned with a non-zero digit.
+        return b[0] != b'-' && b.iter().any(|&c| (b'1'..=b'9').contains(&c));
+    }
     s.parse::<f64>().map(|v| v > 0.0).unwrap_or(false)
 }
 
@@ -1177,7 +1208,8 @@ impl SetCtx {
             self.taint(t);
             return;
         }
-        if !valid_id(id) || !known(id) {
+        // Every known id is a valid one (an uppercase letter, then uppercase letters or digits).
+        if !known(id) {
             let t = Taint {
                 reason: Reason::Segment,
                 message: format!(
@@ -1556,7 +1588,7 @@ impl SetCtx {
         self.claim_raw.clear();
         push_raw(&mut self.claim_raw, seg.data, d.segment);
         let mut claim = Box::new(Claim {
-            claim_id: lossy(seg.el(1)),
+            claim_id: seg.lossy(seg.el(1)),
             position: pos.clone(),
             created: self.created.clone(),
             type_code: Some(
@@ -1604,7 +1636,7 @@ impl SetCtx {
         if !charge.trim_ascii().is_empty() {
             claim.amounts.push(Amount {
                 category: "submitted".into(),
-                value: lossy(charge),
+                value: seg.lossy(charge),
             });
         }
         // A 3-character facility code with a leading zero is the type of bill's 0 prefix.
@@ -1613,7 +1645,7 @@ impl SetCtx {
         } else {
             fc
         };
-        let fc = lossy(fc);
+        let fc = seg.lossy(fc);
         claim.change = match freq {
             b"7" => Change::Replace,
             b"8" => Change::Cancel,
@@ -1622,7 +1654,7 @@ impl SetCtx {
         if self.institutional {
             claim.kind = Some(institutional_kind(&fc));
             if !fc.is_empty() {
-                let tob = compact_str::format_compact!("{fc}{}", lossy(freq));
+                let tob = compact_str::format_compact!("{fc}{}", seg.lossy(freq));
                 claim.type_of_bill = Some(tob.clone());
                 claim.supporting.push(Supporting {
                     category: "typeofbill".into(),
@@ -1643,7 +1675,7 @@ impl SetCtx {
             clm_pos: pos,
             taint,
             state: Cl::C2300,
-            line: None,
+            line_open: false,
             line_has_service: false,
             line_at: (0, 0),
             adjudicated: false,
@@ -1735,7 +1767,7 @@ impl SetCtx {
                         c.state = Cl::L2420;
                         self.loop_id = "2420";
                         if code == b"82" {
-                            if let Some(l) = &mut c.line {
+                            if let Some(l) = open_line(c) {
                                 l.rendering = Some(nm1_party(seg));
                                 self.target = Target::LineRendering;
                             }
@@ -1777,10 +1809,11 @@ impl SetCtx {
                         position: pos("2400"),
                     });
                 }
-                c.line = Some(ClaimLine {
+                c.claim.lines.push(ClaimLine {
                     number: number.unwrap_or(0),
                     ..ClaimLine::default()
                 });
+                c.line_open = true;
                 c.line_has_service = false;
                 c.line_at = (n, offset);
                 return;
@@ -1789,7 +1822,7 @@ impl SetCtx {
                 c.state = Cl::L2410;
                 self.loop_id = "2410";
                 self.rank = 0;
-                if let Some(l) = &mut c.line {
+                if let Some(l) = open_line(c) {
                     if seg.el(2) == b"N4" {
                         l.ndc = seg.s(3);
                     }
@@ -1801,7 +1834,9 @@ impl SetCtx {
                 self.loop_id = "2430";
                 self.rank = 0;
                 c.adjudicated = true;
-                if let (Some(l), Some(paid)) = (&mut c.line, seg.s(2)) {
+                if let (true, Some(l), Some(paid)) =
+                    (c.line_open, c.claim.lines.last_mut(), seg.s(2))
+                {
                     if positive(&paid) {
                         c.line_paid_positive = true;
                     }
@@ -1842,7 +1877,7 @@ impl SetCtx {
                     let party = match target {
                         Target::Care(i) => c.claim.care_team.get_mut(i).map(|(_, p)| p),
                         Target::Facility => c.claim.facility.as_mut(),
-                        Target::LineRendering => c.line.as_mut().and_then(|l| l.rendering.as_mut()),
+                        Target::LineRendering => open_line(c).and_then(|l| l.rendering.as_mut()),
                         _ => None,
                     };
                     if let Some(p) = party {
@@ -1896,7 +1931,9 @@ impl SetCtx {
             Cl::L2410 => match id {
                 b"CTP" if self.rank < 1 => {
                     self.rank = 1;
-                    if let (Some(l), Some(q)) = (&mut c.line, seg.s(4)) {
+                    if let (true, Some(l), Some(q)) =
+                        (c.line_open, c.claim.lines.last_mut(), seg.s(4))
+                    {
                         // The drug quantity of an NDC line is the line's quantity.
                         l.quantity = Some(q);
                     }
@@ -1910,7 +1947,7 @@ impl SetCtx {
             Cl::L2430 => match rank_2430(id) {
                 Some(r) if r >= self.rank => {
                     self.rank = r;
-                    if let Some(l) = &mut c.line {
+                    if let Some(l) = open_line(c) {
                         match id {
                             b"CAS" => cas(seg, &mut l.amounts, &mut l.adjustments),
                             b"AMT" => amt(seg, &mut l.amounts),
@@ -2038,7 +2075,11 @@ impl SetCtx {
         at: &dyn Fn(&str) -> Position,
         institutional: bool,
     ) {
-        let Some(l) = c.line.as_mut() else {
+        let Some(l) = (if c.line_open {
+            c.claim.lines.last_mut()
+        } else {
+            None
+        }) else {
             return;
         };
         match seg.id() {
@@ -2064,10 +2105,11 @@ impl SetCtx {
                 if sv2 {
                     l.revenue_code = seg.s(1);
                 }
-                let code = seg.comp(code_el, 1);
-                l.service_code = text(code);
-                for j in 2..6 {
-                    if let Some(m) = text(seg.comp(code_el, j)) {
+                // Components 1 (the code) and 2–5 (modifiers), in one pass.
+                let mut parts = seg.el(code_el).split(|&b| b == seg.comp).skip(1);
+                l.service_code = parts.next().and_then(|code| seg.text(code));
+                for m in parts.take(4) {
+                    if let Some(m) = seg.text(m) {
                         l.modifiers.push(m);
                     }
                 }
@@ -2109,14 +2151,14 @@ impl SetCtx {
                 } else {
                     l.amounts.push(Amount {
                         category: "submitted".into(),
-                        value: lossy(charge),
+                        value: seg.lossy(charge),
                     });
                 }
                 l.quantity = seg.s(qty_el);
                 if !sv2 {
                     l.place_of_service = seg.s(5).or_else(|| c.facility_code.clone());
-                    for j in 0..4 {
-                        if let Some(p) = num(seg.comp(7, j)).and_then(|v| u32::try_from(v).ok()) {
+                    for p in seg.el(7).split(|&b| b == seg.comp).take(4) {
+                        if let Some(p) = num(p).and_then(|v| u32::try_from(v).ok()) {
                             l.diagnosis_pointers.push(p);
                         }
                     }
@@ -2143,25 +2185,24 @@ impl SetCtx {
         }
     }
 
+    /// Close the open line (it already sits in `claim.lines`): it must have had its SV1/SV2.
     fn finish_line(c: &mut ClaimCtx) {
-        if let Some(l) = c.line.take() {
-            if !c.line_has_service {
-                c.taint.get_or_insert(Taint {
-                    reason: Reason::MissingValue,
-                    message: format!(
-                        "line {} (segment {}) has no SV1/SV2 service segment",
-                        l.number, c.line_at.0
-                    ),
-                    position: Position {
-                        file: c.clm_pos.file.clone(),
-                        line: 0,
-                        byte_offset: c.line_at.1,
-                        segment: Some(c.line_at.0),
-                        context: Some("2400".into()),
-                    },
-                });
-            }
-            c.claim.lines.push(l);
+        if std::mem::take(&mut c.line_open) && !c.line_has_service {
+            let number = c.claim.lines.last().map_or(0, |l| l.number);
+            c.taint.get_or_insert(Taint {
+                reason: Reason::MissingValue,
+                message: format!(
+                    "line {number} (segment {}) has no SV1/SV2 service segment",
+                    c.line_at.0
+                ),
+                position: Position {
+                    file: c.clm_pos.file.clone(),
+                    line: 0,
+                    byte_offset: c.line_at.1,
+                    segment: Some(c.line_at.0),
+                    context: Some("2400".into()),
+                },
+            });
         }
     }
 
@@ -2430,6 +2471,15 @@ impl SetCtx {
     }
 }
 
+/// The open 2400 line of a claim, if any.
+fn open_line(c: &mut ClaimCtx) -> Option<&mut ClaimLine> {
+    if c.line_open {
+        c.claim.lines.last_mut()
+    } else {
+        None
+    }
+}
+
 fn oo(slot: &mut Option<Taint>, id: &[u8], pos: Position, loop_id: &str) {
     let message = format!(
         "segment {} {} is out of order in loop {loop_id}",
@@ -2615,12 +2665,12 @@ fn hi(
                 });
             }
             let poa = if institutional {
-                text(component(el, seg.comp, 8))
+                seg.text(component(el, seg.comp, 8))
             } else {
                 None
             };
             claim.diagnoses.push(Diagnosis {
-                code: lossy(code),
+                code: seg.lossy(code),
                 icd_version: ver,
                 kind: kind.into(),
                 poa,
@@ -2639,7 +2689,7 @@ fn hi(
                 None
             };
             claim.procedures.push(Procedure {
-                code: lossy(code),
+                code: seg.lossy(code),
                 icd_version: ver,
                 kind: kind.into(),
                 date,
@@ -2647,7 +2697,7 @@ fn hi(
         } else if qual == b"DR" && !code.is_empty() {
             claim.supporting.push(Supporting {
                 category: "drg".into(),
-                value: lossy(code),
+                value: seg.lossy(code),
             });
         }
     }
@@ -2750,6 +2800,35 @@ mod tests {
             dtp_period(b"DT", b"201903101402"),
             Ok((Some("2019-03-10".into()), Some("2019-03-10".into())))
         );
+    }
+
+    #[test]
+    fn numbers_and_amounts() {
+        for (b, want) in [
+            (&b"12"[..], Some(12)),
+            (b" 7 ", Some(7)),
+            (b"+3", Some(3)),
+            (b"+", None),
+            (b"", None),
+            (b"-1", None),
+            (b"1.0", None),
+            (b"18446744073709551615", Some(u64::MAX)),
+            (b"18446744073709551616", None),
+        ] {
+            assert_eq!(num(b), want, "{b:?}");
+            let std = std::str::from_utf8(b.trim_ascii())
+                .ok()
+                .and_then(|s| s.parse().ok());
+            assert_eq!(num(b), std, "{b:?} as u64::from_str reads it");
+        }
+        for s in [
+            "10", "0.01", ".5", "5.", "0", "0.00", "-3", "-0.0", "+2", "1e3", " 5", "abc", "",
+        ] {
+            let std = s.parse::<f64>().map(|v| v > 0.0).unwrap_or(false);
+            assert_eq!(positive(s), std, "{s:?}");
+        }
+        assert_eq!(coverage_key("PAYER01", Some("Grp 1/Ü")), "payer01-grp-1--");
+        assert_eq!(coverage_key("P", None), "p");
     }
 
     #[test]

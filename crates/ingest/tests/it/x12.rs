@@ -1092,3 +1092,100 @@ fn parallel_read_keeps_file_order() {
         "parallel read differs from the sequential one"
     );
 }
+
+// ---- Reads in small pieces: the tokenizer's general path and its byte (non-UTF-8) buffers. ----
+
+/// A reader that hands out 1 to 40 bytes per call, so that segments straddle buffer refills
+/// and many reads end inside a multi-byte character.
+struct Dribble<'a> {
+    data: &'a [u8],
+    state: u64,
+}
+
+impl std::io::Read for Dribble<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.state = self
+            .state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let n = (1 + (self.state >> 33) as usize % 40)
+            .min(buf.len())
+            .min(self.data.len());
+        buf[..n].copy_from_slice(&self.data[..n]);
+        self.data = &self.data[n..];
+        Ok(n)
+    }
+}
+
+fn assert_dribble_matches(data: &[u8], what: &str) {
+    let (whole, ws) = read_all(data);
+    let mut items = Vec::new();
+    let ds = ingest::x12::read_stream(
+        "mem",
+        Dribble {
+            data,
+            state: data.len() as u64,
+        },
+        &mut |item| items.push(item),
+    )
+    .unwrap();
+    assert_eq!(ws, ds, "{what}: summaries differ");
+    assert_eq!(whole, items, "{what}: items differ");
+}
+
+#[test]
+fn small_reads_read_like_one_read() {
+    for p in all_files("good").into_iter().chain(all_files("bad")) {
+        let data = std::fs::read(&p).unwrap();
+        assert_dribble_matches(&data, &p.display().to_string());
+    }
+    let mut data = Vec::new();
+    generate_837(&mut data, true, 300, 5).unwrap();
+    assert_dribble_matches(&data, "generated");
+}
+
+#[test]
+fn non_ascii_text_and_invalid_bytes() {
+    let isa = "ISA*00*          *00*          *ZZ*SUBMITTER      *ZZ*RECEIVER       *240101*1200*^*00501*000000001*0*P*:~";
+    let body = |family: &[u8]| {
+        let mut x = Vec::new();
+        x.extend_from_slice(isa.as_bytes());
+        x.extend_from_slice(b"GS*HC*S*R*20240101*1200*1*X*005010X222A1~ST*837*0001*005010X222A1~BHT*0019*00*1*20240101*1200*CH~NM1*41*2*SUB*****46*S1~NM1*40*2*REC*****46*R1~HL*1**20*1~NM1*85*2*CLINIC*****XX*1234567893~");
+        x.extend_from_slice(b"HL*2*1*22*0~SBR*P*18*GRP1******CI~NM1*IL*1*");
+        x.extend_from_slice(family);
+        x.extend_from_slice(b"*JOS\xC3\x89****MI*M1~NM1*PR*2*PAYER*****PI*P1~CLM*A1*10***11:B:1*Y*A*Y*Y~HI*ABK:I10~LX*1~SV1*HC:99213*10*UN*1***1~SE*1*0001~GE*1*1~IEA*1*000000001~");
+        x
+    };
+    // Valid UTF-8 (the buffer is text), and a lone byte that is not (the buffer is bytes).
+    let ok = body("MÜLLER".as_bytes());
+    let (claims, rejects, _) = collect(&ok);
+    assert!(rejects.is_empty(), "{rejects:?}");
+    let m = claims[0].member.as_ref().unwrap();
+    assert_eq!(m.family.as_deref(), Some("MÜLLER"));
+    assert_eq!(m.given, ["JOSÉ"]);
+    let bad = body(b"M\xFCLLER");
+    let (claims, rejects, _) = collect(&bad);
+    assert!(rejects.is_empty(), "{rejects:?}");
+    let m = claims[0].member.as_ref().unwrap();
+    assert_eq!(m.family.as_deref(), Some("M\u{FFFD}LLER"));
+    assert_eq!(
+        m.given,
+        ["JOSÉ"],
+        "the other segments are still read as text"
+    );
+    assert_dribble_matches(&ok, "utf-8 names");
+    // Byte-order marks after line breaks and indentation between segments (a concatenation
+    // of files saved with BOMs): skipped wherever the reads end.
+    let mut boms = Vec::new();
+    for (i, seg) in ok.split_inclusive(|&b| b == b'~').enumerate() {
+        boms.extend_from_slice(seg);
+        if i % 3 == 1 {
+            boms.extend_from_slice(b"\r\n  \xEF\xBB\xBF");
+        }
+    }
+    let (claims, rejects, _) = collect(&boms);
+    assert!(rejects.is_empty(), "{rejects:?}");
+    assert_eq!(claims.len(), 1);
+    assert_dribble_matches(&boms, "byte-order marks after whitespace");
+    assert_dribble_matches(&bad, "invalid byte");
+}
