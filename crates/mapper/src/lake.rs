@@ -45,7 +45,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::registry::{self, IndexValue, ParamType, SearchParam};
-use crate::Resource;
+use crate::{Json, Resource};
 
 /// Errors of the lake.
 #[derive(Debug, thiserror::Error)]
@@ -293,10 +293,22 @@ pub struct Prepared {
 }
 
 /// The search parameters that have index columns in a type's table, in column order.
-pub fn index_params(resource_type: &str) -> Vec<&'static SearchParam> {
-    registry::for_type(resource_type)
-        .filter(|p| !p.is_common())
-        .collect()
+pub fn index_params(resource_type: &str) -> &'static [&'static SearchParam] {
+    static BY_TYPE: std::sync::OnceLock<Vec<(&'static str, Vec<&'static SearchParam>)>> =
+        std::sync::OnceLock::new();
+    let all = BY_TYPE.get_or_init(|| {
+        registry::resource_types()
+            .into_iter()
+            .map(|t| {
+                let params = registry::for_type(t).filter(|p| !p.is_common()).collect();
+                (t, params)
+            })
+            .collect()
+    });
+    all.iter()
+        .find(|(t, _)| *t == resource_type)
+        .map(|(_, p)| p.as_slice())
+        .unwrap_or(&[])
 }
 
 /// The content hash of serialized JSON: the first 128 bits of its SHA-256, in hex.
@@ -311,15 +323,46 @@ pub fn hash_text(text: &str) -> String {
 }
 
 impl Prepared {
-    /// Serialize a mapped resource, hash it and extract its index values.
+    /// Serialize a mapped resource, hash it and extract its index values. A resource whose
+    /// builder wrote its JSON directly brings its text and index values along.
     pub fn new(r: Resource) -> Self {
-        let mut json = r.json;
+        let (text, meta, index) = match r.json {
+            Json::Text(w) => {
+                let meta = MetaSlot::Append(w.meta_end);
+                let mut by_code = w.index;
+                let index = index_params(r.resource_type)
+                    .iter()
+                    .map(|p| {
+                        by_code
+                            .iter_mut()
+                            .find(|(code, _)| *code == p.code)
+                            .map(|(_, v)| std::mem::take(v))
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                (w.text, meta, index)
+            }
+            Json::Tree(json) => Self::from_tree(r.resource_type, json),
+        };
+        let content_hash = hash_text(&text);
+        Self {
+            resource_type: r.resource_type,
+            id: r.id,
+            patient_id: r.patient_id,
+            content_hash,
+            text,
+            meta,
+            index,
+            deleted: r.deleted,
+        }
+    }
+
+    fn from_tree(resource_type: &str, mut json: Value) -> (String, MetaSlot, Vec<Vec<IndexValue>>) {
         if let Some(meta) = json.get_mut("meta").and_then(Value::as_object_mut) {
             meta.remove("versionId");
             meta.remove("lastUpdated");
         }
         let text = json.to_string();
-        let content_hash = hash_text(&text);
         let meta = match json.get("meta") {
             Some(m @ Value::Object(o)) => {
                 let inner = m.to_string();
@@ -332,20 +375,11 @@ impl Prepared {
             }
             _ => MetaSlot::Create(text.len().saturating_sub(1)),
         };
-        let index = index_params(r.resource_type)
-            .into_iter()
+        let index = index_params(resource_type)
+            .iter()
             .map(|p| (p.extract)(&json))
             .collect();
-        Self {
-            resource_type: r.resource_type,
-            id: r.id,
-            patient_id: r.patient_id,
-            content_hash,
-            text,
-            meta,
-            index,
-            deleted: r.deleted,
-        }
+        (text, meta, index)
     }
 
     /// Write the JSON with `meta.versionId` and `meta.lastUpdated` set.
@@ -1219,7 +1253,7 @@ mod tests {
             resource_type: "Patient",
             id: "p".into(),
             patient_id: None,
-            json,
+            json: Json::Tree(json),
             deleted: false,
         };
         let with = Prepared::new(r(serde_json::json!({"resourceType": "Patient", "id": "p",

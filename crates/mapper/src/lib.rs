@@ -6,14 +6,17 @@
 //! It knows nothing of HTTP.
 
 pub mod c4bb;
+#[cfg(test)]
+mod c4bb_old;
 pub mod formulary;
 pub mod ids;
+pub mod jw;
 pub mod lake;
 pub mod pipeline;
 pub mod registry;
 pub mod resource;
 
-pub use resource::Resource;
+pub use resource::{Json, Resource, Written};
 
 /// Why a source record could not be mapped to FHIR.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -420,11 +420,17 @@ impl SideSeen {
         thread_local! {
             static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        let (len, hash) = BUF.with_borrow_mut(|buf| {
-            buf.clear();
-            let _ = serde_json::to_writer(&mut *buf, &r.json);
-            (buf.len(), twox_hash::XxHash3_64::oneshot(buf))
-        });
+        let (len, hash) = match &r.json {
+            crate::Json::Text(w) => (
+                w.text.len(),
+                twox_hash::XxHash3_64::oneshot(w.text.as_bytes()),
+            ),
+            crate::Json::Tree(json) => BUF.with_borrow_mut(|buf| {
+                buf.clear();
+                let _ = serde_json::to_writer(&mut *buf, json);
+                (buf.len(), twox_hash::XxHash3_64::oneshot(buf))
+            }),
+        };
         let k = key(&format!("{}/{}", r.resource_type, r.id));
         let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
         match seen.get(&k) {
@@ -461,7 +467,7 @@ fn map_item(item: Item, cfg: &Config, is_full: bool, side: &SideSeen) -> Mapped 
         .filter_map(|r| {
             if is_full {
                 match r.resource_type {
-                    "Basic" => full.extend(formulary_refs(&r.json)),
+                    "Basic" => full.extend(formulary_refs(&r.json.to_value())),
                     "InsurancePlan" if r.id.starts_with("formulary-") => {
                         full.push(format!("InsurancePlan/{}", r.id))
                     }
