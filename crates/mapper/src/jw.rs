@@ -182,8 +182,21 @@ pub fn escape_into(out: &mut String, s: &str) {
     out.push('"');
 }
 
+/// Whether a string has a byte JSON must escape (a control character, `"` or `\\`). No early
+/// exit, so that the loop vectorizes: most strings have nothing to escape.
+#[inline]
+fn needs_escape(bytes: &[u8]) -> bool {
+    bytes.iter().fold(false, |acc, &b| {
+        acc | (b < 0x20) | (b == b'"') | (b == b'\\')
+    })
+}
+
 fn escape_body(out: &mut String, s: &str) {
     let bytes = s.as_bytes();
+    if !needs_escape(bytes) {
+        out.push_str(s);
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let esc: &str = match b {

@@ -219,7 +219,10 @@ pub fn date_range(s: &str) -> Option<(i64, i64)> {
             Some((ms(start)?, ms(next)? - 1))
         }
         10 => {
-            let d = NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?;
+            let d = match ymd(s.as_bytes()) {
+                Some((y, m, d)) => day(y, m, d)?,
+                None => NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?,
+            };
             let _ = d.year();
             let start = ms(d)?;
             Some((start, start + Duration::days(1).num_milliseconds() - 1))
@@ -231,6 +234,20 @@ pub fn date_range(s: &str) -> Option<(i64, i64)> {
             Some((start, if has_fraction { start } else { start + 999 }))
         }
     }
+}
+
+/// The year, month and day of a plain `YYYY-MM-DD` (ASCII digits only); `None` for anything
+/// else, which then goes through chrono's parser.
+fn ymd(b: &[u8]) -> Option<(i32, u32, u32)> {
+    let digits = |r: std::ops::Range<usize>| -> Option<u32> {
+        b.get(r)?.iter().try_fold(0u32, |acc, &c| {
+            c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
+        })
+    };
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    Some((digits(0..4)? as i32, digits(5..7)?, digits(8..10)?))
 }
 
 /// One stored row, as read back from a table file.
@@ -620,6 +637,9 @@ fn writer_props(resource_type: &str) -> WriterProperties {
 /// Rows per row group of a table file.
 pub const ROW_GROUP_ROWS: usize = 8192;
 
+/// Rows per record batch handed to the Parquet writer.
+const WRITE_BATCH_ROWS: usize = 512;
+
 /// Write one table file from new rows, already in the table's sort order, and fsync it.
 /// Returns the number of rows written.
 ///
@@ -632,7 +652,10 @@ pub fn write_file(
     last_updated: i64,
 ) -> Result<u64, LakeError> {
     let mut w = TableWriter::create(path, resource_type)?;
-    for chunk in rows.chunks(ROW_GROUP_ROWS) {
+    // Batches smaller than a row group keep each batch's buffers (the JSON column is ~8 KB a
+    // row) small enough for the allocator to reuse, instead of mapping and zeroing fresh
+    // memory for every batch; the writer still cuts row groups of `ROW_GROUP_ROWS`.
+    for chunk in rows.chunks(WRITE_BATCH_ROWS) {
         w.write(&batch(resource_type, chunk, last_updated)?)?;
     }
     w.finish()
@@ -1231,6 +1254,20 @@ mod tests {
         assert_eq!(instant(e - s + 1), instant(86_400_000));
         assert!(date_range("2021-13").is_none());
         assert!(date_range("junk").is_none());
+        for d in [
+            "2020-02-29",
+            "2021-02-29",
+            "2021-00-10",
+            "0000-01-01",
+            "9999-12-31",
+            "2021-1-100",
+        ] {
+            let chrono = chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
+                .ok()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .map(|t| t.and_utc().timestamp_millis());
+            assert_eq!(date_range(d).map(|r| r.0), chrono, "{d}");
+        }
         let (s, _) = date_range("2021-03-04T10:00:00+02:00").unwrap();
         assert_eq!(instant(s), "2021-03-04T08:00:00.000Z");
     }
