@@ -833,7 +833,8 @@ pub fn map_claim(c: &Claim, systems: &Systems) -> Result<Vec<Resource>, MapError
         "ExplanationOfBenefit",
         &id,
         profile_name(kind, c.adjudicated),
-        2048 + 1024 * c.lines.len(),
+        // About what a carrier claim takes (8 KB for 2.5 lines), so the text rarely grows.
+        4096 + 1536 * c.lines.len(),
     );
     let w = &mut doc.w;
     let mut identifier_tokens = Vec::with_capacity(1 + c.identifiers.len());
