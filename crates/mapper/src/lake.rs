@@ -478,7 +478,7 @@ pub fn batch(
         )),
         Arc::new(resource.finish()),
     ];
-    for (i, p) in params.into_iter().enumerate() {
+    for (i, p) in params.iter().enumerate() {
         let values = rows
             .iter()
             .map(|r| r.prepared.index.get(i).map(Vec::as_slice).unwrap_or(&[]));

@@ -6,8 +6,6 @@
 //! It knows nothing of HTTP.
 
 pub mod c4bb;
-#[cfg(test)]
-mod c4bb_old;
 pub mod formulary;
 pub mod ids;
 pub mod jw;

@@ -52,9 +52,9 @@ fn describe(
             let mut all = String::new();
             for r in resources {
                 let p = Prepared::new(r);
-                let _ = write!(
+                let _ = writeln!(
                     all,
-                    "{}/{} {:?} {} {} {} {:?}\n",
+                    "{}/{} {:?} {} {} {} {:?}",
                     p.resource_type,
                     p.id,
                     p.patient_id,
