@@ -287,8 +287,9 @@ enum MetaSlot {
 
 /// A mapped resource in compact form, ready for the lake: its JSON serialized once (without
 /// `meta.versionId`/`meta.lastUpdated`, which depend on the merge), the hash of that JSON, and
-/// the values of every search parameter of its type, extracted while the JSON tree was at hand
-/// so that nothing parses it again.
+/// the values of every search parameter of its type: recorded by the builder that wrote the
+/// JSON (C4BB), or extracted while its tree was at hand (formulary), so that nothing parses it
+/// again.
 #[derive(Debug, Clone)]
 pub struct Prepared {
     /// Resource type.
