@@ -467,7 +467,9 @@ fn map_item(item: Item, cfg: &Config, is_full: bool, side: &SideSeen) -> Mapped 
         .filter_map(|r| {
             if is_full {
                 match r.resource_type {
-                    "Basic" => full.extend(formulary_refs(&r.json.to_value())),
+                    "Basic" => {
+                        full.extend(r.json.as_tree().map(formulary_refs).unwrap_or_default())
+                    }
                     "InsurancePlan" if r.id.starts_with("formulary-") => {
                         full.push(format!("InsurancePlan/{}", r.id))
                     }
