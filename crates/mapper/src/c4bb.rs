@@ -63,9 +63,7 @@ impl Systems {
             .cloned()
             .unwrap_or_else(|| format!("urn:fhirlake:identifier:{kind}"))
     }
-}
 
-impl Systems {
     /// The system URI of an identifier kind, borrowed when the table has it.
     fn uri<'a>(&'a self, kind: &str) -> Cow<'a, str> {
         match self.systems.get(kind) {
