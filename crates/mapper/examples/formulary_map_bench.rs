@@ -51,12 +51,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Ok(rs) => {
                 for r in rs {
                     resources += 1;
-                    json_bytes += serde_json::to_string(&r.json).map_or(0, |s| s.len() as u64);
+                    // Formulary resources are built as trees.
+                    let mapper::Json::Tree(json) = &r.json else {
+                        continue;
+                    };
+                    json_bytes += serde_json::to_string(json).map_or(0, |s| s.len() as u64);
                     for p in SEARCH_PARAMS
                         .iter()
                         .filter(|p| p.resource == r.resource_type)
                     {
-                        index_values += (p.extract)(&r.json).len() as u64;
+                        index_values += (p.extract)(json).len() as u64;
                     }
                 }
             }

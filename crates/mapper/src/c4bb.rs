@@ -5,13 +5,21 @@
 //! Outpatient-Institutional, Pharmacy, each with its non-financial `-Basis` parent when the
 //! source carries no adjudication). Values the profiles require but the source does not carry
 //! are marked with the `data-absent-reason` extension, never invented.
+//!
+//! Each resource is written as compact JSON straight into a buffer (no `serde_json::Value`
+//! tree), byte for byte what serializing the equivalent tree gives, and the builder records
+//! the values of the type's search parameters on the way, so that the lake neither parses nor
+//! walks the JSON again.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
-use ingest::model::{Change, Claim, ClaimKind, ClaimLine, CoverageSpan, Member, Party};
-use serde_json::{json, Map, Value};
+use ingest::model::{Change, Claim, ClaimKind, ClaimLine, CoverageSpan, Member, Party, Text};
 
 use crate::ids::{fhir_id, org_id, practitioner_id};
+use crate::jw::JsonWriter;
+use crate::registry::IndexValue;
+use crate::resource::{Json, Written};
 use crate::{MapError, Resource};
 
 const C4BB: &str = "http://hl7.org/fhir/us/carin-bb";
@@ -55,38 +63,161 @@ impl Systems {
             .cloned()
             .unwrap_or_else(|| format!("urn:fhirlake:identifier:{kind}"))
     }
+
+    /// The system URI of an identifier kind, borrowed when the table has it.
+    fn uri<'a>(&'a self, kind: &str) -> Cow<'a, str> {
+        match self.systems.get(kind) {
+            Some(s) => Cow::Borrowed(s.as_str()),
+            None => Cow::Owned(format!("urn:fhirlake:identifier:{kind}")),
+        }
+    }
 }
 
-fn profile(name: &str) -> Value {
-    json!([format!("{C4BB}/StructureDefinition/{name}|{VERSION}")])
+/// A resource being written: the JSON writer and the index values gathered on the way.
+struct Doc {
+    w: JsonWriter,
+    meta_end: usize,
+    index: Vec<(&'static str, Vec<IndexValue>)>,
 }
 
-fn coding(system: &str, code: &str) -> Value {
-    json!({ "coding": [{ "system": system, "code": code }] })
+impl Doc {
+    /// Open the resource: `{"resourceType":..,"id":..,"meta":{"profile":[..]}`.
+    fn new(resource_type: &str, id: &str, profile_name: &str, capacity: usize) -> Self {
+        let mut w = JsonWriter::with_capacity(capacity);
+        w.open();
+        w.kv("resourceType", resource_type);
+        w.kv("id", id);
+        w.key("meta");
+        w.open();
+        w.key("profile");
+        w.open_array();
+        w.str_parts(&[C4BB, "/StructureDefinition/", profile_name, "|", VERSION]);
+        w.close_array();
+        let meta_end = w.len();
+        w.close();
+        Self {
+            w,
+            meta_end,
+            index: Vec::new(),
+        }
+    }
+
+    /// Add index values of a parameter.
+    fn index(&mut self, code: &'static str, values: Vec<IndexValue>) {
+        self.index.push((code, values));
+    }
+
+    /// Close the resource.
+    fn finish(mut self) -> Json {
+        self.w.close();
+        Json::Text(Written {
+            text: self.w.finish(),
+            meta_end: self.meta_end,
+            index: self.index,
+        })
+    }
 }
 
-fn absent(reason: &str) -> Value {
-    json!({ "extension": [{ "url": DAR, "valueCode": reason }] })
+fn token(system: &str, code: &str) -> IndexValue {
+    IndexValue::Token {
+        system: system.to_string(),
+        code: code.to_string(),
+    }
 }
 
-fn money(value: &str) -> Result<Value, MapError> {
-    let v: f64 = value.parse().map_err(|_| MapError::Invalid {
+fn date_value(d: &str) -> IndexValue {
+    IndexValue::Date {
+        start: Some(d.to_string()),
+        end: Some(d.to_string()),
+    }
+}
+
+/// `{"coding":[{"system":..,"code":..}]}`.
+fn coding(w: &mut JsonWriter, system: &str, code: &str) {
+    w.open();
+    w.key("coding");
+    w.open_array();
+    w.open();
+    w.kv("system", system);
+    w.kv("code", code);
+    w.close();
+    w.close_array();
+    w.close();
+}
+
+/// The data-absent-reason extension: `{"extension":[{"url":DAR,"valueCode":..}]}`.
+fn absent(w: &mut JsonWriter, reason: &str) {
+    w.open();
+    w.key("extension");
+    w.open_array();
+    w.open();
+    w.kv("url", DAR);
+    w.kv("valueCode", reason);
+    w.close();
+    w.close_array();
+    w.close();
+}
+
+/// `{"reference":..}`.
+fn reference(w: &mut JsonWriter, r: &str) {
+    w.open();
+    w.kv("reference", r);
+    w.close();
+}
+
+/// An identifier `{["type":coding,]"system":..,"value":..}`; its token goes to `tokens`.
+fn identifier(
+    w: &mut JsonWriter,
+    ty: Option<(&str, &str)>,
+    system: &str,
+    value: &str,
+    tokens: &mut Vec<IndexValue>,
+) {
+    w.open();
+    if let Some((s, c)) = ty {
+        w.key("type");
+        coding(w, s, c);
+    }
+    w.kv("system", system);
+    w.kv("value", value);
+    w.close();
+    tokens.push(token(system, value));
+}
+
+fn parse_amount(value: &str) -> Result<f64, MapError> {
+    value.parse().map_err(|_| MapError::Invalid {
         field: "amount",
         message: format!("{value:?} is not a decimal"),
-    })?;
-    Ok(json!({ "value": v, "currency": "USD" }))
+    })
 }
 
-fn number(value: &str, field: &'static str) -> Result<Value, MapError> {
+/// `{"value":..,"currency":"USD"}` of a decimal amount.
+fn money(w: &mut JsonWriter, value: &str) -> Result<(), MapError> {
+    let v = parse_amount(value)?;
+    money_value(w, v);
+    Ok(())
+}
+
+fn money_value(w: &mut JsonWriter, v: f64) {
+    w.open();
+    w.key("value");
+    w.f64(v);
+    w.kv("currency", "USD");
+    w.close();
+}
+
+/// A number: an integer when it is whole (and not huge), else a decimal.
+fn number(w: &mut JsonWriter, value: &str, field: &'static str) -> Result<(), MapError> {
     let v: f64 = value.parse().map_err(|_| MapError::Invalid {
         field,
         message: format!("{value:?} is not a number"),
     })?;
-    Ok(if v.fract() == 0.0 && v.abs() < 1e15 {
-        json!(v as i64)
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        w.int(v as i64);
     } else {
-        json!(v)
-    })
+        w.f64(v);
+    }
+    Ok(())
 }
 
 /// The payer Organization's id for a party (payer id, else its name).
@@ -116,147 +247,180 @@ pub fn coverage_id(member_id: &str, key: &str) -> String {
     fhir_id(&format!("{member_id}-{key}"))
 }
 
+/// `"name":..` of an Organization, or `"_name"` marked absent.
+fn org_name(w: &mut JsonWriter, name: Option<&str>) {
+    match name {
+        Some(n) => w.kv("name", n),
+        None => {
+            w.key("_name");
+            absent(w, "unknown");
+        }
+    }
+}
+
 /// C4BB Organization for a payer.
 pub fn payer_organization(payer: &Party, systems: &Systems) -> Option<Resource> {
     let reference = payer_ref(payer)?;
     let id = reference.trim_start_matches("Organization/").to_string();
-    let mut identifier = Vec::new();
+    let mut doc = Doc::new("Organization", &id, "C4BB-Organization", 512);
+    let w = &mut doc.w;
+    w.key("active");
+    w.bool(true);
+    let mut tokens = Vec::new();
     if let Some(pid) = &payer.id {
-        identifier.push(json!({
-            "type": coding(CS_IDTYPE, "payerid"),
-            "system": systems.get("payerid"),
-            "value": pid,
-        }));
+        w.key("identifier");
+        w.open_array();
+        identifier(
+            w,
+            Some((CS_IDTYPE, "payerid")),
+            &systems.uri("payerid"),
+            pid,
+            &mut tokens,
+        );
+        w.close_array();
     }
-    let mut org = json!({
-        "resourceType": "Organization",
-        "id": id,
-        "meta": { "profile": profile("C4BB-Organization") },
-        "active": true,
-    });
-    if !identifier.is_empty() {
-        org["identifier"] = Value::Array(identifier);
-    }
-    set_name(&mut org, payer.name.as_deref());
+    org_name(w, payer.name.as_deref());
+    doc.index("identifier", tokens);
     Some(Resource {
         resource_type: "Organization",
         id,
         patient_id: None,
-        json: org,
+        json: doc.finish(),
         deleted: false,
     })
 }
 
-fn set_name(org: &mut Value, name: Option<&str>) {
-    match name {
-        Some(n) => org["name"] = json!(n),
-        None => org["_name"] = absent("unknown"),
-    }
-}
-
-fn address(
-    lines: &[ingest::model::Text],
+fn has_address(
+    lines: &[Text],
     city: Option<&str>,
     state: Option<&str>,
     postal: Option<&str>,
-) -> Option<Value> {
-    let mut a = Map::new();
+) -> bool {
+    !lines.is_empty() || city.is_some() || state.is_some() || postal.is_some()
+}
+
+/// `"address":[{..}]` when any part is present.
+fn address(
+    w: &mut JsonWriter,
+    lines: &[Text],
+    city: Option<&str>,
+    state: Option<&str>,
+    postal: Option<&str>,
+) {
+    if !has_address(lines, city, state, postal) {
+        return;
+    }
+    w.key("address");
+    w.open_array();
+    w.open();
     if !lines.is_empty() {
-        a.insert("line".into(), json!(lines));
+        w.key("line");
+        w.str_array(lines);
     }
     if let Some(c) = city {
-        a.insert("city".into(), json!(c));
+        w.kv("city", c);
     }
     if let Some(s) = state {
-        a.insert("state".into(), json!(s));
+        w.kv("state", s);
     }
     if let Some(p) = postal {
-        a.insert("postalCode".into(), json!(p));
+        w.kv("postalCode", p);
     }
-    (!a.is_empty()).then_some(Value::Object(a))
+    w.close();
+    w.close_array();
 }
 
 /// C4BB Organization or Practitioner for a provider party.
 pub fn provider_resource(p: &Party, systems: &Systems) -> Option<Resource> {
     let reference = provider_ref(p)?;
     let (rtype, id) = reference.split_once('/')?;
-    let mut identifier = Vec::new();
-    if let Some(pid) = &p.id {
-        let kind = p.id_kind.as_deref().unwrap_or("org");
-        if kind == "npi" {
-            identifier.push(json!({
-                "type": coding(CS_V2_0203, "NPI"),
-                "system": systems.get("npi"),
-                "value": pid,
-            }));
-        } else {
-            identifier.push(json!({ "system": systems.get(kind), "value": pid }));
+    let practitioner = rtype == "Practitioner";
+    let mut doc = if practitioner {
+        Doc::new("Practitioner", id, "C4BB-Practitioner", 768)
+    } else {
+        Doc::new("Organization", id, "C4BB-Organization", 768)
+    };
+    let w = &mut doc.w;
+    let has_identifier = p.id.is_some() || p.tax_id.is_some();
+    let mut tokens = Vec::new();
+    let identifiers = |w: &mut JsonWriter, tokens: &mut Vec<IndexValue>| {
+        w.key("identifier");
+        w.open_array();
+        if let Some(pid) = &p.id {
+            let kind = p.id_kind.as_deref().unwrap_or("org");
+            if kind == "npi" {
+                identifier(
+                    w,
+                    Some((CS_V2_0203, "NPI")),
+                    &systems.uri("npi"),
+                    pid,
+                    tokens,
+                );
+            } else {
+                identifier(w, None, &systems.uri(kind), pid, tokens);
+            }
         }
+        if let Some(tax) = &p.tax_id {
+            identifier(
+                w,
+                Some((CS_V2_0203, "TAX")),
+                &systems.uri("tax"),
+                tax,
+                tokens,
+            );
+        }
+        w.close_array();
+    };
+    if practitioner {
+        identifiers(w, &mut tokens);
+        w.key("name");
+        w.open_array();
+        w.open();
+        match p.name.as_deref() {
+            Some(n) => {
+                let (family, given) = n.split_once(", ").unwrap_or((n, ""));
+                w.kv("family", family);
+                if !given.is_empty() {
+                    w.key("given");
+                    w.open_array();
+                    for g in given.split(' ').filter(|g| !g.is_empty()) {
+                        w.str(g);
+                    }
+                    w.close_array();
+                }
+            }
+            None => {
+                w.key("_family");
+                absent(w, "unknown");
+            }
+        }
+        w.close();
+        w.close_array();
+    } else {
+        w.key("active");
+        w.bool(true);
+        if has_identifier {
+            identifiers(w, &mut tokens);
+        }
+        org_name(w, p.name.as_deref());
     }
-    if let Some(tax) = &p.tax_id {
-        identifier.push(json!({
-            "type": coding(CS_V2_0203, "TAX"),
-            "system": systems.get("tax"),
-            "value": tax,
-        }));
-    }
-    let addr = address(
+    address(
+        w,
         &p.address_lines,
         p.city.as_deref(),
         p.state.as_deref(),
         p.postal_code.as_deref(),
     );
-    let json = if rtype == "Practitioner" {
-        let name = match p.name.as_deref() {
-            Some(n) => {
-                let (family, given) = n.split_once(", ").unwrap_or((n, ""));
-                let mut name = json!({ "family": family });
-                if !given.is_empty() {
-                    name["given"] = json!(given
-                        .split(' ')
-                        .filter(|g| !g.is_empty())
-                        .collect::<Vec<_>>());
-                }
-                name
-            }
-            None => json!({ "_family": absent("unknown") }),
-        };
-        let mut r = json!({
-            "resourceType": "Practitioner",
-            "id": id,
-            "meta": { "profile": profile("C4BB-Practitioner") },
-            "identifier": identifier,
-            "name": [name],
-        });
-        if let Some(a) = addr {
-            r["address"] = json!([a]);
-        }
-        r
-    } else {
-        let mut r = json!({
-            "resourceType": "Organization",
-            "id": id,
-            "meta": { "profile": profile("C4BB-Organization") },
-            "active": true,
-        });
-        if !identifier.is_empty() {
-            r["identifier"] = Value::Array(identifier);
-        }
-        set_name(&mut r, p.name.as_deref());
-        if let Some(a) = addr {
-            r["address"] = json!([a]);
-        }
-        r
-    };
+    doc.index("identifier", tokens);
     Some(Resource {
-        resource_type: if rtype == "Practitioner" {
+        resource_type: if practitioner {
             "Practitioner"
         } else {
             "Organization"
         },
         id: id.to_string(),
         patient_id: None,
-        json,
+        json: doc.finish(),
         deleted: false,
     })
 }
@@ -270,61 +434,75 @@ pub fn map_member(m: &Member, systems: &Systems) -> Result<Vec<Resource>, MapErr
         return Err(MapError::Missing("member_id"));
     }
     let pid = patient_id(&m.member_id);
-    let mut identifier = vec![json!({
-        "type": coding(CS_V2_0203, "MB"),
-        "system": systems.get("member"),
-        "value": m.member_id,
-    })];
+    let mut doc = Doc::new("Patient", &pid, "C4BB-Patient", 1024);
+    let w = &mut doc.w;
+    let mut tokens = Vec::new();
+    w.key("identifier");
+    w.open_array();
+    identifier(
+        w,
+        Some((CS_V2_0203, "MB")),
+        &systems.uri("member"),
+        &m.member_id,
+        &mut tokens,
+    );
     for i in &m.identifiers {
-        let mut ident = json!({ "system": systems.get(&i.kind), "value": i.value });
+        // The type comes after system and value here (it is added to the element last).
+        let system = systems.uri(&i.kind);
+        w.open();
+        w.kv("system", &system);
+        w.kv("value", &i.value);
         if i.kind == "member" || i.kind == "subscriber" {
-            ident["type"] = coding(CS_V2_0203, "MB");
+            w.key("type");
+            coding(w, CS_V2_0203, "MB");
         }
-        identifier.push(ident);
+        w.close();
+        tokens.push(token(&system, &i.value));
     }
-    let name = if m.family.is_none() && m.given.is_empty() {
-        json!({ "extension": [{ "url": DAR, "valueCode": "unknown" }] })
+    w.close_array();
+    w.key("name");
+    w.open_array();
+    if m.family.is_none() && m.given.is_empty() {
+        absent(w, "unknown");
     } else {
-        let mut n = Map::new();
+        w.open();
         if let Some(f) = &m.family {
-            n.insert("family".into(), json!(f));
+            w.kv("family", f);
         }
         if !m.given.is_empty() {
-            n.insert("given".into(), json!(m.given));
+            w.key("given");
+            w.str_array(&m.given);
         }
-        Value::Object(n)
-    };
-    let mut patient = json!({
-        "resourceType": "Patient",
-        "id": pid,
-        "meta": { "profile": profile("C4BB-Patient") },
-        "identifier": identifier,
-        "name": [name],
-    });
+        w.close();
+    }
+    w.close_array();
     match &m.gender {
-        Some(g) => patient["gender"] = json!(g),
-        None => patient["_gender"] = absent("unknown"),
+        Some(g) => w.kv("gender", g),
+        None => {
+            w.key("_gender");
+            absent(w, "unknown");
+        }
     }
     if let Some(b) = &m.birth_date {
-        patient["birthDate"] = json!(b);
+        w.kv("birthDate", b);
     }
     if let Some(d) = &m.death_date {
-        patient["deceasedDateTime"] = json!(d);
+        w.kv("deceasedDateTime", d);
     }
-    if let Some(a) = address(
+    address(
+        w,
         &m.address_lines,
         m.city.as_deref(),
         m.state.as_deref(),
         m.postal_code.as_deref(),
-    ) {
-        patient["address"] = json!([a]);
-    }
+    );
+    doc.index("identifier", tokens);
     let deleted = m.change == Change::Delete;
     let mut out = vec![Resource {
         resource_type: "Patient",
         id: pid.clone(),
-        patient_id: Some(pid.clone()),
-        json: patient,
+        patient_id: Some(pid),
+        json: doc.finish(),
         deleted,
     }];
     for c in &m.coverages {
@@ -340,65 +518,93 @@ fn map_coverage(m: &Member, c: &CoverageSpan, systems: &Systems) -> Result<Resou
     let pid = patient_id(&m.member_id);
     let id = coverage_id(&m.member_id, &c.key);
     let payor = payer_ref(&c.payer).ok_or(MapError::Missing("coverage payer"))?;
-    let subscriber_id = c
-        .subscriber_id
-        .clone()
-        .unwrap_or_else(|| m.member_id.clone());
+    let subscriber_id = c.subscriber_id.as_deref().unwrap_or(&m.member_id);
     let relationship = c.relationship.as_deref().unwrap_or("self");
-    let mut cov = json!({
-        "resourceType": "Coverage",
-        "id": id,
-        "meta": { "profile": profile("C4BB-Coverage") },
-        "identifier": [{
-            "type": coding(CS_V2_0203, "MB"),
-            "system": systems.get("member"),
-            "value": m.member_id,
-        }],
-        "status": c.status.as_deref().unwrap_or("active"),
-        "subscriberId": subscriber_id,
-        "beneficiary": { "reference": format!("Patient/{pid}") },
-        "relationship": coding("http://terminology.hl7.org/CodeSystem/subscriber-relationship", relationship),
-        "payor": [{ "reference": payor }],
-    });
+    let patient_ref = format!("Patient/{pid}");
+    let mut doc = Doc::new("Coverage", &id, "C4BB-Coverage", 1536);
+    let w = &mut doc.w;
+    let mut tokens = Vec::new();
+    w.key("identifier");
+    w.open_array();
+    identifier(
+        w,
+        Some((CS_V2_0203, "MB")),
+        &systems.uri("member"),
+        &m.member_id,
+        &mut tokens,
+    );
+    w.close_array();
+    w.kv("status", c.status.as_deref().unwrap_or("active"));
+    w.kv("subscriberId", subscriber_id);
+    w.key("beneficiary");
+    reference(w, &patient_ref);
+    w.key("relationship");
+    coding(
+        w,
+        "http://terminology.hl7.org/CodeSystem/subscriber-relationship",
+        relationship,
+    );
+    w.key("payor");
+    w.open_array();
+    reference(w, &payor);
+    w.close_array();
     if relationship == "self" {
-        cov["subscriber"] = json!({ "reference": format!("Patient/{pid}") });
+        w.key("subscriber");
+        reference(w, &patient_ref);
     }
     if let Some(t) = &c.type_display {
-        cov["type"] = json!({ "text": t });
+        w.key("type");
+        w.open();
+        w.kv("text", t);
+        w.close();
     }
-    let mut class = Vec::new();
-    if let Some(g) = &c.group {
-        let mut e = json!({ "type": coding("http://terminology.hl7.org/CodeSystem/coverage-class", "group"), "value": g });
-        if let Some(n) = &c.group_name {
-            e["name"] = json!(n);
+    if c.group.is_some() || c.plan.is_some() {
+        const CLASS: &str = "http://terminology.hl7.org/CodeSystem/coverage-class";
+        w.key("class");
+        w.open_array();
+        if let Some(g) = &c.group {
+            w.open();
+            w.key("type");
+            coding(w, CLASS, "group");
+            w.kv("value", g);
+            if let Some(n) = &c.group_name {
+                w.kv("name", n);
+            }
+            w.close();
         }
-        class.push(e);
-    }
-    if let Some(p) = &c.plan {
-        let mut e = json!({ "type": coding("http://terminology.hl7.org/CodeSystem/coverage-class", "plan"), "value": p });
-        if let Some(n) = c.plan_name.as_ref().or(c.type_display.as_ref()) {
-            e["name"] = json!(n);
+        if let Some(p) = &c.plan {
+            w.open();
+            w.key("type");
+            coding(w, CLASS, "plan");
+            w.kv("value", p);
+            if let Some(n) = c.plan_name.as_ref().or(c.type_display.as_ref()) {
+                w.kv("name", n);
+            }
+            w.close();
         }
-        class.push(e);
+        w.close_array();
     }
-    if !class.is_empty() {
-        cov["class"] = Value::Array(class);
+    if c.start.is_some() || c.end.is_some() {
+        w.key("period");
+        w.open();
+        if let Some(s) = &c.start {
+            w.kv("start", s);
+        }
+        if let Some(e) = &c.end {
+            w.kv("end", e);
+        }
+        w.close();
     }
-    let mut period = Map::new();
-    if let Some(s) = &c.start {
-        period.insert("start".into(), json!(s));
-    }
-    if let Some(e) = &c.end {
-        period.insert("end".into(), json!(e));
-    }
-    if !period.is_empty() {
-        cov["period"] = Value::Object(period);
-    }
+    let refs = vec![IndexValue::Reference(patient_ref)];
+    doc.index("patient", refs.clone());
+    doc.index("beneficiary", refs);
+    doc.index("payor", vec![IndexValue::Reference(payor)]);
+    doc.index("identifier", tokens);
     Ok(Resource {
         resource_type: "Coverage",
         id,
         patient_id: Some(pid),
-        json: cov,
+        json: doc.finish(),
         deleted: m.change == Change::Delete,
     })
 }
@@ -408,30 +614,34 @@ pub fn eob_id(kind: ClaimKind, claim_id: &str) -> String {
     fhir_id(&format!("{}-{claim_id}", kind.as_str()))
 }
 
-fn profile_name(kind: ClaimKind, adjudicated: bool) -> String {
-    let base = match kind {
-        ClaimKind::Professional => "C4BB-ExplanationOfBenefit-Professional-NonClinician",
-        ClaimKind::Inpatient => "C4BB-ExplanationOfBenefit-Inpatient-Institutional",
-        ClaimKind::Outpatient => "C4BB-ExplanationOfBenefit-Outpatient-Institutional",
-        ClaimKind::Pharmacy => "C4BB-ExplanationOfBenefit-Pharmacy",
-    };
-    if adjudicated {
-        base.to_string()
-    } else {
-        format!("{base}-Basis")
+fn profile_name(kind: ClaimKind, adjudicated: bool) -> &'static str {
+    match (kind, adjudicated) {
+        (ClaimKind::Professional, true) => "C4BB-ExplanationOfBenefit-Professional-NonClinician",
+        (ClaimKind::Inpatient, true) => "C4BB-ExplanationOfBenefit-Inpatient-Institutional",
+        (ClaimKind::Outpatient, true) => "C4BB-ExplanationOfBenefit-Outpatient-Institutional",
+        (ClaimKind::Pharmacy, true) => "C4BB-ExplanationOfBenefit-Pharmacy",
+        (ClaimKind::Professional, false) => {
+            "C4BB-ExplanationOfBenefit-Professional-NonClinician-Basis"
+        }
+        (ClaimKind::Inpatient, false) => "C4BB-ExplanationOfBenefit-Inpatient-Institutional-Basis",
+        (ClaimKind::Outpatient, false) => {
+            "C4BB-ExplanationOfBenefit-Outpatient-Institutional-Basis"
+        }
+        (ClaimKind::Pharmacy, false) => "C4BB-ExplanationOfBenefit-Pharmacy-Basis",
     }
 }
 
 /// The coding of an adjudication amount category (HL7 adjudication or C4BB adjudication).
-fn amount_category(code: &str) -> Value {
+fn amount_category(w: &mut JsonWriter, code: &str) {
     let system = match code {
         "submitted" | "copay" | "eligible" | "deductible" | "benefit" => CS_ADJ,
         _ => CS_C4BB_ADJ,
     };
-    coding(system, code)
+    coding(w, system, code)
 }
 
-fn diagnosis_type(kind: ClaimKind, code: &str) -> Value {
+/// The system and code of a diagnosis type for a claim kind.
+fn diagnosis_type(kind: ClaimKind, code: &str) -> (&'static str, &'static str) {
     let code = match (kind, code) {
         (_, "principal") => "principal",
         (ClaimKind::Inpatient, "admitting") => "admitting",
@@ -445,23 +655,24 @@ fn diagnosis_type(kind: ClaimKind, code: &str) -> Value {
     } else {
         "http://hl7.org/fhir/us/carin-bb/CodeSystem/C4BBClaimDiagnosisType"
     };
-    json!([coding(system, code)])
+    (system, code)
 }
 
 /// ICD-10-CM / ICD-9-CM codes are written with their dot (claims carry them without).
-fn dotted(code: &str, icd9: bool) -> String {
+fn dotted(code: &str, icd9: bool) -> Cow<'_, str> {
     if code.contains('.') {
-        return code.to_string();
+        return Cow::Borrowed(code);
     }
     let split = if icd9 && code.starts_with('E') { 4 } else { 3 };
     if code.len() > split && code.is_char_boundary(split) {
-        format!("{}.{}", &code[..split], &code[split..])
+        Cow::Owned(format!("{}.{}", &code[..split], &code[split..]))
     } else {
-        code.to_string()
+        Cow::Borrowed(code)
     }
 }
 
-fn care_team_role(kind: ClaimKind, role: &str) -> Option<Value> {
+/// The system of a care team role allowed for a claim kind, `None` when not allowed.
+fn care_team_role(kind: ClaimKind, role: &str) -> Option<&'static str> {
     let allowed: &[&str] = match kind {
         ClaimKind::Professional => &[
             "rendering",
@@ -483,45 +694,76 @@ fn care_team_role(kind: ClaimKind, role: &str) -> Option<Value> {
     if !allowed.contains(&role) {
         return None;
     }
-    let system = if matches!(role, "primary" | "supervisor") {
+    Some(if matches!(role, "primary" | "supervisor") {
         "http://terminology.hl7.org/CodeSystem/claimcareteamrole"
     } else {
         "http://hl7.org/fhir/us/carin-bb/CodeSystem/C4BBClaimCareTeamRole"
-    };
-    Some(coding(system, role))
+    })
 }
 
-/// The supporting-info value for a C4BB supporting-info category.
-fn supporting_value(category: &str, value: &str) -> Result<(&'static str, Value), MapError> {
-    let code = |system: &str| ("code", coding(system, value));
-    Ok(match category {
+/// Write the supporting-info value member for a C4BB supporting-info category.
+fn supporting_value(w: &mut JsonWriter, category: &str, value: &str) -> Result<(), MapError> {
+    let code_system = match category {
         "admissionperiod" => {
             let (s, e) = value.split_once('/').unwrap_or((value, ""));
-            let mut p = Map::new();
+            w.key("timingPeriod");
+            w.open();
             if !s.is_empty() {
-                p.insert("start".into(), json!(s));
+                w.kv("start", s);
             }
             if !e.is_empty() {
-                p.insert("end".into(), json!(e));
+                w.kv("end", e);
             }
-            ("timingPeriod", Value::Object(p))
+            w.close();
+            return Ok(());
         }
-        "clmrecvddate" => ("timingDate", json!(value)),
-        "typeofbill" => code("https://www.nubc.org/CodeSystem/TypeOfBill"),
-        "pointoforigin" => code("https://www.nubc.org/CodeSystem/PointOfOrigin"),
-        "admtype" => code("https://www.nubc.org/CodeSystem/PriorityTypeOfAdmitOrVisit"),
-        "discharge-status" => code("https://www.nubc.org/CodeSystem/PatDischargeStatus"),
-        "drg" => code("https://www.cms.gov/Medicare/Medicare-Fee-for-Service-Payment/AcuteInpatientPPS/MS-DRG-Classifications-and-Software"),
-        "dawcode" => code("http://terminology.hl7.org/CodeSystem/NCPDPDispensedAsWrittenOrProductSelectionCode"),
-        "compoundcode" => code("http://terminology.hl7.org/CodeSystem/NCPDPCompoundCode"),
-        "brandgenericindicator" => code("http://terminology.hl7.org/CodeSystem/NCPDPBrandGenericIndicator"),
-        "rxorigincode" => code("http://terminology.hl7.org/CodeSystem/NCPDPPrescriptionOriginCode"),
+        "clmrecvddate" => {
+            w.kv("timingDate", value);
+            return Ok(());
+        }
+        "typeofbill" => "https://www.nubc.org/CodeSystem/TypeOfBill",
+        "pointoforigin" => "https://www.nubc.org/CodeSystem/PointOfOrigin",
+        "admtype" => "https://www.nubc.org/CodeSystem/PriorityTypeOfAdmitOrVisit",
+        "discharge-status" => "https://www.nubc.org/CodeSystem/PatDischargeStatus",
+        "drg" => "https://www.cms.gov/Medicare/Medicare-Fee-for-Service-Payment/AcuteInpatientPPS/MS-DRG-Classifications-and-Software",
+        "dawcode" => "http://terminology.hl7.org/CodeSystem/NCPDPDispensedAsWrittenOrProductSelectionCode",
+        "compoundcode" => "http://terminology.hl7.org/CodeSystem/NCPDPCompoundCode",
+        "brandgenericindicator" => "http://terminology.hl7.org/CodeSystem/NCPDPBrandGenericIndicator",
+        "rxorigincode" => "http://terminology.hl7.org/CodeSystem/NCPDPPrescriptionOriginCode",
         "dayssupply" | "refillnum" | "refillsauthorized" => {
-            ("valueQuantity", json!({ "value": number(value, "supportingInfo quantity")? }))
+            w.key("valueQuantity");
+            w.open();
+            w.key("value");
+            number(w, value, "supportingInfo quantity")?;
+            w.close();
+            return Ok(());
         }
-        "medicalrecordnumber" | "patientaccountnumber" => ("valueString", json!(value)),
-        _ => ("valueString", json!(value)),
-    })
+        _ => {
+            w.kv("valueString", value);
+            return Ok(());
+        }
+    };
+    w.key("code");
+    coding(w, code_system, value);
+    Ok(())
+}
+
+/// Open the `supportingInfo` array before its first element, and count the elements.
+fn open_supporting(w: &mut JsonWriter, sequence: &mut usize) {
+    if *sequence == 0 {
+        w.key("supportingInfo");
+        w.open_array();
+    }
+    *sequence += 1;
+}
+
+/// The start of a supporting-info element: `{"sequence":n,"category":coding`.
+fn supporting_head(w: &mut JsonWriter, sequence: usize, category: &str) {
+    w.open();
+    w.key("sequence");
+    w.uint(sequence as u64);
+    w.key("category");
+    coding(w, CS_SUPPORT, category);
 }
 
 /// Map a claim to its C4BB ExplanationOfBenefit and the Organizations/Practitioners it
@@ -566,14 +808,14 @@ pub fn map_claim(c: &Claim, systems: &Systems) -> Result<Vec<Resource>, MapError
         out.extend(provider_resource(p, systems));
     }
 
-    let mut identifier = vec![json!({
-        "type": coding(CS_IDTYPE, "uc"),
-        "system": systems.get("claim"),
-        "value": format!("{}-{}", kind.as_str(), c.claim_id),
-    })];
-    for i in &c.identifiers {
-        identifier.push(json!({ "system": systems.get(&i.kind), "value": i.value }));
-    }
+    let coverage_key = c.coverage_key.as_deref().or_else(|| {
+        c.member
+            .as_ref()
+            .and_then(|m| m.coverages.first().map(|cv| cv.key.as_str()))
+    });
+    let coverage = coverage_key
+        .map(|k| coverage_id(&c.member_id, k))
+        .ok_or(MapError::Missing("coverage (claim's coverage key)"))?;
 
     let (claim_type, sub_type) = match kind {
         ClaimKind::Professional => ("professional", None),
@@ -581,64 +823,124 @@ pub fn map_claim(c: &Claim, systems: &Systems) -> Result<Vec<Resource>, MapError
         ClaimKind::Outpatient => ("institutional", Some("outpatient")),
         ClaimKind::Pharmacy => ("pharmacy", None),
     };
-    let mut billable = json!({ "start": start });
-    if let Some(t) = c.thru.as_deref().or(c.from.as_deref()) {
-        billable["end"] = json!(t);
-    }
-    let coverage_key = c.coverage_key.clone().or_else(|| {
-        c.member
-            .as_ref()
-            .and_then(|m| m.coverages.first().map(|cv| cv.key.clone()))
-    });
-    let coverage = coverage_key
-        .map(|k| coverage_id(&c.member_id, &k))
-        .ok_or(MapError::Missing("coverage (claim's coverage key)"))?;
+    let billable_end = c.thru.as_deref().or(c.from.as_deref());
+    let patient_ref = format!("Patient/{pid}");
+    let coverage_ref = format!("Coverage/{coverage}");
 
-    let mut eob = json!({
-        "resourceType": "ExplanationOfBenefit",
-        "id": id,
-        "meta": { "profile": profile(&profile_name(kind, c.adjudicated)) },
-        "identifier": identifier,
-        "status": if c.change == Change::Cancel { "cancelled" } else { "active" },
-        "type": coding("http://terminology.hl7.org/CodeSystem/claim-type", claim_type),
-        "use": "claim",
-        "patient": { "reference": format!("Patient/{pid}") },
-        "billablePeriod": billable,
-        "created": c.created.as_deref().or(c.thru.as_deref()).unwrap_or(start),
-        "insurer": { "reference": insurer },
-        "provider": { "reference": provider },
-        "outcome": if c.adjudicated { "complete" } else { "queued" },
-        "insurance": [{ "focal": true, "coverage": { "reference": format!("Coverage/{coverage}") } }],
-    });
+    let mut doc = Doc::new(
+        "ExplanationOfBenefit",
+        &id,
+        profile_name(kind, c.adjudicated),
+        // About what a carrier claim takes (8 KB for 2.5 lines), so the text rarely grows.
+        4096 + 1536 * c.lines.len(),
+    );
+    let w = &mut doc.w;
+    let mut identifier_tokens = Vec::with_capacity(1 + c.identifiers.len());
+    w.key("identifier");
+    w.open_array();
+    {
+        let system = systems.uri("claim");
+        w.open();
+        w.key("type");
+        coding(w, CS_IDTYPE, "uc");
+        w.kv("system", &system);
+        let value = format!("{}-{}", kind.as_str(), c.claim_id);
+        w.kv("value", &value);
+        w.close();
+        identifier_tokens.push(IndexValue::Token {
+            system: system.into_owned(),
+            code: value,
+        });
+    }
+    for i in &c.identifiers {
+        identifier(
+            w,
+            None,
+            &systems.uri(&i.kind),
+            &i.value,
+            &mut identifier_tokens,
+        );
+    }
+    w.close_array();
+    w.kv(
+        "status",
+        if c.change == Change::Cancel {
+            "cancelled"
+        } else {
+            "active"
+        },
+    );
+    const CLAIM_TYPE: &str = "http://terminology.hl7.org/CodeSystem/claim-type";
+    w.key("type");
+    coding(w, CLAIM_TYPE, claim_type);
+    w.kv("use", "claim");
+    w.key("patient");
+    reference(w, &patient_ref);
+    w.key("billablePeriod");
+    w.open();
+    w.kv("start", start);
+    if let Some(t) = billable_end {
+        w.kv("end", t);
+    }
+    w.close();
+    w.kv(
+        "created",
+        c.created.as_deref().or(c.thru.as_deref()).unwrap_or(start),
+    );
+    w.key("insurer");
+    reference(w, &insurer);
+    w.key("provider");
+    reference(w, &provider);
+    w.kv("outcome", if c.adjudicated { "complete" } else { "queued" });
+    w.key("insurance");
+    w.open_array();
+    w.open();
+    w.key("focal");
+    w.bool(true);
+    w.key("coverage");
+    reference(w, &coverage_ref);
+    w.close();
+    w.close_array();
     if let Some(s) = sub_type {
-        eob["subType"] = coding(
+        w.key("subType");
+        coding(
+            w,
             "http://hl7.org/fhir/us/carin-bb/CodeSystem/C4BBInstitutionalClaimSubType",
             s,
         );
     }
 
     // Care team: claim-level roles, then each line's rendering provider.
-    let mut care_team: Vec<Value> = Vec::new();
-    let mut team_index: HashMap<(String, String), u32> = HashMap::new();
-    let mut add_team = |role: &str, p: &Party, out: &mut Vec<Resource>| -> Option<u32> {
+    struct TeamMember<'a> {
+        reference: String,
+        role: &'a str,
+        system: &'static str,
+    }
+    let mut care_team: Vec<TeamMember<'_>> = Vec::new();
+    let mut add_team = |role: &'static str, p: &Party, out: &mut Vec<Resource>| -> Option<u32> {
         let reference = provider_ref(p)?;
-        let role_cc = care_team_role(kind, role)?;
-        let key = (reference.clone(), role.to_string());
-        if let Some(seq) = team_index.get(&key) {
-            return Some(*seq);
+        let system = care_team_role(kind, role)?;
+        if let Some(i) = care_team
+            .iter()
+            .position(|m| m.role == role && m.reference == reference)
+        {
+            return Some(i as u32 + 1);
         }
-        let seq = care_team.len() as u32 + 1;
-        care_team.push(
-            json!({ "sequence": seq, "provider": { "reference": reference }, "role": role_cc }),
-        );
-        team_index.insert(key, seq);
+        care_team.push(TeamMember {
+            reference,
+            role,
+            system,
+        });
         out.extend(provider_resource(p, systems));
-        Some(seq)
+        Some(care_team.len() as u32)
     };
     for (role, p) in &c.care_team {
-        add_team(role, p, &mut out);
+        // Roles are matched against the static list, so the static string can stand in.
+        if let Some(r) = static_role(role) {
+            add_team(r, p, &mut out);
+        }
     }
-    let mut line_team: Vec<Option<u32>> = Vec::new();
+    let mut line_team: Vec<Option<u32>> = Vec::with_capacity(c.lines.len());
     for l in &c.lines {
         line_team.push(
             l.rendering
@@ -646,197 +948,316 @@ pub fn map_claim(c: &Claim, systems: &Systems) -> Result<Vec<Resource>, MapError
                 .and_then(|p| add_team("rendering", p, &mut out)),
         );
     }
+    let w = &mut doc.w;
+    let mut team_refs = Vec::with_capacity(care_team.len());
     if !care_team.is_empty() {
-        eob["careTeam"] = Value::Array(care_team);
+        w.key("careTeam");
+        w.open_array();
+        for (i, m) in care_team.into_iter().enumerate() {
+            w.open();
+            w.key("sequence");
+            w.uint(i as u64 + 1);
+            w.key("provider");
+            reference(w, &m.reference);
+            w.key("role");
+            coding(w, m.system, m.role);
+            w.close();
+            team_refs.push(IndexValue::Reference(m.reference));
+        }
+        w.close_array();
     }
 
     // Supporting info (plus the slices the pharmacy profile requires).
-    let mut supporting: Vec<Value> = Vec::new();
-    let mut seen = Vec::new();
+    let mut sequence = 0usize;
+    let seen = |cat: &str| c.supporting.iter().any(|s| s.category == cat);
     for s in &c.supporting {
-        let (key, value) = supporting_value(&s.category, &s.value)?;
-        seen.push(s.category.clone());
-        let mut e = json!({ "sequence": supporting.len() + 1, "category": coding(CS_SUPPORT, &s.category) });
-        e[key] = value;
-        supporting.push(e);
+        open_supporting(w, &mut sequence);
+        supporting_head(w, sequence, &s.category);
+        supporting_value(w, &s.category, &s.value)?;
+        w.close();
     }
     if let Some(r) = &c.received {
-        if !seen.iter().any(|s| s == "clmrecvddate") {
-            supporting.push(json!({
-                "sequence": supporting.len() + 1,
-                "category": coding(CS_SUPPORT, "clmrecvddate"),
-                "timingDate": r,
-            }));
+        if !seen("clmrecvddate") {
+            open_supporting(w, &mut sequence);
+            supporting_head(w, sequence, "clmrecvddate");
+            w.kv("timingDate", r);
+            w.close();
         }
     }
     if kind == ClaimKind::Pharmacy {
         for required in ["dayssupply", "dawcode", "refillnum", "refillsauthorized"] {
-            if !seen.iter().any(|s| s == required) {
-                let mut e = json!({ "sequence": supporting.len() + 1, "category": coding(CS_SUPPORT, required) });
-                if required == "dawcode" {
-                    e["code"] = absent("unknown");
+            if !seen(required) {
+                open_supporting(w, &mut sequence);
+                supporting_head(w, sequence, required);
+                w.key(if required == "dawcode" {
+                    "code"
                 } else {
-                    e["valueQuantity"] = absent("unknown");
-                }
-                supporting.push(e);
+                    "valueQuantity"
+                });
+                absent(w, "unknown");
+                w.close();
             }
         }
     }
-    if kind == ClaimKind::Inpatient && !seen.iter().any(|s| s == "admissionperiod") {
-        let mut p = json!({ "start": start });
+    if kind == ClaimKind::Inpatient && !seen("admissionperiod") {
+        open_supporting(w, &mut sequence);
+        supporting_head(w, sequence, "admissionperiod");
+        w.key("timingPeriod");
+        w.open();
+        w.kv("start", start);
         if let Some(t) = &c.thru {
-            p["end"] = json!(t);
+            w.kv("end", t);
         }
-        supporting.push(json!({
-            "sequence": supporting.len() + 1,
-            "category": coding(CS_SUPPORT, "admissionperiod"),
-            "timingPeriod": p,
-        }));
+        w.close();
+        w.close();
     }
-    if !supporting.is_empty() {
-        eob["supportingInfo"] = Value::Array(supporting);
+    if sequence > 0 {
+        w.close_array();
     }
 
     // Diagnoses and procedures.
-    let diagnoses: Vec<Value> = c
-        .diagnoses
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
+    if !c.diagnoses.is_empty() && kind != ClaimKind::Pharmacy {
+        w.key("diagnosis");
+        w.open_array();
+        for (i, d) in c.diagnoses.iter().enumerate() {
             let icd9 = d.icd_version == 9;
-            let system = if icd9 { "http://hl7.org/fhir/sid/icd-9-cm" } else { "http://hl7.org/fhir/sid/icd-10-cm" };
-            let mut e = json!({
-                "sequence": i + 1,
-                "diagnosisCodeableConcept": coding(system, &dotted(&d.code, icd9)),
-                "type": diagnosis_type(kind, &d.kind),
-            });
+            let system = if icd9 {
+                "http://hl7.org/fhir/sid/icd-9-cm"
+            } else {
+                "http://hl7.org/fhir/sid/icd-10-cm"
+            };
+            w.open();
+            w.key("sequence");
+            w.uint(i as u64 + 1);
+            w.key("diagnosisCodeableConcept");
+            coding(w, system, &dotted(&d.code, icd9));
+            w.key("type");
+            w.open_array();
+            let (ts, tc) = diagnosis_type(kind, &d.kind);
+            coding(w, ts, tc);
+            w.close_array();
             if kind == ClaimKind::Inpatient {
                 if let Some(poa) = &d.poa {
-                    e["onAdmission"] = coding(
+                    w.key("onAdmission");
+                    coding(
+                        w,
                         "https://www.cms.gov/Medicare/Medicare-Fee-for-Service-Payment/HospitalAcqCond/Coding",
                         poa,
                     );
                 }
             }
-            e
-        })
-        .collect();
-    if !diagnoses.is_empty() && kind != ClaimKind::Pharmacy {
-        eob["diagnosis"] = Value::Array(diagnoses);
+            w.close();
+        }
+        w.close_array();
     } else if kind == ClaimKind::Professional {
         return Err(MapError::Missing(
             "diagnosis (professional claims need one)",
         ));
     }
-    let procedures: Vec<Value> = c
-        .procedures
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let system = if p.icd_version == 9 { "http://www.cms.gov/Medicare/Coding/ICD9" } else { "http://www.cms.gov/Medicare/Coding/ICD10" };
-            let mut e = json!({
-                "sequence": i + 1,
-                "type": [coding("http://hl7.org/fhir/us/carin-bb/CodeSystem/C4BBClaimProcedureType", &p.kind)],
-                "procedureCodeableConcept": coding(system, &p.code),
-            });
+    if !c.procedures.is_empty() && matches!(kind, ClaimKind::Inpatient | ClaimKind::Outpatient) {
+        w.key("procedure");
+        w.open_array();
+        for (i, p) in c.procedures.iter().enumerate() {
+            let system = if p.icd_version == 9 {
+                "http://www.cms.gov/Medicare/Coding/ICD9"
+            } else {
+                "http://www.cms.gov/Medicare/Coding/ICD10"
+            };
+            w.open();
+            w.key("sequence");
+            w.uint(i as u64 + 1);
+            w.key("type");
+            w.open_array();
+            coding(
+                w,
+                "http://hl7.org/fhir/us/carin-bb/CodeSystem/C4BBClaimProcedureType",
+                &p.kind,
+            );
+            w.close_array();
+            w.key("procedureCodeableConcept");
+            coding(w, system, &p.code);
             if let Some(d) = &p.date {
-                e["date"] = json!(d);
+                w.kv("date", d);
             }
-            e
-        })
-        .collect();
-    if !procedures.is_empty() && matches!(kind, ClaimKind::Inpatient | ClaimKind::Outpatient) {
-        eob["procedure"] = Value::Array(procedures);
+            w.close();
+        }
+        w.close_array();
     }
 
     // Items.
+    if c.lines.is_empty() {
+        return Err(MapError::Missing("claim lines"));
+    }
     let network = c.network_status.as_deref().unwrap_or("other");
-    let mut items = Vec::new();
+    let mut served_dates: Vec<&str> = Vec::new();
+    let mut served_periods: Vec<(&str, &str)> = Vec::new();
+    w.key("item");
+    w.open_array();
     for (i, l) in c.lines.iter().enumerate() {
-        items.push(map_line(
+        let served = map_line(
+            w,
             kind,
             c,
             l,
             i,
             line_team.get(i).copied().flatten(),
             network,
-        )?);
+        )?;
+        match served {
+            Served::Date(d) => served_dates.push(d),
+            Served::Period(f, t) => served_periods.push((f, t)),
+            Served::None => {}
+        }
     }
-    if items.is_empty() {
-        return Err(MapError::Missing("claim lines"));
-    }
-    eob["item"] = Value::Array(items);
+    w.close_array();
 
     // Header adjudication and totals.
     if c.adjudicated {
-        let mut adjudication = Vec::new();
+        let mut any = false;
+        let mut open_adj = |w: &mut JsonWriter| {
+            if !any {
+                w.key("adjudication");
+                w.open_array();
+                any = true;
+            }
+        };
         if matches!(
             kind,
             ClaimKind::Inpatient | ClaimKind::Outpatient | ClaimKind::Pharmacy
         ) {
-            adjudication.push(json!({
-                "category": coding(CS_DISCRIM, "benefitpaymentstatus"),
-                "reason": coding(CS_STATUS, network),
-            }));
+            open_adj(w);
+            status_adjudication(w, "benefitpaymentstatus", network);
         }
         if let Some(ns) = &c.network_status {
-            adjudication.push(json!({
-                "category": coding(CS_DISCRIM, "billingnetworkstatus"),
-                "reason": coding(CS_STATUS, ns),
-            }));
+            open_adj(w);
+            status_adjudication(w, "billingnetworkstatus", ns);
         }
         for a in &c.adjustments {
-            adjudication.push(adjustment(a)?);
+            open_adj(w);
+            adjustment(w, a)?;
         }
-        if !adjudication.is_empty() {
-            eob["adjudication"] = Value::Array(adjudication);
+        if any {
+            w.close_array();
         }
-        eob["total"] = Value::Array(totals(c)?);
+        let sums = totals(c)?;
+        w.key("total");
+        w.open_array();
+        for (cat, v) in sums {
+            w.open();
+            w.key("category");
+            amount_category(w, cat);
+            w.key("amount");
+            money_value(w, (v * 100.0).round() / 100.0);
+            w.close();
+        }
+        w.close_array();
         if let Some(ps) = &c.payment_status {
-            let mut payment = json!({ "type": coding(CS_STATUS, ps) });
+            w.key("payment");
+            w.open();
+            w.key("type");
+            coding(w, CS_STATUS, ps);
             if let Some(paid) = c
                 .amounts
                 .iter()
                 .find(|a| a.category == "paidtoprovider" || a.category == "benefit")
             {
-                payment["amount"] = money(&paid.value)?;
+                w.key("amount");
+                money(w, &paid.value)?;
             }
-            eob["payment"] = payment;
+            w.close();
         }
     }
+
+    // Index values, as the registry's extractors would find them in this JSON.
+    let mut service_date = Vec::with_capacity(1 + served_dates.len() + served_periods.len());
+    service_date.push(IndexValue::Date {
+        start: Some(start.to_string()),
+        end: billable_end.map(str::to_string),
+    });
+    service_date.extend(served_dates.iter().map(|d| date_value(d)));
+    service_date.extend(served_periods.iter().map(|(f, t)| IndexValue::Date {
+        start: Some(f.to_string()),
+        end: Some(t.to_string()),
+    }));
+    let mut service_start: Vec<IndexValue> = std::iter::once(start)
+        .chain(served_dates.iter().copied())
+        .chain(served_periods.iter().map(|p| p.0))
+        .map(date_value)
+        .collect();
+    service_start.dedup();
+    doc.index("patient", vec![IndexValue::Reference(patient_ref)]);
+    doc.index("type", vec![token(CLAIM_TYPE, claim_type)]);
+    doc.index("identifier", identifier_tokens);
+    doc.index("service-date", service_date);
+    doc.index("service-start-date", service_start);
+    doc.index("billable-period-start", vec![date_value(start)]);
+    doc.index("provider", vec![IndexValue::Reference(provider)]);
+    doc.index("care-team", team_refs);
+    doc.index("coverage", vec![IndexValue::Reference(coverage_ref)]);
+    doc.index("insurer", vec![IndexValue::Reference(insurer)]);
 
     out.push(Resource {
         resource_type: "ExplanationOfBenefit",
         id,
         patient_id: Some(pid),
-        json: eob,
+        json: doc.finish(),
         deleted: false,
     });
     Ok(out)
 }
 
-fn adjustment(a: &ingest::model::Adjustment) -> Result<Value, MapError> {
-    let mut e = json!({
-        "category": coding(CS_DISCRIM, "adjustmentreason"),
-        "reason": coding("https://x12.org/codes/claim-adjustment-reason-codes", &a.reason),
-    });
+/// The static name of a care team role, when it is one a profile allows.
+fn static_role(role: &str) -> Option<&'static str> {
+    const ROLES: [&str; 9] = [
+        "rendering",
+        "purchasedservice",
+        "referring",
+        "primary",
+        "supervisor",
+        "prescribing",
+        "attending",
+        "operating",
+        "otheroperating",
+    ];
+    ROLES.iter().copied().find(|r| *r == role)
+}
+
+/// `{"category":..,"reason":..}` of a C4BB payer adjudication status.
+fn status_adjudication(w: &mut JsonWriter, category: &str, status: &str) {
+    w.open();
+    w.key("category");
+    coding(w, CS_DISCRIM, category);
+    w.key("reason");
+    coding(w, CS_STATUS, status);
+    w.close();
+}
+
+fn adjustment(w: &mut JsonWriter, a: &ingest::model::Adjustment) -> Result<(), MapError> {
+    w.open();
+    w.key("category");
+    coding(w, CS_DISCRIM, "adjustmentreason");
+    w.key("reason");
+    coding(
+        w,
+        "https://x12.org/codes/claim-adjustment-reason-codes",
+        &a.reason,
+    );
     if let Some(amount) = &a.amount {
-        e["amount"] = money(amount)?;
+        w.key("amount");
+        money(w, amount)?;
     }
-    Ok(e)
+    w.close();
+    Ok(())
 }
 
 /// Claim totals: the claim-level amounts, else the sum of the lines' amounts per category.
-fn totals(c: &Claim) -> Result<Vec<Value>, MapError> {
-    let mut sums: Vec<(String, f64)> = Vec::new();
-    let mut add = |cat: &str, v: &str| -> Result<(), MapError> {
-        let x: f64 = v.parse().map_err(|_| MapError::Invalid {
-            field: "amount",
-            message: format!("{v:?} is not a decimal"),
-        })?;
-        match sums.iter_mut().find(|(c, _)| c == cat) {
+fn totals<'c>(c: &'c Claim) -> Result<Vec<(&'c str, f64)>, MapError> {
+    let mut sums: Vec<(&'c str, f64)> = Vec::new();
+    let mut add = |cat: &'c str, v: &str| -> Result<(), MapError> {
+        let x = parse_amount(v)?;
+        match sums.iter_mut().find(|(c, _)| *c == cat) {
             Some((_, s)) => *s += x,
-            None => sums.push((cat.to_string(), x)),
+            None => sums.push((cat, x)),
         }
         Ok(())
     };
@@ -854,28 +1275,32 @@ fn totals(c: &Claim) -> Result<Vec<Value>, MapError> {
     if sums.is_empty() {
         return Err(MapError::Missing("total amounts of an adjudicated claim"));
     }
-    Ok(sums
-        .into_iter()
-        .map(|(cat, v)| {
-            json!({
-                "category": amount_category(&cat),
-                "amount": { "value": (v * 100.0).round() / 100.0, "currency": "USD" },
-            })
-        })
-        .collect())
+    Ok(sums)
 }
 
-fn map_line(
+/// When an item was served, for the index.
+enum Served<'a> {
+    Date(&'a str),
+    Period(&'a str, &'a str),
+    None,
+}
+
+fn map_line<'a>(
+    w: &mut JsonWriter,
     kind: ClaimKind,
-    c: &Claim,
-    l: &ClaimLine,
+    c: &'a Claim,
+    l: &'a ClaimLine,
     index: usize,
     team: Option<u32>,
     network: &str,
-) -> Result<Value, MapError> {
-    let product = match (kind, l.ndc.as_deref(), l.service_code.as_deref()) {
-        (ClaimKind::Pharmacy, Some(ndc), _) => coding("http://hl7.org/fhir/sid/ndc", ndc),
-        (ClaimKind::Pharmacy, None, _) => absent("unknown"),
+) -> Result<Served<'a>, MapError> {
+    w.open();
+    w.key("sequence");
+    w.uint(index as u64 + 1);
+    w.key("productOrService");
+    match (kind, l.ndc.as_deref(), l.service_code.as_deref()) {
+        (ClaimKind::Pharmacy, Some(ndc), _) => coding(w, "http://hl7.org/fhir/sid/ndc", ndc),
+        (ClaimKind::Pharmacy, None, _) => absent(w, "unknown"),
         (_, _, Some(code)) => {
             let cpt = code.len() == 5 && code.bytes().take(4).all(|b| b.is_ascii_digit());
             let system = if cpt {
@@ -883,38 +1308,52 @@ fn map_line(
             } else {
                 "https://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets"
             };
-            coding(system, code)
+            coding(w, system, code)
         }
         (_, _, None) => coding(
+            w,
             "http://terminology.hl7.org/CodeSystem/data-absent-reason",
             "not-applicable",
         ),
-    };
-    let mut item = json!({ "sequence": index + 1, "productOrService": product });
+    }
     if l.number as usize != index + 1 {
         // Keep the source's own line number visible.
-        item["extension"] = json!([{ "url": "https://fhirlake.example.org/fhir/StructureDefinition/source-line-number", "valueUnsignedInt": l.number }]);
+        w.key("extension");
+        w.open_array();
+        w.open();
+        w.kv(
+            "url",
+            "https://fhirlake.example.org/fhir/StructureDefinition/source-line-number",
+        );
+        w.key("valueUnsignedInt");
+        w.uint(u64::from(l.number));
+        w.close();
+        w.close_array();
     }
     if let Some(t) = team {
-        item["careTeamSequence"] = json!([t]);
+        w.key("careTeamSequence");
+        w.open_array();
+        w.uint(u64::from(t));
+        w.close_array();
     }
     if let Some(rev) = &l.revenue_code {
-        item["revenue"] = coding("https://www.nubc.org/CodeSystem/RevenueCodes", rev);
+        w.key("revenue");
+        coding(w, "https://www.nubc.org/CodeSystem/RevenueCodes", rev);
     } else if kind == ClaimKind::Inpatient {
-        item["revenue"] = absent("unknown");
+        w.key("revenue");
+        absent(w, "unknown");
     }
     if !l.modifiers.is_empty() {
-        item["modifier"] = Value::Array(
-            l.modifiers
-                .iter()
-                .map(|m| {
-                    coding(
-                        "https://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets",
-                        m,
-                    )
-                })
-                .collect(),
-        );
+        w.key("modifier");
+        w.open_array();
+        for m in &l.modifiers {
+            coding(
+                w,
+                "https://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets",
+                m,
+            );
+        }
+        w.close_array();
     }
     let from = l.from.as_deref().or(c.from.as_deref());
     let thru = l
@@ -922,49 +1361,71 @@ fn map_line(
         .as_deref()
         .or(l.from.as_deref())
         .or(c.thru.as_deref());
-    match (from, thru) {
-        (Some(f), Some(t)) if f != t => item["servicedPeriod"] = json!({ "start": f, "end": t }),
-        (Some(f), _) => item["servicedDate"] = json!(f),
-        _ => {}
-    }
+    let served = match (from, thru) {
+        (Some(f), Some(t)) if f != t => {
+            w.key("servicedPeriod");
+            w.open();
+            w.kv("start", f);
+            w.kv("end", t);
+            w.close();
+            Served::Period(f, t)
+        }
+        (Some(f), _) => {
+            w.kv("servicedDate", f);
+            Served::Date(f)
+        }
+        _ => Served::None,
+    };
     if kind == ClaimKind::Professional {
+        w.key("locationCodeableConcept");
         match &l.place_of_service {
-            Some(pos) => {
-                item["locationCodeableConcept"] = coding(
-                    "https://www.cms.gov/Medicare/Coding/place-of-service-codes/Place_of_Service_Code_Set",
-                    pos,
-                )
-            }
-            None => item["locationCodeableConcept"] = absent("unknown"),
+            Some(pos) => coding(
+                w,
+                "https://www.cms.gov/Medicare/Coding/place-of-service-codes/Place_of_Service_Code_Set",
+                pos,
+            ),
+            None => absent(w, "unknown"),
         }
     }
     if let Some(q) = &l.quantity {
-        item["quantity"] = json!({ "value": number(q, "item.quantity")? });
+        w.key("quantity");
+        w.open();
+        w.key("value");
+        number(w, q, "item.quantity")?;
+        w.close();
     }
     if !l.diagnosis_pointers.is_empty() && kind != ClaimKind::Pharmacy {
-        item["diagnosisSequence"] = json!(l.diagnosis_pointers);
+        w.key("diagnosisSequence");
+        w.open_array();
+        for p in &l.diagnosis_pointers {
+            w.uint(u64::from(*p));
+        }
+        w.close_array();
     }
     if c.adjudicated {
-        let mut adj = Vec::new();
-        if matches!(kind, ClaimKind::Professional) {
-            adj.push(json!({
-                "category": coding(CS_DISCRIM, "benefitpaymentstatus"),
-                "reason": coding(CS_STATUS, network),
-            }));
-        }
-        for a in &l.amounts {
-            adj.push(
-                json!({ "category": amount_category(&a.category), "amount": money(&a.value)? }),
-            );
-        }
-        for a in &l.adjustments {
-            adj.push(adjustment(a)?);
-        }
-        if !adj.is_empty() {
-            item["adjudication"] = Value::Array(adj);
+        let professional = matches!(kind, ClaimKind::Professional);
+        if professional || !l.amounts.is_empty() || !l.adjustments.is_empty() {
+            w.key("adjudication");
+            w.open_array();
+            if professional {
+                status_adjudication(w, "benefitpaymentstatus", network);
+            }
+            for a in &l.amounts {
+                w.open();
+                w.key("category");
+                amount_category(w, &a.category);
+                w.key("amount");
+                money(w, &a.value)?;
+                w.close();
+            }
+            for a in &l.adjustments {
+                adjustment(w, a)?;
+            }
+            w.close_array();
         }
     }
-    Ok(item)
+    w.close();
+    Ok(served)
 }
 
 #[cfg(test)]
@@ -982,12 +1443,7 @@ mod tests {
 
     #[test]
     fn diagnosis_types_follow_each_profile() {
-        let t = |k, c| {
-            diagnosis_type(k, c)[0]["coding"][0]["code"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        };
+        let t = |k, c| diagnosis_type(k, c).1.to_string();
         assert_eq!(t(ClaimKind::Professional, "other"), "secondary");
         assert_eq!(t(ClaimKind::Inpatient, "secondary"), "other");
         assert_eq!(t(ClaimKind::Inpatient, "admitting"), "admitting");

@@ -25,6 +25,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::registry::{IndexValue, ParamType, SearchParam};
+use crate::resource::Json;
 use crate::{MapError, Resource};
 
 const VERSION: &str = "2.0.1";
@@ -312,7 +313,7 @@ pub fn map_drug(d: &FormularyDrug) -> Result<Vec<Resource>, MapError> {
             resource_type: "Basic",
             id: item_id,
             patient_id: None,
-            json,
+            json: Json::Tree(json),
             deleted: true,
         }]);
     }
@@ -385,14 +386,14 @@ pub fn map_drug(d: &FormularyDrug) -> Result<Vec<Resource>, MapError> {
             resource_type: "Basic",
             id: item_id,
             patient_id: None,
-            json: item,
+            json: Json::Tree(item),
             deleted: false,
         },
         Resource {
             resource_type: "MedicationKnowledge",
             id: drug_id,
             patient_id: None,
-            json: Value::Object(drug),
+            json: Json::Tree(Value::Object(drug)),
             deleted: false,
         },
     ])
@@ -529,7 +530,7 @@ pub fn map_plan(p: &FormularyPlan) -> Result<Vec<Resource>, MapError> {
         resource_type: "InsurancePlan",
         id: fid.clone(),
         patient_id: None,
-        json: Value::Object(formulary),
+        json: Json::Tree(Value::Object(formulary)),
         deleted: deleted && standalone,
     }];
     if standalone {
@@ -603,7 +604,7 @@ pub fn map_plan(p: &FormularyPlan) -> Result<Vec<Resource>, MapError> {
             resource_type: "Organization",
             id: oid,
             patient_id: None,
-            json: Value::Object(org),
+            json: Json::Tree(Value::Object(org)),
             deleted: false,
         });
     }
@@ -624,7 +625,7 @@ pub fn map_plan(p: &FormularyPlan) -> Result<Vec<Resource>, MapError> {
                 resource_type: "Location",
                 id: lid,
                 patient_id: None,
-                json: Value::Object(loc),
+                json: Json::Tree(Value::Object(loc)),
                 deleted: false,
             });
         }
@@ -676,7 +677,7 @@ pub fn map_plan(p: &FormularyPlan) -> Result<Vec<Resource>, MapError> {
         resource_type: "InsurancePlan",
         id: pid,
         patient_id: None,
-        json: Value::Object(plan),
+        json: Json::Tree(Value::Object(plan)),
         deleted,
     });
     if !deleted {
@@ -1292,7 +1293,7 @@ mod tests {
     #[test]
     fn basic_extractors() {
         let out = map_drug(&drug()).expect("maps");
-        let item = &out[0].json;
+        let item = &out[0].json.to_value();
         let get = |code: &str| (param("Basic", code).extract)(item);
         assert_eq!(get("code"), [tok(cs::ITEM_TYPE, "formulary-item")]);
         assert_eq!(
@@ -1328,7 +1329,7 @@ mod tests {
     #[test]
     fn medication_knowledge_extractors() {
         let out = map_drug(&drug()).expect("maps");
-        let mk = &out[1].json;
+        let mk = &out[1].json.to_value();
         let get = |code: &str| (param("MedicationKnowledge", code).extract)(mk);
         assert_eq!(get("status"), [tok("", "active")]);
         assert_eq!(
@@ -1365,8 +1366,8 @@ mod tests {
                 "Location/area-CT"
             ]
         );
-        let formulary = &out[0].json;
-        let payer_plan = &out[1].json;
+        let formulary = &out[0].json.to_value();
+        let payer_plan = &out[1].json.to_value();
         let get = |code: &str, r: &Value| (param("InsurancePlan", code).extract)(r);
         assert_eq!(get("identifier", payer_plan), [tok("", "12345XX9876543")]);
         assert_eq!(get("status", formulary), [tok("", "active")]);
@@ -1432,7 +1433,7 @@ mod tests {
         p.tiers.clear();
         let out = map_plan(&p).expect("maps");
         assert!(
-            out[1].json.get("meta").is_none(),
+            out[1].json.to_value().get("meta").is_none(),
             "no cost sharing: no profile claim"
         );
         p.plan_id.clear();
@@ -1442,7 +1443,7 @@ mod tests {
     #[test]
     fn quantity_limit_detail() {
         let out = map_drug(&drug()).expect("maps");
-        let detail = out[0].json["extension"]
+        let detail = out[0].json.to_value()["extension"]
             .as_array()
             .expect("extensions")
             .iter()

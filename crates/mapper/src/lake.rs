@@ -45,7 +45,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::registry::{self, IndexValue, ParamType, SearchParam};
-use crate::Resource;
+use crate::{Json, Resource};
 
 /// Errors of the lake.
 #[derive(Debug, thiserror::Error)]
@@ -219,7 +219,10 @@ pub fn date_range(s: &str) -> Option<(i64, i64)> {
             Some((ms(start)?, ms(next)? - 1))
         }
         10 => {
-            let d = NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?;
+            let d = match ymd(s.as_bytes()) {
+                Some((y, m, d)) => day(y, m, d)?,
+                None => NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?,
+            };
             let _ = d.year();
             let start = ms(d)?;
             Some((start, start + Duration::days(1).num_milliseconds() - 1))
@@ -231,6 +234,20 @@ pub fn date_range(s: &str) -> Option<(i64, i64)> {
             Some((start, if has_fraction { start } else { start + 999 }))
         }
     }
+}
+
+/// The year, month and day of a plain `YYYY-MM-DD` (ASCII digits only); `None` for anything
+/// else, which then goes through chrono's parser.
+fn ymd(b: &[u8]) -> Option<(i32, u32, u32)> {
+    let digits = |r: std::ops::Range<usize>| -> Option<u32> {
+        b.get(r)?.iter().try_fold(0u32, |acc, &c| {
+            c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
+        })
+    };
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    Some((digits(0..4)? as i32, digits(5..7)?, digits(8..10)?))
 }
 
 /// One stored row, as read back from a table file.
@@ -270,8 +287,9 @@ enum MetaSlot {
 
 /// A mapped resource in compact form, ready for the lake: its JSON serialized once (without
 /// `meta.versionId`/`meta.lastUpdated`, which depend on the merge), the hash of that JSON, and
-/// the values of every search parameter of its type, extracted while the JSON tree was at hand
-/// so that nothing parses it again.
+/// the values of every search parameter of its type: recorded by the builder that wrote the
+/// JSON (C4BB), or extracted while its tree was at hand (formulary), so that nothing parses it
+/// again.
 #[derive(Debug, Clone)]
 pub struct Prepared {
     /// Resource type.
@@ -293,10 +311,22 @@ pub struct Prepared {
 }
 
 /// The search parameters that have index columns in a type's table, in column order.
-pub fn index_params(resource_type: &str) -> Vec<&'static SearchParam> {
-    registry::for_type(resource_type)
-        .filter(|p| !p.is_common())
-        .collect()
+pub fn index_params(resource_type: &str) -> &'static [&'static SearchParam] {
+    static BY_TYPE: std::sync::OnceLock<Vec<(&'static str, Vec<&'static SearchParam>)>> =
+        std::sync::OnceLock::new();
+    let all = BY_TYPE.get_or_init(|| {
+        registry::resource_types()
+            .into_iter()
+            .map(|t| {
+                let params = registry::for_type(t).filter(|p| !p.is_common()).collect();
+                (t, params)
+            })
+            .collect()
+    });
+    all.iter()
+        .find(|(t, _)| *t == resource_type)
+        .map(|(_, p)| p.as_slice())
+        .unwrap_or(&[])
 }
 
 /// The content hash of serialized JSON: the first 128 bits of its SHA-256, in hex.
@@ -311,15 +341,46 @@ pub fn hash_text(text: &str) -> String {
 }
 
 impl Prepared {
-    /// Serialize a mapped resource, hash it and extract its index values.
+    /// Serialize a mapped resource, hash it and extract its index values. A resource whose
+    /// builder wrote its JSON directly brings its text and index values along.
     pub fn new(r: Resource) -> Self {
-        let mut json = r.json;
+        let (text, meta, index) = match r.json {
+            Json::Text(w) => {
+                let meta = MetaSlot::Append(w.meta_end);
+                let mut by_code = w.index;
+                let index = index_params(r.resource_type)
+                    .iter()
+                    .map(|p| {
+                        by_code
+                            .iter_mut()
+                            .find(|(code, _)| *code == p.code)
+                            .map(|(_, v)| std::mem::take(v))
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                (w.text, meta, index)
+            }
+            Json::Tree(json) => Self::from_tree(r.resource_type, json),
+        };
+        let content_hash = hash_text(&text);
+        Self {
+            resource_type: r.resource_type,
+            id: r.id,
+            patient_id: r.patient_id,
+            content_hash,
+            text,
+            meta,
+            index,
+            deleted: r.deleted,
+        }
+    }
+
+    fn from_tree(resource_type: &str, mut json: Value) -> (String, MetaSlot, Vec<Vec<IndexValue>>) {
         if let Some(meta) = json.get_mut("meta").and_then(Value::as_object_mut) {
             meta.remove("versionId");
             meta.remove("lastUpdated");
         }
         let text = json.to_string();
-        let content_hash = hash_text(&text);
         let meta = match json.get("meta") {
             Some(m @ Value::Object(o)) => {
                 let inner = m.to_string();
@@ -332,20 +393,11 @@ impl Prepared {
             }
             _ => MetaSlot::Create(text.len().saturating_sub(1)),
         };
-        let index = index_params(r.resource_type)
-            .into_iter()
+        let index = index_params(resource_type)
+            .iter()
             .map(|p| (p.extract)(&json))
             .collect();
-        Self {
-            resource_type: r.resource_type,
-            id: r.id,
-            patient_id: r.patient_id,
-            content_hash,
-            text,
-            meta,
-            index,
-            deleted: r.deleted,
-        }
+        (text, meta, index)
     }
 
     /// Write the JSON with `meta.versionId` and `meta.lastUpdated` set.
@@ -427,7 +479,7 @@ pub fn batch(
         )),
         Arc::new(resource.finish()),
     ];
-    for (i, p) in params.into_iter().enumerate() {
+    for (i, p) in params.iter().enumerate() {
         let values = rows
             .iter()
             .map(|r| r.prepared.index.get(i).map(Vec::as_slice).unwrap_or(&[]));
@@ -586,6 +638,9 @@ fn writer_props(resource_type: &str) -> WriterProperties {
 /// Rows per row group of a table file.
 pub const ROW_GROUP_ROWS: usize = 8192;
 
+/// Rows per record batch handed to the Parquet writer.
+const WRITE_BATCH_ROWS: usize = 512;
+
 /// Write one table file from new rows, already in the table's sort order, and fsync it.
 /// Returns the number of rows written.
 ///
@@ -598,7 +653,10 @@ pub fn write_file(
     last_updated: i64,
 ) -> Result<u64, LakeError> {
     let mut w = TableWriter::create(path, resource_type)?;
-    for chunk in rows.chunks(ROW_GROUP_ROWS) {
+    // Batches smaller than a row group keep each batch's buffers (the JSON column is ~8 KB a
+    // row) small enough for the allocator to reuse, instead of mapping and zeroing fresh
+    // memory for every batch; the writer still cuts row groups of `ROW_GROUP_ROWS`.
+    for chunk in rows.chunks(WRITE_BATCH_ROWS) {
         w.write(&batch(resource_type, chunk, last_updated)?)?;
     }
     w.finish()
@@ -1197,6 +1255,20 @@ mod tests {
         assert_eq!(instant(e - s + 1), instant(86_400_000));
         assert!(date_range("2021-13").is_none());
         assert!(date_range("junk").is_none());
+        for d in [
+            "2020-02-29",
+            "2021-02-29",
+            "2021-00-10",
+            "0000-01-01",
+            "9999-12-31",
+            "2021-1-100",
+        ] {
+            let chrono = chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
+                .ok()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .map(|t| t.and_utc().timestamp_millis());
+            assert_eq!(date_range(d).map(|r| r.0), chrono, "{d}");
+        }
         let (s, _) = date_range("2021-03-04T10:00:00+02:00").unwrap();
         assert_eq!(instant(s), "2021-03-04T08:00:00.000Z");
     }
@@ -1219,7 +1291,7 @@ mod tests {
             resource_type: "Patient",
             id: "p".into(),
             patient_id: None,
-            json,
+            json: Json::Tree(json),
             deleted: false,
         };
         let with = Prepared::new(r(serde_json::json!({"resourceType": "Patient", "id": "p",

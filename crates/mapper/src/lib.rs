@@ -8,12 +8,13 @@
 pub mod c4bb;
 pub mod formulary;
 pub mod ids;
+pub mod jw;
 pub mod lake;
 pub mod pipeline;
 pub mod registry;
 pub mod resource;
 
-pub use resource::Resource;
+pub use resource::{Json, Resource, Written};
 
 /// Why a source record could not be mapped to FHIR.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

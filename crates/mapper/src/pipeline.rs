@@ -420,11 +420,17 @@ impl SideSeen {
         thread_local! {
             static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        let (len, hash) = BUF.with_borrow_mut(|buf| {
-            buf.clear();
-            let _ = serde_json::to_writer(&mut *buf, &r.json);
-            (buf.len(), twox_hash::XxHash3_64::oneshot(buf))
-        });
+        let (len, hash) = match &r.json {
+            crate::Json::Text(w) => (
+                w.text.len(),
+                twox_hash::XxHash3_64::oneshot(w.text.as_bytes()),
+            ),
+            crate::Json::Tree(json) => BUF.with_borrow_mut(|buf| {
+                buf.clear();
+                let _ = serde_json::to_writer(&mut *buf, json);
+                (buf.len(), twox_hash::XxHash3_64::oneshot(buf))
+            }),
+        };
         let k = key(&format!("{}/{}", r.resource_type, r.id));
         let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
         match seen.get(&k) {
@@ -461,7 +467,9 @@ fn map_item(item: Item, cfg: &Config, is_full: bool, side: &SideSeen) -> Mapped 
         .filter_map(|r| {
             if is_full {
                 match r.resource_type {
-                    "Basic" => full.extend(formulary_refs(&r.json)),
+                    "Basic" => {
+                        full.extend(r.json.as_tree().map(formulary_refs).unwrap_or_default())
+                    }
                     "InsurancePlan" if r.id.starts_with("formulary-") => {
                         full.push(format!("InsurancePlan/{}", r.id))
                     }
@@ -553,6 +561,7 @@ fn process_file(
     } else {
         // The reader runs on a thread of its own and hands chunks of records to the mappers.
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Item>>(2);
+        let stop = std::sync::atomic::AtomicBool::new(false);
         std::thread::scope(|scope| -> Result<FileSummary, RunError> {
             let reading = scope.spawn(|| {
                 let tx = tx;
@@ -582,23 +591,41 @@ fn process_file(
                 }
                 summary
             });
-            let mut failure = None;
-            for chunk in rx.iter() {
-                if failure.is_some() {
-                    continue; // drain, so the reader finishes
+            // Chunks are mapped on the rayon pool by a thread of their own, so that the next
+            // chunk is mapped while this one's resources are merged into the tables.
+            let (mapped_tx, mapped_rx) = std::sync::mpsc::sync_channel::<Vec<Mapped>>(2);
+            let stop_ref = &stop;
+            let mapping = scope.spawn(move || {
+                for chunk in rx.iter() {
+                    if stop_ref.load(std::sync::atomic::Ordering::Relaxed) {
+                        continue; // drain, so the reader finishes
+                    }
+                    let mapped: Vec<Mapped> = chunk
+                        .into_par_iter()
+                        .map(|item| map_item(item, cfg, is_full, side))
+                        .collect();
+                    if mapped_tx.send(mapped).is_err() {
+                        stop_ref.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
                 }
-                let mapped: Vec<Mapped> = chunk
-                    .into_par_iter()
-                    .map(|item| map_item(item, cfg, is_full, side))
-                    .collect();
+            });
+            let mut failure = None;
+            for mapped in mapped_rx.iter() {
+                if failure.is_some() {
+                    continue; // drain, so the mapper and the reader finish
+                }
                 for m in mapped {
                     report.records_read += 1;
                     if let Err(e) = accept(m, &mut report, tables, rejects) {
                         failure = Some(e);
+                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
                         break;
                     }
                 }
             }
+            mapping
+                .join()
+                .map_err(|_| RunError::Config("a mapping thread panicked".into()))?;
             let summary = reading
                 .join()
                 .map_err(|_| RunError::Config("a reader thread panicked".into()))??;

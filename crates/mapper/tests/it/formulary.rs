@@ -98,7 +98,7 @@ impl Set {
         let mut s = self.log.clone();
         writeln!(s, "## resources").ok();
         for r in self.resources() {
-            let profile = r.json["meta"]["profile"][0]
+            let profile = r.json.as_tree().expect("a tree")["meta"]["profile"][0]
                 .as_str()
                 .unwrap_or("(no profile)");
             let profile = profile.rsplit('/').next().unwrap_or(profile);
@@ -115,7 +115,10 @@ impl Set {
                 .iter()
                 .filter(|p| p.resource == r.resource_type)
             {
-                let values: Vec<String> = (p.extract)(&r.json).iter().map(show).collect();
+                let values: Vec<String> = (p.extract)(r.json.as_tree().expect("a tree"))
+                    .iter()
+                    .map(show)
+                    .collect();
                 if !values.is_empty() {
                     writeln!(s, "  {} = {}", p.code, values.join(", ")).ok();
                 }
@@ -168,20 +171,25 @@ fn compare_or_bless(name: &str, actual: &str) {
 fn check_set(set: &Set, golden: &str) {
     let mut problems = Vec::new();
     for r in set.resources() {
-        assert_eq!(r.json["resourceType"], r.resource_type);
-        assert_eq!(r.json["id"], r.id.as_str());
+        assert_eq!(
+            r.json.as_tree().expect("a tree")["resourceType"],
+            r.resource_type
+        );
+        assert_eq!(r.json.as_tree().expect("a tree")["id"], r.id.as_str());
         assert!(r.patient_id.is_none(), "formulary data is public");
         assert!(
-            r.json["meta"].get("lastUpdated").is_none(),
+            r.json.as_tree().expect("a tree")["meta"]
+                .get("lastUpdated")
+                .is_none(),
             "the lake sets lastUpdated"
         );
         assert!(valid_id(&r.id), "{}", r.id);
         if !r.deleted {
-            for p in pdex_violations(&r.json) {
+            for p in pdex_violations(r.json.as_tree().expect("a tree")) {
                 problems.push(format!("{}/{}: {p}", r.resource_type, r.id));
             }
             let mut refs = Vec::new();
-            references(&r.json, &mut refs);
+            references(r.json.as_tree().expect("a tree"), &mut refs);
             for target in refs {
                 if !set.latest.contains_key(&target) {
                     problems.push(format!(
@@ -193,7 +201,7 @@ fn check_set(set: &Set, golden: &str) {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
-    let array: Vec<&Value> = set.resources().map(|r| &r.json).collect();
+    let array: Vec<&Value> = set.resources().filter_map(|r| r.json.as_tree()).collect();
     let json = serde_json::to_string_pretty(&array).expect("json") + "\n";
     compare_or_bless(&format!("{golden}.json"), &json);
     compare_or_bless(&format!("{golden}.summary.txt"), &set.summary());
@@ -245,7 +253,10 @@ fn qhp_samples_to_pdex() {
     set.read(&joined, "qhp_drugs-1.json");
     set.read(&joined, "qhp_drugs-2.json");
     // drugs-2 lists 209459 again (as Lialda, BRAND): the later record wins, as in the lake
-    let item = &set.latest["Basic/item-12345XX9876543-209459"].json;
+    let item = set.latest["Basic/item-12345XX9876543-209459"]
+        .json
+        .as_tree()
+        .expect("a tree");
     let tier = item["extension"]
         .as_array()
         .expect("ext")

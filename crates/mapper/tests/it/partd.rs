@@ -73,17 +73,19 @@ fn sample_maps_to_valid_pdex_items_and_drugs() {
     for (key, r) in &set {
         assert!(valid_id(&r.id), "{key}");
         assert!(r.patient_id.is_none() && !r.deleted);
-        let profile = r.json["meta"]["profile"][0].as_str().unwrap_or("");
+        let profile = r.json.as_tree().expect("a tree")["meta"]["profile"][0]
+            .as_str()
+            .unwrap_or("");
         let expected = match r.resource_type {
             "Basic" => PROFILE_ITEM,
             _ => PROFILE_DRUG,
         };
         assert_eq!(profile, format!("{expected}|2.0.1"), "{key}");
-        for p in pdex_violations(&r.json) {
+        for p in pdex_violations(r.json.as_tree().expect("a tree")) {
             problems.push(format!("{key}: {p}"));
         }
         let mut refs = Vec::new();
-        references(&r.json, &mut refs);
+        references(r.json.as_tree().expect("a tree"), &mut refs);
         for target in refs {
             if !set.contains_key(&target) {
                 unresolved.insert(target);
@@ -115,7 +117,7 @@ fn sample_maps_to_valid_pdex_items_and_drugs() {
     let mut with_plans = set.clone();
     for p in &plans {
         for r in map_plan(p).unwrap_or_else(|e| panic!("{p:?}: {e}")) {
-            for v in pdex_violations(&r.json) {
+            for v in pdex_violations(r.json.as_tree().expect("a tree")) {
                 problems.push(format!("{}/{}: {v}", r.resource_type, r.id));
             }
             with_plans.insert(format!("{}/{}", r.resource_type, r.id), r);
@@ -124,20 +126,26 @@ fn sample_maps_to_valid_pdex_items_and_drugs() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     for (key, r) in &with_plans {
         let mut refs = Vec::new();
-        references(&r.json, &mut refs);
+        references(r.json.as_tree().expect("a tree"), &mut refs);
         for target in refs {
             assert!(with_plans.contains_key(&target), "{key}: {target}");
         }
     }
     for f in ["00099901", "00099902"] {
-        let formulary = &with_plans[&format!("InsurancePlan/formulary-{f}")].json;
+        let formulary = with_plans[&format!("InsurancePlan/formulary-{f}")]
+            .json
+            .as_tree()
+            .expect("a tree");
         assert_eq!(
             formulary["meta"]["profile"][0],
             format!("{PROFILE_FORMULARY}|2.0.1")
         );
     }
 
-    let item = &set["Basic/item-00099901-248656"].json;
+    let item = set["Basic/item-00099901-248656"]
+        .json
+        .as_tree()
+        .expect("a tree");
     assert_eq!(
         item["subject"]["reference"],
         "MedicationKnowledge/rxnorm-248656"
@@ -172,7 +180,10 @@ fn sample_maps_to_valid_pdex_items_and_drugs() {
     assert!(extension(item, ext::ADDITIONAL_COVERAGE).is_none());
 
     // a fractional amount cannot be a Timing count: the description alone carries it
-    let frac = &set["Basic/item-00099902-1049640"].json;
+    let frac = set["Basic/item-00099902-1049640"]
+        .json
+        .as_tree()
+        .expect("a tree");
     let detail = extension(frac, ext::QUANTITY_LIMIT_DETAIL).expect("detail");
     assert_eq!(
         detail["extension"],
@@ -180,7 +191,10 @@ fn sample_maps_to_valid_pdex_items_and_drugs() {
     );
 
     // no quantity limit: no detail
-    let levlen = &set["Basic/item-00099901-753532"].json;
+    let levlen = set["Basic/item-00099901-753532"]
+        .json
+        .as_tree()
+        .expect("a tree");
     assert!(extension(levlen, ext::QUANTITY_LIMIT_DETAIL).is_none());
     assert_eq!(
         extension(levlen, ext::QUANTITY_LIMIT).expect("ql")["valueBoolean"],
@@ -188,18 +202,30 @@ fn sample_maps_to_valid_pdex_items_and_drugs() {
     );
 
     // SELECTED_DRUG_YN = Y
-    let selected = &set["Basic/item-00099901-1000091"].json;
+    let selected = set["Basic/item-00099901-1000091"]
+        .json
+        .as_tree()
+        .expect("a tree");
     assert_eq!(
         extension(selected, ext::ADDITIONAL_COVERAGE).expect("note")["valueMarkdown"],
         "- Selected drug of the Medicare Drug Price Negotiation Program."
     );
     assert_eq!(
-        extension(&set["Basic/item-00099902-753532"].json, ext::DRUG_TIER).expect("tier")
-            ["valueCodeableConcept"]["coding"][0]["code"],
+        extension(
+            set["Basic/item-00099902-753532"]
+                .json
+                .as_tree()
+                .expect("a tree"),
+            ext::DRUG_TIER
+        )
+        .expect("tier")["valueCodeableConcept"]["coding"][0]["code"],
         "zero-cost-share-preventative"
     );
 
-    let mk = &set["MedicationKnowledge/rxnorm-248656"].json;
+    let mk = set["MedicationKnowledge/rxnorm-248656"]
+        .json
+        .as_tree()
+        .expect("a tree");
     assert_eq!(
         mk["code"]["coding"],
         serde_json::json!([

@@ -1,0 +1,286 @@
+//! A small streaming JSON writer: compact JSON straight into a `String`, with no tree.
+//!
+//! It writes exactly what `serde_json` writes for the same values (compact form, the same
+//! string escapes, its own `f64` formatting, `null` for non-finite numbers), so that a resource written
+//! with it is byte-identical to the serialization of the equivalent `serde_json::Value`. The
+//! caller is responsible for the structure (keys in order, objects closed); the writer only
+//! places commas.
+
+/// A compact JSON writer. Commas between members and elements are placed automatically.
+#[derive(Debug, Default)]
+pub struct JsonWriter {
+    buf: String,
+    /// Whether the next member or element needs a comma before it.
+    comma: bool,
+}
+
+impl JsonWriter {
+    /// An empty writer with room for `capacity` bytes.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            buf: String::with_capacity(capacity),
+            comma: false,
+        }
+    }
+
+    /// The text written so far.
+    pub fn as_str(&self) -> &str {
+        &self.buf
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether nothing was written yet.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// The text.
+    pub fn finish(self) -> String {
+        self.buf
+    }
+
+    #[inline]
+    fn sep(&mut self) {
+        if self.comma {
+            self.buf.push(',');
+        }
+    }
+
+    /// Open an object (as a value or an array element).
+    #[inline]
+    pub fn open(&mut self) {
+        self.sep();
+        self.buf.push('{');
+        self.comma = false;
+    }
+
+    /// Close the current object.
+    #[inline]
+    pub fn close(&mut self) {
+        self.buf.push('}');
+        self.comma = true;
+    }
+
+    /// Open an array (as a value or an array element).
+    #[inline]
+    pub fn open_array(&mut self) {
+        self.sep();
+        self.buf.push('[');
+        self.comma = false;
+    }
+
+    /// Close the current array.
+    #[inline]
+    pub fn close_array(&mut self) {
+        self.buf.push(']');
+        self.comma = true;
+    }
+
+    /// Write a member's key; its value comes next. Keys are literals that need no escaping.
+    #[inline]
+    pub fn key(&mut self, k: &str) {
+        self.sep();
+        self.buf.push('"');
+        self.buf.push_str(k);
+        self.buf.push_str("\":");
+        self.comma = false;
+    }
+
+    /// Write a string value.
+    #[inline]
+    pub fn str(&mut self, s: &str) {
+        self.sep();
+        escape_into(&mut self.buf, s);
+        self.comma = true;
+    }
+
+    /// Write a string value given in pieces (concatenated, escaped as one string).
+    pub fn str_parts(&mut self, parts: &[&str]) {
+        self.sep();
+        self.buf.push('"');
+        for p in parts {
+            escape_body(&mut self.buf, p);
+        }
+        self.buf.push('"');
+        self.comma = true;
+    }
+
+    /// Write an unsigned integer value.
+    #[inline]
+    pub fn uint(&mut self, v: u64) {
+        self.sep();
+        self.buf.push_str(itoa::Buffer::new().format(v));
+        self.comma = true;
+    }
+
+    /// Write a signed integer value.
+    #[inline]
+    pub fn int(&mut self, v: i64) {
+        self.sep();
+        self.buf.push_str(itoa::Buffer::new().format(v));
+        self.comma = true;
+    }
+
+    /// Write an `f64` the way `serde_json` does (its own formatter: shortest round-trip form,
+    /// `null` when not finite).
+    #[inline]
+    pub fn f64(&mut self, v: f64) {
+        use serde_json::ser::Formatter as _;
+        self.sep();
+        if v.is_finite() {
+            let mut tmp = [0u8; 40];
+            let mut out: &mut [u8] = &mut tmp;
+            let room = out.len();
+            if serde_json::ser::CompactFormatter
+                .write_f64(&mut out, v)
+                .is_ok()
+            {
+                let n = room - out.len();
+                if let Ok(s) = std::str::from_utf8(&tmp[..n]) {
+                    self.buf.push_str(s);
+                }
+            }
+        } else {
+            self.buf.push_str("null");
+        }
+        self.comma = true;
+    }
+
+    /// Write a boolean value.
+    #[inline]
+    pub fn bool(&mut self, v: bool) {
+        self.sep();
+        self.buf.push_str(if v { "true" } else { "false" });
+        self.comma = true;
+    }
+
+    /// `"key":"value"`.
+    #[inline]
+    pub fn kv(&mut self, k: &str, v: &str) {
+        self.key(k);
+        self.str(v);
+    }
+
+    /// An array of strings.
+    pub fn str_array<S: AsRef<str>>(&mut self, items: &[S]) {
+        self.open_array();
+        for s in items {
+            self.str(s.as_ref());
+        }
+        self.close_array();
+    }
+}
+
+/// Append `s` as a JSON string literal, escaped exactly as `serde_json` escapes it.
+pub fn escape_into(out: &mut String, s: &str) {
+    out.push('"');
+    escape_body(out, s);
+    out.push('"');
+}
+
+/// Whether a string has a byte JSON must escape (a control character, `"` or `\\`). No early
+/// exit, so that the loop vectorizes: most strings have nothing to escape.
+#[inline]
+fn needs_escape(bytes: &[u8]) -> bool {
+    bytes.iter().fold(false, |acc, &b| {
+        acc | (b < 0x20) | (b == b'"') | (b == b'\\')
+    })
+}
+
+fn escape_body(out: &mut String, s: &str) {
+    let bytes = s.as_bytes();
+    if !needs_escape(bytes) {
+        out.push_str(s);
+        return;
+    }
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &str = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0x00..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if esc.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.push_str("\\u00");
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 0xf) as usize] as char);
+        } else {
+            out.push_str(esc);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_escape_like_serde_json() {
+        let samples = [
+            "",
+            "plain",
+            "quote \" backslash \\ slash /",
+            "ctl \u{0} \u{1} \u{8} \u{c} \n \r \t \u{1f} \u{7f}",
+            "accents é ü 漢字 🙂",
+        ];
+        for s in samples {
+            let mut out = String::new();
+            escape_into(&mut out, s);
+            assert_eq!(out, serde_json::to_string(s).unwrap(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn numbers_format_like_serde_json() {
+        for v in [
+            0.0,
+            -0.0,
+            1.0,
+            12.5,
+            0.1 + 0.2,
+            1e15,
+            1e16,
+            1e20,
+            1e300,
+            5e-324,
+            f64::MAX,
+            123_456_789.123,
+            1e-7,
+            f64::NAN,
+            f64::INFINITY,
+            -12.34,
+        ] {
+            let mut w = JsonWriter::default();
+            w.f64(v);
+            assert_eq!(w.finish(), serde_json::json!(v).to_string(), "{v}");
+        }
+        let mut w = JsonWriter::default();
+        w.open_array();
+        w.int(-5);
+        w.uint(7);
+        w.bool(true);
+        w.open();
+        w.kv("a", "b");
+        w.key("c");
+        w.open_array();
+        w.close_array();
+        w.close();
+        w.str_parts(&["x/", "y"]);
+        w.close_array();
+        assert_eq!(w.finish(), r#"[-5,7,true,{"a":"b","c":[]},"x/y"]"#);
+    }
+}
