@@ -437,17 +437,14 @@ impl<R: Read> Source<R> {
         }
     }
 
-    /// The next segment when it is the plain case: no byte-order mark or empty segment
-    /// before it, not an `ISA`, and wholly in the buffer. What `skip_ws`, `at_isa` and
-    /// `next_segment` would give one after another, without their refill checks; `None`
-    /// (nothing consumed) means: take the general path.
+    /// Where the next segment starts (after leading whitespace, relative to `pos`) when it is
+    /// the plain case of [`Self::next_plain`]; `None` otherwise.
     #[inline]
-    pub(crate) fn next_plain(&mut self, term: u8) -> Option<RawSeg<'_>> {
+    fn plain_start(&self, term: u8) -> Option<usize> {
         if self.skipping {
             return None;
         }
-        let buf = self.buf();
-        let a = &buf[self.pos..self.end];
+        let a = &self.buf()[self.pos..self.end];
         if a.len() < 3 || a.starts_with(&[0xEF, 0xBB, 0xBF]) {
             return None;
         }
@@ -460,6 +457,17 @@ impl<R: Read> Source<R> {
         {
             return None;
         }
+        Some(i)
+    }
+
+    /// The next segment when it is the plain case: no byte-order mark or empty segment
+    /// before it, not an `ISA`, and wholly in the buffer. What `skip_ws`, `at_isa` and
+    /// `next_segment` would give one after another, without their refill checks; `None`
+    /// (nothing consumed) means: take the general path.
+    #[inline]
+    pub(crate) fn next_plain(&mut self, term: u8) -> Option<RawSeg<'_>> {
+        let i = self.plain_start(term)?;
+        let a = &self.buf()[self.pos + i..self.end];
         let stop = memchr::memchr(term, a)?;
         let start = self.pos + i;
         self.pos = start + stop + 1;
@@ -475,23 +483,8 @@ impl<R: Read> Source<R> {
         ends: &mut Bounds,
     ) -> Option<RawSeg<'_>> {
         let term = d.segment;
-        if self.skipping {
-            return None;
-        }
-        let buf = self.buf();
-        let a = &buf[self.pos..self.end];
-        if a.len() < 3 || a.starts_with(&[0xEF, 0xBB, 0xBF]) {
-            return None;
-        }
-        let i = a.iter().position(|&c| !is_ws(c))?;
-        let a = &a[i..];
-        if a.len() < 4
-            || a[0] == term
-            || a[0] == 0xEF
-            || (a.starts_with(b"ISA") && !a[3].is_ascii_alphanumeric())
-        {
-            return None;
-        }
+        let i = self.plain_start(term)?;
+        let a = &self.buf()[self.pos + i..self.end];
         // One pass, eight bytes at a time: element separators up to the terminator.
         let (t_splat, e_splat) = (
             u64::from_ne_bytes([term; 8]),
