@@ -15,6 +15,7 @@ use ingest::model::{Adjustment, Amount, ClaimKind, Ident, Party, Supporting};
 use ingest::{Reader, SourceRecord};
 use mapper::c4bb::{self, Systems};
 use mapper::lake::{hash_text, Prepared};
+use mapper::Json;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -51,6 +52,7 @@ fn describe(
             let n = resources.len();
             let mut all = String::new();
             for r in resources {
+                same_as_tree(&r);
                 let p = Prepared::new(r);
                 let _ = writeln!(
                     all,
@@ -68,6 +70,24 @@ fn describe(
         }
     }
     out.push('\n');
+}
+
+/// The builders write text and index values without a tree; the search registry's extractors
+/// (which `_include` and `$everything` also use on stored JSON) must find the same values in
+/// that text, and serializing it as a tree must give the same bytes.
+fn same_as_tree(r: &mapper::Resource) {
+    if r.json.as_tree().is_some() {
+        return;
+    }
+    let tree = mapper::Resource {
+        json: Json::Tree(r.json.to_value()),
+        ..r.clone()
+    };
+    let (a, b) = (Prepared::new(r.clone()), Prepared::new(tree));
+    let what = format!("{}/{}", r.resource_type, r.id);
+    assert_eq!(a.text, b.text, "text of {what}");
+    assert_eq!(a.index, b.index, "index values of {what}");
+    assert_eq!(a.stamped(7, "T"), b.stamped(7, "T"), "meta of {what}");
 }
 
 fn map(
