@@ -102,6 +102,12 @@ pub(crate) fn key(s: &str) -> u64 {
     h.finish()
 }
 
+/// The 32-bit hash of the index entries. With 32 bits, a lookup among a billion ids meets a
+/// false candidate a quarter of the time; it costs one more row read back and compared.
+fn key32(s: &str) -> u32 {
+    (key(s) >> 32) as u32
+}
+
 struct TableFile {
     src: Pread,
     meta: ArrowReaderMetadata,
@@ -110,12 +116,19 @@ struct TableFile {
 }
 
 /// One table: its files and their index.
+///
+/// Rows are numbered across the table's files (the first row of file `f` is
+/// `file_start[f]`), so an index entry is 8 bytes for an id and 12 for a member's run: the
+/// index of a lake of a million claims takes some 12 MB.
 pub(crate) struct Table {
     files: Vec<TableFile>,
-    /// (hash of id, file, row), sorted.
-    ids: Vec<(u64, u32, u32)>,
-    /// (hash of patient_id, file, first row, rows), sorted; empty unless clustered by patient.
-    patients: Vec<(u64, u32, u32, u32)>,
+    /// The table-wide number of each file's first row.
+    file_start: Vec<u32>,
+    /// (32-bit hash of id, table-wide row), sorted.
+    ids: Vec<(u32, u32)>,
+    /// (32-bit hash of patient_id, table-wide first row, rows), sorted; empty unless
+    /// clustered by patient. A run never crosses files.
+    patients: Vec<(u32, u32, u32)>,
     /// The reference columns of the type's search parameters (kept in [`MemberRows`]).
     ref_cols: Vec<String>,
     /// The timestamp columns of the table (kept in [`MemberRows`]).
@@ -123,12 +136,40 @@ pub(crate) struct Table {
 }
 
 /// A decoded row's base columns, as cached.
+///
+/// The resource JSON is kept LZ4-compressed: a C4BB resource repeats its profile, system and
+/// extension URLs, so it shrinks three to tenfold, and unpacking it (several GB/s) costs less
+/// than the copy every answer made of it anyway, while the same budget holds several times
+/// the rows.
 #[derive(Debug)]
 pub(crate) struct CachedRow {
     pub id: Box<str>,
     pub patient_id: Option<Box<str>>,
     pub last_updated: i64,
-    pub resource: Box<str>,
+    packed: Box<[u8]>,
+}
+
+impl CachedRow {
+    fn new(id: &str, patient_id: Option<&str>, last_updated: i64, resource: &str) -> Self {
+        Self {
+            id: id.into(),
+            patient_id: patient_id.map(Into::into),
+            last_updated,
+            packed: lz4_flex::block::compress_prepend_size(resource.as_bytes()).into(),
+        }
+    }
+
+    /// The resource JSON.
+    pub(crate) fn resource(&self) -> Result<String, QueryError> {
+        let bytes = lz4_flex::block::decompress_size_prepended(&self.packed)
+            .map_err(|e| pq(format!("cached row: {e}")))?;
+        String::from_utf8(bytes).map_err(|e| pq(format!("cached row: {e}")))
+    }
+
+    /// What the row holds on the heap, for the cache's budget.
+    fn bytes(&self) -> usize {
+        64 + self.id.len() + self.patient_id.as_deref().map_or(0, str::len) + self.packed.len()
+    }
 }
 
 /// A bounded cache: two generations, the older dropped when the newer fills half the budget
@@ -243,8 +284,15 @@ impl Direct {
     ) -> Result<Self, QueryError> {
         let mut out = HashMap::new();
         for (i, (t, files, clustered)) in tables.into_iter().enumerate() {
-            let table = Table::open(&t, &files, clustered)?;
-            out.insert(t, (i as u16, table));
+            match Table::open(&t, &files, clustered)? {
+                Some(table) => {
+                    out.insert(t, (i as u16, table));
+                }
+                None => tracing::warn!(
+                    resource_type = %t,
+                    "table has more rows than the direct index numbers (2^32); it is served through DataFusion only"
+                ),
+            }
         }
         Ok(Self {
             tables: out,
@@ -307,14 +355,13 @@ impl Direct {
                 let lu = ts_col(&b, "last_updated")?;
                 let res = string_col(&b, "resource")?;
                 for (i, row) in rows.iter().enumerate() {
-                    let r = Arc::new(CachedRow {
-                        id: ids.value(i).into(),
-                        patient_id: (!pids.is_null(i)).then(|| pids.value(i).into()),
-                        last_updated: lu.value(i),
-                        resource: res.value(i).into(),
-                    });
-                    let bytes = r.resource.len() + r.id.len() + 64;
-                    self.cache.put((ti, (file, *row)), r.clone(), bytes);
+                    let r = Arc::new(CachedRow::new(
+                        ids.value(i),
+                        (!pids.is_null(i)).then(|| pids.value(i)),
+                        lu.value(i),
+                        res.value(i),
+                    ));
+                    self.cache.put((ti, (file, *row)), r.clone(), r.bytes());
                     fetched.insert((file, *row), r);
                 }
             }
@@ -328,6 +375,13 @@ impl Direct {
             .map(|r| r.ok_or_else(|| pq("row beyond the end of its file")))
             .collect()
     }
+}
+
+/// The file and row of table-wide row `row`, given each file's first row (ascending; a file
+/// with no rows shares its first row with the next file).
+fn locate(file_start: &[u32], row: u32) -> Loc {
+    let f = file_start.partition_point(|s| *s <= row).saturating_sub(1);
+    (f as u32, row - file_start.get(f).copied().unwrap_or(0))
 }
 
 /// Group sorted locations by file.
@@ -373,7 +427,9 @@ pub(crate) fn list_col<'a>(
 }
 
 impl Table {
-    fn open(t: &str, files: &[PathBuf], clustered: bool) -> Result<Self, QueryError> {
+    /// Load the files' metadata and index them; `None` when the table has more rows than a
+    /// `u32` numbers.
+    fn open(t: &str, files: &[PathBuf], clustered: bool) -> Result<Option<Self>, QueryError> {
         let schema = mapper::lake::schema(t);
         let time_cols = schema
             .fields()
@@ -388,12 +444,14 @@ impl Table {
             .collect();
         let mut out = Table {
             files: Vec::with_capacity(files.len()),
+            file_start: Vec::with_capacity(files.len()),
             ids: Vec::new(),
             patients: Vec::new(),
             ref_cols,
             time_cols,
         };
-        for (fi, path) in files.iter().enumerate() {
+        let mut first = 0u32;
+        for path in files {
             let f = File::open(path).map_err(pq)?;
             let len = f.metadata().map_err(pq)?.len();
             let src = Pread {
@@ -421,15 +479,22 @@ impl Table {
                     .with_batch_size(8192)
                     .build()
                     .map_err(pq)?;
-            let fi = fi as u32;
-            let mut row = 0u32;
-            let mut run: Option<(u64, String, u32)> = None;
+            let Some(rows) = rg_start
+                .last()
+                .and_then(|n| u32::try_from(*n).ok())
+                .and_then(|n| n.checked_add(first))
+            else {
+                return Ok(None);
+            };
+            out.file_start.push(first);
+            let mut row = first;
+            let mut run: Option<(u32, String, u32)> = None;
             for b in reader {
                 let b = b.map_err(pq)?;
                 let ids = string_col(&b, "id")?;
                 out.ids.reserve(ids.len());
                 for i in 0..ids.len() {
-                    out.ids.push((key(ids.value(i)), fi, row + i as u32));
+                    out.ids.push((key32(ids.value(i)), row + i as u32));
                 }
                 if clustered {
                     let pids = string_col(&b, "patient_id")?;
@@ -439,17 +504,26 @@ impl Table {
                         let same = matches!((&run, p), (Some((_, rp, _)), Some(p)) if rp == p);
                         if !same {
                             if let Some((h, _, start)) = run.take() {
-                                out.patients.push((h, fi, start, r - start));
+                                out.patients.push((h, start, r - start));
                             }
-                            run = p.map(|p| (key(p), p.to_string(), r));
+                            run = p.map(|p| (key32(p), p.to_string(), r));
                         }
                     }
                 }
                 row += b.num_rows() as u32;
             }
             if let Some((h, _, start)) = run.take() {
-                out.patients.push((h, fi, start, row - start));
+                out.patients.push((h, start, row - start));
             }
+            if row != rows {
+                return Err(pq(format!(
+                    "{}: the footer counts {} rows, the id column {}",
+                    path.display(),
+                    rows - first,
+                    row - first
+                )));
+            }
+            first = rows;
             out.files.push(TableFile {
                 src,
                 meta,
@@ -460,27 +534,33 @@ impl Table {
         out.patients.sort_unstable();
         out.ids.shrink_to_fit();
         out.patients.shrink_to_fit();
-        Ok(out)
+        Ok(Some(out))
+    }
+
+    /// The file and row of a table-wide row number.
+    fn loc(&self, row: u32) -> Loc {
+        locate(&self.file_start, row)
     }
 
     /// Rows whose id may be `id` (hash matches; the caller compares the id).
     pub(crate) fn id_candidates(&self, id: &str) -> Vec<Loc> {
-        let h = key(id);
+        let h = key32(id);
         let i = self.ids.partition_point(|e| e.0 < h);
         self.ids[i..]
             .iter()
             .take_while(|e| e.0 == h)
-            .map(|e| (e.1, e.2))
+            .map(|e| self.loc(e.1))
             .collect()
     }
 
     /// Rows whose `patient_id` may be `patient` (the caller compares), sorted.
     pub(crate) fn patient_candidates(&self, patient: &str) -> Vec<Loc> {
-        let h = key(patient);
+        let h = key32(patient);
         let i = self.patients.partition_point(|e| e.0 < h);
         let mut out = Vec::new();
         for e in self.patients[i..].iter().take_while(|e| e.0 == h) {
-            out.extend((e.2..e.2 + e.3).map(|r| (e.1, r)));
+            let (file, row) = self.loc(e.1);
+            out.extend((row..row + e.2).map(|r| (file, r)));
         }
         out
     }
@@ -634,4 +714,41 @@ fn mask(meta: &ArrowReaderMetadata, cols: &[&str]) -> Result<ProjectionMask, Que
         .map(|c| schema.index_of(c).map_err(pq))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(ProjectionMask::roots(meta.parquet_schema(), idx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_wide_rows_map_to_file_and_row() {
+        // Files of 3, 0, 2 and 4 rows.
+        let starts = [0, 3, 3, 5];
+        let got: Vec<Loc> = (0..9).map(|r| locate(&starts, r)).collect();
+        assert_eq!(
+            got,
+            [
+                (0, 0),
+                (0, 1),
+                (0, 2),
+                (2, 0),
+                (2, 1),
+                (3, 0),
+                (3, 1),
+                (3, 2),
+                (3, 3)
+            ]
+        );
+    }
+
+    #[test]
+    fn cached_rows_give_back_their_json() {
+        let json = r#"{"resourceType":"Patient","id":"p1","name":[{"family":"Ünal"}]}"#;
+        let r = CachedRow::new("p1", Some("p1"), 7, json);
+        assert_eq!(r.resource().expect("unpacks"), json);
+        let big = format!("[{}]", vec![json; 200].join(","));
+        let r = CachedRow::new("p1", None, 7, &big);
+        assert_eq!(r.resource().expect("unpacks"), big);
+        assert!(r.bytes() < big.len() / 10, "{} bytes cached", r.bytes());
+    }
 }

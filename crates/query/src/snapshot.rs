@@ -288,7 +288,7 @@ impl Snapshot {
                 return Ok(None);
             };
             let allowed = in_compartment(resource_type, &r, patients);
-            return Ok(allowed.then(|| r.resource.to_string()));
+            return allowed.then(|| r.resource()).transpose();
         }
         let mut f = col("id").eq(lit(id.to_string()));
         if let Some(c) = Self::compartment(resource_type, patients) {
@@ -580,11 +580,10 @@ impl Snapshot {
         };
         let locs: Vec<Loc> = page.iter().map(|h| h.loc).collect();
         let rows = d.rows(t, &locs)?;
-        Ok(page
-            .into_iter()
+        page.into_iter()
             .zip(rows)
-            .map(|(h, r)| (h.id.clone(), r.resource.to_string(), Some(h.key)))
-            .collect())
+            .map(|(h, r)| Ok((h.id.clone(), r.resource()?, Some(h.key))))
+            .collect()
     }
 
     async fn count(&self, resource_type: &str, filter: Option<Expr>) -> Result<u64, QueryError> {
@@ -662,8 +661,8 @@ impl Snapshot {
                         .into_iter()
                         .filter(|r| ids.binary_search_by(|i| i.as_str().cmp(&r.id)).is_ok())
                         .filter(|r| in_compartment(&t, r, patients))
-                        .map(|r| (r.id.to_string(), r.resource.to_string(), None))
-                        .collect();
+                        .map(|r| Ok((r.id.to_string(), r.resource()?, None)))
+                        .collect::<Result<_, QueryError>>()?;
                     found.sort_by(|a, b| a.0.cmp(&b.0));
                     found
                 }
@@ -901,8 +900,8 @@ impl Snapshot {
                 })
                 .filter(|r| since_ms.is_none_or(|ms| r.last_updated >= ms))
                 .filter(|r| after.is_none_or(|a| &*r.id > a))
-                .map(|r| (r.id.to_string(), r.resource.to_string(), Some(0)))
-                .collect();
+                .map(|r| Ok((r.id.to_string(), r.resource()?, Some(0))))
+                .collect::<Result<_, QueryError>>()?;
             found.sort_by(|a, b| a.0.cmp(&b.0));
             if let Some(n) = limit {
                 found.truncate(n);
