@@ -9,7 +9,7 @@ use std::io::{BufReader, Read};
 use std::path::Path;
 use std::sync::Arc;
 
-use compact_str::ToCompactString;
+use compact_str::{CompactString, ToCompactString};
 use csv::{ByteRecord, ReaderBuilder};
 
 use crate::layout::{compile, compile_groups, parse_date, parse_decimal, Field, FieldSet};
@@ -364,33 +364,37 @@ impl Compiled {
         set: &FieldSet,
         prefix: &str,
     ) -> Result<Option<Party>, ValueError> {
+        // `{prefix}_{suffix}`, built inline (no heap for names of up to 24 bytes).
+        let name = |suffix: &str| {
+            let mut n = CompactString::const_new("");
+            n.push_str(prefix);
+            n.push_str(suffix);
+            n
+        };
         let id: Option<Text> = self
-            .get(row, set, &format!("{prefix}_npi"))?
+            .get(row, set, &name("_npi"))?
             .filter(|n: &Text| n.bytes().any(|b| b != b'0'));
         let (id, id_kind) = match id {
             Some(id) => (Some(id), Some("npi".into())),
-            None => match self.get(row, set, &format!("{prefix}_id"))? {
-                Some(id) => (
-                    Some(id),
-                    set.attr(&format!("{prefix}_id_kind")).map(Text::from),
-                ),
+            None => match self.get(row, set, &name("_id"))? {
+                Some(id) => (Some(id), set.attr(&name("_id_kind")).map(Text::from)),
                 None => (None, None),
             },
         };
-        let name = self.get(row, set, &format!("{prefix}_name"))?;
-        if id.is_none() && name.is_none() {
+        let party_name = self.get(row, set, &name("_name"))?;
+        if id.is_none() && party_name.is_none() {
             return Ok(None);
         }
         Ok(Some(Party {
             id,
             id_kind,
-            name,
+            name: party_name,
             person: false,
-            tax_id: self.get(row, set, &format!("{prefix}_tax_id"))?,
+            tax_id: self.get(row, set, &name("_tax_id"))?,
             address_lines: Vec::new(),
             city: None,
-            state: self.get(row, set, &format!("{prefix}_state"))?,
-            postal_code: self.get(row, set, &format!("{prefix}_postal_code"))?,
+            state: self.get(row, set, &name("_state"))?,
+            postal_code: self.get(row, set, &name("_postal_code"))?,
         }))
     }
 

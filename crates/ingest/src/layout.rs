@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use compact_str::format_compact;
+use rustc_hash::FxBuildHasher;
 use serde::Deserialize;
 
 use crate::model::Text;
@@ -206,12 +207,15 @@ pub struct Field {
 }
 
 /// A compiled set of named fields for one record part; repeated fields expand to several.
+///
+/// The maps hash with FxHash: the reader looks fields up by name for every row, and SipHash
+/// over short names cost more than the lookups' other work.
 #[derive(Debug, Clone, Default)]
 pub struct FieldSet {
     /// Field name → one or more compiled fields (several for `{n}` ranges and lists).
-    pub fields: HashMap<String, Vec<Field>>,
+    pub fields: HashMap<String, Vec<Field>, FxBuildHasher>,
     /// Extra keys that are not fields (e.g. `category`, `kind`, `role`) with their text.
-    pub attrs: HashMap<String, String>,
+    pub attrs: HashMap<String, String, FxBuildHasher>,
 }
 
 impl FieldSet {
