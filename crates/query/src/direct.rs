@@ -22,7 +22,7 @@ use std::fs::File;
 use std::hash::{Hash, Hasher};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -39,6 +39,7 @@ use datafusion::parquet::arrow::arrow_reader::{
 use datafusion::parquet::arrow::ProjectionMask;
 use datafusion::parquet::file::metadata::PageIndexPolicy;
 use datafusion::parquet::file::reader::{ChunkReader, Length};
+use rayon::prelude::*;
 
 use crate::QueryError;
 
@@ -113,6 +114,95 @@ struct TableFile {
     meta: ArrowReaderMetadata,
     /// First row of each row group, plus the total row count at the end.
     rg_start: Vec<u64>,
+}
+
+/// One file's index entries: (hash of id, row) and (hash of patient_id, first row, rows).
+type FileIndex = (Vec<(u32, u32)>, Vec<(u32, u32, u32)>);
+
+impl TableFile {
+    /// Open a file and load its footer and offset index.
+    fn open(path: &Path) -> Result<Self, QueryError> {
+        let f = File::open(path).map_err(pq)?;
+        let len = f.metadata().map_err(pq)?.len();
+        let src = Pread {
+            file: Arc::new(f),
+            len,
+        };
+        let options = ArrowReaderOptions::new()
+            .with_offset_index_policy(PageIndexPolicy::Optional)
+            .with_column_index_policy(PageIndexPolicy::Skip);
+        let meta = ArrowReaderMetadata::load(&src, options).map_err(pq)?;
+        let mut rg_start = vec![0u64];
+        for rg in meta.metadata().row_groups() {
+            let last = rg_start.last().copied().unwrap_or(0);
+            rg_start.push(last + rg.num_rows().max(0) as u64);
+        }
+        Ok(Self {
+            src,
+            meta,
+            rg_start,
+        })
+    }
+
+    /// The file's row count, by its footer.
+    fn rows(&self) -> Option<u64> {
+        self.rg_start.last().copied()
+    }
+
+    /// The index entries of the file whose first table-wide row is `first`: (hash of id,
+    /// row) for every row and, when `clustered`, (hash of patient_id, first row, rows) for
+    /// every run of one patient.
+    fn index(&self, path: &Path, first: u32, clustered: bool) -> Result<FileIndex, QueryError> {
+        let cols: &[&str] = if clustered {
+            &["id", "patient_id"]
+        } else {
+            &["id"]
+        };
+        let reader =
+            ParquetRecordBatchReaderBuilder::new_with_metadata(self.src.clone(), self.meta.clone())
+                .with_projection(mask(&self.meta, cols)?)
+                .with_batch_size(8192)
+                .build()
+                .map_err(pq)?;
+        let expected = self.rows().unwrap_or(0);
+        let mut ids = Vec::with_capacity(usize::try_from(expected).unwrap_or(0));
+        let mut patients = Vec::new();
+        let mut row = first;
+        let mut run: Option<(u32, String, u32)> = None;
+        for b in reader {
+            let b = b.map_err(pq)?;
+            let id = string_col(&b, "id")?;
+            for i in 0..id.len() {
+                ids.push((key32(id.value(i)), row + i as u32));
+            }
+            if clustered {
+                let pids = string_col(&b, "patient_id")?;
+                for i in 0..pids.len() {
+                    let r = row + i as u32;
+                    let p = (!pids.is_null(i)).then(|| pids.value(i));
+                    let same = matches!((&run, p), (Some((_, rp, _)), Some(p)) if rp == p);
+                    if !same {
+                        if let Some((h, _, start)) = run.take() {
+                            patients.push((h, start, r - start));
+                        }
+                        run = p.map(|p| (key32(p), p.to_string(), r));
+                    }
+                }
+            }
+            row += b.num_rows() as u32;
+        }
+        if let Some((h, _, start)) = run.take() {
+            patients.push((h, start, row - start));
+        }
+        if u64::from(row - first) != expected {
+            return Err(pq(format!(
+                "{}: the footer counts {expected} rows, the id column {}",
+                path.display(),
+                row - first
+            )));
+        }
+        Ok((ids, patients))
+    }
 }
 
 /// One table: its files and their index.
@@ -450,90 +540,40 @@ impl Table {
             ref_cols,
             time_cols,
         };
+        // The files' footers, then their id (and patient) columns, on all cores: the files'
+        // row counts fix each file's first table-wide row before any column is read.
+        let opened: Vec<TableFile> = files
+            .par_iter()
+            .map(|path| TableFile::open(path))
+            .collect::<Result<_, _>>()?;
         let mut first = 0u32;
-        for path in files {
-            let f = File::open(path).map_err(pq)?;
-            let len = f.metadata().map_err(pq)?.len();
-            let src = Pread {
-                file: Arc::new(f),
-                len,
-            };
-            let options = ArrowReaderOptions::new()
-                .with_offset_index_policy(PageIndexPolicy::Optional)
-                .with_column_index_policy(PageIndexPolicy::Skip);
-            let meta = ArrowReaderMetadata::load(&src, options).map_err(pq)?;
-            let mut rg_start = vec![0u64];
-            for rg in meta.metadata().row_groups() {
-                let last = rg_start.last().copied().unwrap_or(0);
-                rg_start.push(last + rg.num_rows().max(0) as u64);
-            }
-            let cols: &[&str] = if clustered {
-                &["id", "patient_id"]
-            } else {
-                &["id"]
-            };
-            let mask = mask(&meta, cols)?;
-            let reader =
-                ParquetRecordBatchReaderBuilder::new_with_metadata(src.clone(), meta.clone())
-                    .with_projection(mask)
-                    .with_batch_size(8192)
-                    .build()
-                    .map_err(pq)?;
-            let Some(rows) = rg_start
-                .last()
-                .and_then(|n| u32::try_from(*n).ok())
+        for f in &opened {
+            out.file_start.push(first);
+            let Some(next) = f
+                .rows()
+                .and_then(|n| u32::try_from(n).ok())
                 .and_then(|n| n.checked_add(first))
             else {
                 return Ok(None);
             };
-            out.file_start.push(first);
-            let mut row = first;
-            let mut run: Option<(u32, String, u32)> = None;
-            for b in reader {
-                let b = b.map_err(pq)?;
-                let ids = string_col(&b, "id")?;
-                out.ids.reserve(ids.len());
-                for i in 0..ids.len() {
-                    out.ids.push((key32(ids.value(i)), row + i as u32));
-                }
-                if clustered {
-                    let pids = string_col(&b, "patient_id")?;
-                    for i in 0..pids.len() {
-                        let r = row + i as u32;
-                        let p = (!pids.is_null(i)).then(|| pids.value(i));
-                        let same = matches!((&run, p), (Some((_, rp, _)), Some(p)) if rp == p);
-                        if !same {
-                            if let Some((h, _, start)) = run.take() {
-                                out.patients.push((h, start, r - start));
-                            }
-                            run = p.map(|p| (key32(p), p.to_string(), r));
-                        }
-                    }
-                }
-                row += b.num_rows() as u32;
-            }
-            if let Some((h, _, start)) = run.take() {
-                out.patients.push((h, start, row - start));
-            }
-            if row != rows {
-                return Err(pq(format!(
-                    "{}: the footer counts {} rows, the id column {}",
-                    path.display(),
-                    rows - first,
-                    row - first
-                )));
-            }
-            first = rows;
-            out.files.push(TableFile {
-                src,
-                meta,
-                rg_start,
-            });
+            first = next;
         }
-        out.ids.sort_unstable();
-        out.patients.sort_unstable();
-        out.ids.shrink_to_fit();
-        out.patients.shrink_to_fit();
+        let parts: Vec<FileIndex> = opened
+            .par_iter()
+            .zip(files.par_iter())
+            .zip(out.file_start.par_iter())
+            .map(|((f, path), first)| f.index(path, *first, clustered))
+            .collect::<Result<_, _>>()?;
+        out.ids.reserve_exact(parts.iter().map(|p| p.0.len()).sum());
+        out.patients
+            .reserve_exact(parts.iter().map(|p| p.1.len()).sum());
+        for (ids, patients) in parts {
+            out.ids.extend_from_slice(&ids);
+            out.patients.extend_from_slice(&patients);
+        }
+        out.files = opened;
+        out.ids.par_sort_unstable();
+        out.patients.par_sort_unstable();
         Ok(Some(out))
     }
 
