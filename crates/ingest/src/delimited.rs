@@ -854,15 +854,22 @@ fn build(
                 ),
             ));
         }
+        // One UTF-8 check over the record's bytes; a field is then valid exactly when both
+        // its ends fall on character boundaries, which `str::get` checks.
+        let field_of = |at: usize| (0..n).find(|&i| r.record.range(i).is_some_and(|g| g.end > at));
+        let bad = |at: usize| {
+            let field = field_of(at).map_or(n, |i| i + 1);
+            (
+                Reason::Encoding,
+                format!("line {}: field {field}: invalid UTF-8", r.line),
+            )
+        };
+        let all = std::str::from_utf8(r.record.as_slice()).map_err(|e| bad(e.valid_up_to()))?;
         let mut fields = Vec::with_capacity(n);
-        for f in r.record.iter() {
-            let s = std::str::from_utf8(f).map_err(|e| {
-                (
-                    Reason::Encoding,
-                    format!("line {}: invalid UTF-8: {e}", r.line),
-                )
-            })?;
-            fields.push(s);
+        for i in 0..n {
+            let range = r.record.range(i).unwrap_or(0..0);
+            let start = range.start;
+            fields.push(all.get(range).ok_or_else(|| bad(start))?);
         }
         parsed.push(Row { fields });
     }

@@ -259,3 +259,48 @@ fn older_files_without_selected_drug_column_read() {
         .expect_err("TIER_LEVEL_VALUE missing");
     assert!(err.to_string().contains("TIER_LEVEL_VALUE"), "{err}");
 }
+
+#[test]
+fn rows_with_invalid_utf8_are_rejected_with_their_field_and_the_rest_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir
+        .path()
+        .join("basic drugs formulary file  PPUF_2026Q1.txt");
+    let header = "FORMULARY_ID|FORMULARY_VERSION|CONTRACT_YEAR|RXCUI|NDC|TIER_LEVEL_VALUE|QUANTITY_LIMIT_YN|QUANTITY_LIMIT_AMOUNT|QUANTITY_LIMIT_DAYS|PRIOR_AUTHORIZATION_YN|STEP_THERAPY_YN\n";
+    let mut bytes = header.as_bytes().to_vec();
+    bytes.extend_from_slice(b"00099901|5|2026|248656|99999000001|1|Y|6|30|N|N\n");
+    // line 3: a lone continuation byte in the 4th field
+    bytes.extend_from_slice(b"00099901|5|2026|2\x8059|99999000002|1|Y|6|30|N|N\n");
+    // line 4: "é" (C3 A9) cut in two by the delimiter: the row's bytes without the
+    // delimiters are valid UTF-8, fields 4 and 5 are not
+    bytes.extend_from_slice(b"00099901|5|2026|1\xc3|\xa999000003|1|Y|6|30|N|N\n");
+    // line 5: a multi-byte character inside a field is read as it is
+    bytes.extend_from_slice("00099901|5é|2026|209459|99999000004|1|Y|6|30|N|N\n".as_bytes());
+    std::fs::write(&path, bytes).expect("write");
+    let (drugs, rejects) = read(&path);
+    assert_eq!(
+        drugs.iter().map(|d| d.rxnorm.as_str()).collect::<Vec<_>>(),
+        ["248656", "209459"]
+    );
+    assert!(
+        format!("{:?}", drugs[1]).contains("\"5é\""),
+        "{:?}",
+        drugs[1]
+    );
+    assert_eq!(rejects.len(), 2, "{rejects:#?}");
+    for (r, line, field) in [(&rejects[0], 3, 4), (&rejects[1], 4, 4)] {
+        assert_eq!(r.reason, Reason::Encoding);
+        assert_eq!(r.stage, Stage::Parse);
+        assert_eq!(r.position.line, line);
+        assert!(
+            r.message.contains(&format!("field {field}: invalid UTF-8")),
+            "{}",
+            r.message
+        );
+        assert!(
+            r.raw.ends_with("|Y|6|30|N|N"),
+            "the raw row is kept: {}",
+            r.raw
+        );
+    }
+}
