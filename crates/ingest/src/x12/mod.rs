@@ -250,20 +250,9 @@ pub fn scan_stream<R: Read>(rdr: R) -> std::io::Result<ScanStats> {
         st.segments += 1;
         src.advance(token::ISA_LEN);
         let d = isa.delims;
-        loop {
-            let id = if let Some(seg) = src.next_plain(d.segment) {
-                token::seg_id(seg.data, d.element)
-            } else {
-                if !src.skip_ws()? || src.at_isa()? {
-                    break;
-                }
-                let Some(seg) = src.next_segment(d.segment)? else {
-                    break;
-                };
-                token::seg_id(seg.data, d.element)
-            };
+        while let Some(seg) = src.next_in_interchange(d.segment)? {
             st.segments += 1;
-            match id {
+            match token::seg_id(seg.data, d.element) {
                 b"CLM" => st.claims += 1,
                 b"ST" => st.sets += 1,
                 b"IEA" => break,

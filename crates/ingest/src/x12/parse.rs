@@ -159,21 +159,7 @@ impl<R: Read> Splitter<R> {
                     let d = isa.delims;
                     self.closed = false;
                     // `Driver::interchange`, counting only.
-                    loop {
-                        if let Some(rs) = self.src.next_plain(d.segment) {
-                            self.seg_no += 1;
-                            if seg_id(rs.data, d.element) == b"IEA" {
-                                self.closed = true;
-                                break;
-                            }
-                            continue;
-                        }
-                        if !self.src.skip_ws()? || self.src.at_isa()? {
-                            break;
-                        }
-                        let Some(rs) = self.src.next_segment(d.segment)? else {
-                            break;
-                        };
+                    while let Some(rs) = self.src.next_in_interchange(d.segment)? {
                         self.seg_no += 1;
                         if seg_id(rs.data, d.element) == b"IEA" {
                             self.closed = true;

@@ -438,7 +438,7 @@ impl<R: Read> Source<R> {
     }
 
     /// Where the next segment starts (after leading whitespace, relative to `pos`) when it is
-    /// the plain case of [`Self::next_plain`]; `None` otherwise.
+    /// the plain case of [`Self::plain_span`]; `None` otherwise.
     #[inline]
     fn plain_start(&self, term: u8) -> Option<usize> {
         if self.skipping {
@@ -460,22 +460,31 @@ impl<R: Read> Source<R> {
         Some(i)
     }
 
-    /// The next segment when it is the plain case: no byte-order mark or empty segment
-    /// before it, not an `ISA`, and wholly in the buffer. What `skip_ws`, `at_isa` and
-    /// `next_segment` would give one after another, without their refill checks; `None`
-    /// (nothing consumed) means: take the general path.
+    /// Where the next segment starts and ends (its terminator) when it is the plain case: no
+    /// byte-order mark or empty segment before it, not an `ISA`, and wholly in the buffer.
     #[inline]
-    pub(crate) fn next_plain(&mut self, term: u8) -> Option<RawSeg<'_>> {
-        let i = self.plain_start(term)?;
-        let a = &self.buf()[self.pos + i..self.end];
-        let stop = memchr::memchr(term, a)?;
-        let start = self.pos + i;
-        self.pos = start + stop + 1;
-        Some(self.seg(start, start + stop, false))
+    fn plain_span(&self, term: u8) -> Option<(usize, usize)> {
+        let start = self.pos + self.plain_start(term)?;
+        let stop = memchr::memchr(term, &self.buf()[start..self.end])?;
+        Some((start, start + stop))
     }
 
-    /// [`Self::next_plain`], finding the element separators (into `ends`) in the same pass as
-    /// the terminator.
+    /// The next segment of the current interchange; `None` at the end of the input or at the
+    /// next `ISA`. The plain case ([`Self::plain_span`]) skips the refill checks of
+    /// `skip_ws`, `at_isa` and `next_segment`, which take every other case.
+    pub(crate) fn next_in_interchange(&mut self, term: u8) -> io::Result<Option<RawSeg<'_>>> {
+        if let Some((start, end)) = self.plain_span(term) {
+            self.pos = end + 1;
+            return Ok(Some(self.seg(start, end, false)));
+        }
+        if !self.skip_ws()? || self.at_isa()? {
+            return Ok(None);
+        }
+        self.next_segment(term)
+    }
+
+    /// The plain case of [`Self::next_in_interchange`] (`None`, nothing consumed, otherwise),
+    /// finding the element separators (into `ends`) in the same pass as the terminator.
     #[inline]
     pub(crate) fn next_plain_split(
         &mut self,
@@ -814,14 +823,19 @@ mod tests {
         assert_eq!(last, b"ZZ*last");
     }
 
-    #[test]
-    fn split_elements() {
-        let d = Delimiters {
-            element: b'*',
-            component: b':',
+    /// Delimiters with `~` ending segments and no repetition separator.
+    fn delims(element: u8, component: u8) -> Delimiters {
+        Delimiters {
+            element,
+            component,
             repetition: None,
             segment: b'~',
-        };
+        }
+    }
+
+    #[test]
+    fn split_elements() {
+        let d = delims(b'*', b':');
         let mut e = Bounds::new();
         let s = Seg::split(b"SV1*HC:99213:25*40**1", None, &d, &mut e);
         assert_eq!(s.id(), b"SV1");
@@ -836,12 +850,7 @@ mod tests {
 
     #[test]
     fn split_many_elements_and_ids() {
-        let d = Delimiters {
-            element: b'|',
-            component: b'>',
-            repetition: None,
-            segment: b'~',
-        };
+        let d = delims(b'|', b'>');
         // More separators than MAX_ELEMENTS: the last element keeps the rest.
         let long: Vec<u8> = std::iter::once(&b"XX"[..])
             .chain(std::iter::repeat_n(&b"|a"[..], 40))
@@ -876,12 +885,7 @@ mod tests {
 
     #[test]
     fn element_text_from_the_segment_text() {
-        let d = Delimiters {
-            element: b'*',
-            component: b':',
-            repetition: None,
-            segment: b'~',
-        };
+        let d = delims(b'*', b':');
         let data = "NM1*IL*1*MÜLLER * JOSÉ".as_bytes();
         // Text known (the buffer was UTF-8) or checked here: the same values.
         for text in [std::str::from_utf8(data).ok(), None] {
@@ -903,12 +907,7 @@ mod tests {
 
     #[test]
     fn one_pass_split_matches_split() {
-        let d = Delimiters {
-            element: b'*',
-            component: b':',
-            repetition: None,
-            segment: b'~',
-        };
+        let d = delims(b'*', b':');
         // Segments of every length up to 80 bytes (separators at every offset of the 8-byte
         // words, more than MAX_ELEMENTS of them), with and without trailing whitespace.
         let mut data = Vec::new();
