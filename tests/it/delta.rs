@@ -40,23 +40,30 @@ fn files(lake: &Path, t: &str) -> BTreeMap<String, u64> {
         .unwrap_or_default()
 }
 
-/// Every resource of the current snapshot, by `Type/id`.
-fn resources(lake: &Path) -> BTreeMap<String, Value> {
+/// Call `f(type, row)` for every row of the current snapshot.
+fn for_each_row(lake: &Path, mut f: impl FnMut(&'static str, mapper::lake::Row)) {
     let l = Lake::new(lake);
     let dir = l.current().unwrap();
-    let mut out = BTreeMap::new();
     for t in mapper::registry::resource_types() {
-        for f in Lake::table_files(&dir, t).unwrap() {
-            for r in mapper::lake::read_rows(&f).unwrap() {
-                let v: Value = serde_json::from_str(&r.resource).unwrap();
-                assert!(
-                    out.insert(format!("{t}/{}", r.id), v).is_none(),
-                    "{t}/{} twice",
-                    r.id
-                );
+        for file in Lake::table_files(&dir, t).unwrap() {
+            for r in mapper::lake::read_rows(&file).unwrap() {
+                f(t, r);
             }
         }
     }
+}
+
+/// Every resource of the current snapshot, by `Type/id`.
+fn resources(lake: &Path) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    for_each_row(lake, |t, r| {
+        let v: Value = serde_json::from_str(&r.resource).unwrap();
+        assert!(
+            out.insert(format!("{t}/{}", r.id), v).is_none(),
+            "{t}/{} twice",
+            r.id
+        );
+    });
     out
 }
 
@@ -256,4 +263,81 @@ fn a_claim_repeated_later_in_a_run_keeps_only_its_last_version() {
     assert_eq!(again.merge["ExplanationOfBenefit"].updated, 0);
     assert_eq!(files(&lake, "ExplanationOfBenefit"), before);
     assert_eq!(resources(&lake), all);
+}
+
+/// Rewrite every table file of the current snapshot in place with `content_hash` set by
+/// `hash` from the stored JSON without its stamps (what the hash covers).
+fn rehash(lake: &Path, hash: impl Fn(&str) -> String) {
+    let l = Lake::new(lake);
+    let dir = l.current().unwrap();
+    for t in mapper::registry::resource_types() {
+        for f in Lake::table_files(&dir, t).unwrap() {
+            let rows = mapper::lake::read_rows(&f).unwrap();
+            let stamp = rows[0].last_updated;
+            let new: Vec<mapper::lake::NewRow> = rows
+                .into_iter()
+                .map(|r| {
+                    assert_eq!(r.last_updated, stamp);
+                    let mut json: Value = serde_json::from_str(&r.resource).unwrap();
+                    let meta = json["meta"].as_object_mut().unwrap();
+                    meta.remove("versionId");
+                    meta.remove("lastUpdated");
+                    let mut prepared = mapper::lake::Prepared::new(mapper::Resource {
+                        resource_type: t,
+                        id: r.id,
+                        patient_id: r.patient_id,
+                        json: mapper::Json::Tree(json),
+                        deleted: false,
+                    });
+                    assert_eq!(r.content_hash, mapper::lake::hash_text(&prepared.text));
+                    prepared.content_hash = hash(&prepared.text);
+                    mapper::lake::NewRow {
+                        prepared,
+                        version_id: r.version_id,
+                    }
+                })
+                .collect();
+            mapper::lake::write_file(&f, t, &new, stamp).unwrap();
+        }
+    }
+}
+
+/// Every row's `(Type/id, version_id, content_hash)`.
+fn versions(lake: &Path) -> BTreeMap<String, (i64, String)> {
+    let mut out = BTreeMap::new();
+    for_each_row(lake, |t, r| {
+        out.insert(format!("{t}/{}", r.id), (r.version_id, r.content_hash));
+    });
+    out
+}
+
+#[test]
+fn a_lake_with_the_earlier_sha256_content_hashes_does_not_re_version_on_upgrade() {
+    let work = tempfile::tempdir().unwrap();
+    let (members, claims) = generated(work.path(), 20, 5);
+    let inputs = [members, claims];
+    let count = |lake: &Path| versions(lake).len() as u64;
+
+    // A lake as an earlier version wrote it: the same rows, SHA-256 content hashes.
+    let lake = work.path().join("lake");
+    run(&inputs, &options(&lake, 50)).unwrap();
+    let legacy = |text: &str| format!("{:032x}", mapper::lake::legacy_hash(text));
+    rehash(&lake, legacy);
+    let before = versions(&lake);
+    assert!(before.values().all(|(v, _)| *v == 1));
+    let report = run(&inputs, &options(&lake, 50)).unwrap();
+    let unchanged: u64 = report.merge.values().map(|s| s.unchanged).sum();
+    let updated: u64 = report.merge.values().map(|s| s.updated).sum();
+    assert_eq!(updated, 0, "{:?}", report.merge);
+    assert!(unchanged > 100 && unchanged <= count(&lake), "{unchanged}");
+    assert_eq!(versions(&lake), before, "rows kept as they were");
+
+    // The control: hashes that match neither scheme make every primary resource a new version.
+    let other = work.path().join("other");
+    run(&inputs, &options(&other, 50)).unwrap();
+    rehash(&other, |_| "0".repeat(32));
+    let report = run(&inputs, &options(&other, 50)).unwrap();
+    let updated: u64 = report.merge.values().map(|s| s.updated).sum();
+    assert_eq!(updated, unchanged, "{:?}", report.merge);
+    assert!(versions(&other).values().any(|(v, _)| *v == 2));
 }

@@ -949,6 +949,8 @@ impl<'a> Tables<'a> {
         } else {
             match prev {
                 Some(old) if old.hash == hex128(&p.resource.content_hash) => Fate::Unchanged,
+                // A row an earlier version wrote, with the SHA-256 content hash it used.
+                Some(old) if old.hash == lake::legacy_hash(&p.resource.text) => Fate::Unchanged,
                 Some(old) => table.push(p.resource, old.version + 1),
                 None => table.push(p.resource, 1),
             }

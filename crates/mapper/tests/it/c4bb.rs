@@ -1,9 +1,10 @@
 //! C4BB output pinned byte for byte: for every sample record, records of generated extracts
 //! and mutations of them (every claim kind, adjudicated or not, values that need escaping,
-//! odd numbers, each error path), the SHA-256 content hash of each resource's JSON, where its
-//! `meta` ends and a digest of its index values, or the mapping error. A change here changes
-//! the `content_hash` of stored resources, so every nightly run would write new versions of
-//! them: regenerate with `BLESS=1` only on purpose, and review the diff.
+//! odd numbers, each error path), a digest of each resource's JSON, where its `meta` ends and
+//! its index values, or the mapping error. A change here changes the `content_hash` of stored
+//! resources, so every nightly run would write new versions of them: regenerate with
+//! `BLESS=1` only on purpose, and review the diff. The digests are SHA-256 (the
+//! [`legacy_hash`] lakes once stored), whatever `content_hash` uses now.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ use ingest::layout::Mapping;
 use ingest::model::{Adjustment, Amount, ClaimKind, Ident, Party, Supporting};
 use ingest::{Reader, SourceRecord};
 use mapper::c4bb::{self, Systems};
-use mapper::lake::{hash_text, Prepared};
+use mapper::lake::{hash_text, legacy_hash, Prepared};
 use mapper::Json;
 
 fn root() -> PathBuf {
@@ -36,6 +37,11 @@ fn read(path: &Path, mappings: &[Arc<Mapping>]) -> Vec<SourceRecord> {
     out
 }
 
+/// The first 128 bits of the SHA-256 of `text`, in hex.
+fn digest(text: &str) -> String {
+    format!("{:032x}", legacy_hash(text))
+}
+
 /// One line: the label, then the number of resources and one digest of them all (type, id,
 /// compartment, deletion, content hash, the JSON with stamps, the index values), or the error.
 fn describe(
@@ -54,6 +60,7 @@ fn describe(
             for r in resources {
                 same_as_tree(&r);
                 let p = Prepared::new(r);
+                assert_eq!(p.content_hash, hash_text(&p.text));
                 let _ = writeln!(
                     all,
                     "{}/{} {:?} {} {} {} {:?}",
@@ -61,12 +68,12 @@ fn describe(
                     p.id,
                     p.patient_id,
                     p.deleted,
-                    p.content_hash,
+                    digest(&p.text),
                     p.stamped(7, "T"),
                     p.index,
                 );
             }
-            let _ = write!(out, "{n} resources {}", hash_text(&all));
+            let _ = write!(out, "{n} resources {}", digest(&all));
         }
     }
     out.push('\n');
