@@ -298,8 +298,9 @@ pub struct Prepared {
     pub id: String,
     /// Compartment.
     pub patient_id: Option<String>,
-    /// Hash of the content without the meta the lake sets (32 hex digits).
-    pub content_hash: String,
+    /// [`hash_text`] of the content without the meta the lake sets (the table stores it as
+    /// 32 hex digits).
+    pub content_hash: u128,
     /// The JSON, without `meta.versionId` and `meta.lastUpdated`.
     pub text: String,
     meta: MetaSlot,
@@ -329,13 +330,13 @@ pub fn index_params(resource_type: &str) -> &'static [&'static SearchParam] {
         .unwrap_or(&[])
 }
 
-/// The content hash of serialized JSON: its 128-bit XXH3, in hex (32 digits).
+/// The content hash of serialized JSON: its 128-bit XXH3 (stored as 32 hex digits).
 ///
 /// It only tells whether a resource changed between runs (ids are not derived from it), so a
 /// fast non-cryptographic hash does: on an 8 KB claim document it costs a few percent of what
 /// SHA-256 did. Lakes written before carry [`legacy_hash`] values; see there.
-pub fn hash_text(text: &str) -> String {
-    format!("{:032x}", twox_hash::XxHash3_128::oneshot(text.as_bytes()))
+pub fn hash_text(text: &str) -> u128 {
+    twox_hash::XxHash3_128::oneshot(text.as_bytes())
 }
 
 /// The content hash earlier lakes stored: the first 128 bits of the JSON's
@@ -469,6 +470,12 @@ pub fn batch(
             .write_stamped(&mut resource, r.version_id, &stamp);
         resource.append_value("");
     }
+    let mut hashes = StringBuilder::with_capacity(rows.len(), rows.len() * 32);
+    for r in rows {
+        use std::fmt::Write as _;
+        let _ = write!(hashes, "{:032x}", r.prepared.content_hash);
+        hashes.append_value("");
+    }
     let mut cols: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(
             rows.iter().map(|r| r.prepared.id.as_str()),
@@ -483,9 +490,7 @@ pub fn batch(
             TimestampMillisecondArray::from_iter_values(rows.iter().map(|_| last_updated))
                 .with_timezone("UTC"),
         ),
-        Arc::new(StringArray::from_iter_values(
-            rows.iter().map(|r| r.prepared.content_hash.as_str()),
-        )),
+        Arc::new(hashes.finish()),
         Arc::new(resource.finish()),
     ];
     for (i, p) in params.iter().enumerate() {
@@ -1329,6 +1334,21 @@ mod tests {
             serde_json::json!({"resourceType": "Patient", "meta": {"lastUpdated": "x"}}),
         ));
         assert_eq!(a.content_hash, b.content_hash);
+    }
+
+    #[test]
+    fn content_hashes_are_xxh3_128_and_the_legacy_ones_sha256() {
+        // Expected values from independent implementations: PyPI xxhash's `xxh3_128_hexdigest`
+        // and Python's hashlib.sha256 (first 32 hex digits).
+        let text = r#"{"resourceType":"Patient","id":"p1"}"#;
+        assert_eq!(
+            format!("{:032x}", hash_text(text)),
+            "623738fc9fd3d606d08935ceec12caee"
+        );
+        assert_eq!(
+            format!("{:032x}", legacy_hash(text)),
+            "43bdf12d90068b936a6368063247ab46"
+        );
     }
 
     #[test]

@@ -948,7 +948,7 @@ impl<'a> Tables<'a> {
             Fate::Deleted
         } else {
             match prev {
-                Some(old) if old.hash == hex128(&p.resource.content_hash) => Fate::Unchanged,
+                Some(old) if old.hash == p.resource.content_hash => Fate::Unchanged,
                 // A row an earlier version wrote, with the SHA-256 content hash it used.
                 Some(old) if old.hash == lake::legacy_hash(&p.resource.text) => Fate::Unchanged,
                 Some(old) => table.push(p.resource, old.version + 1),
