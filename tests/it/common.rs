@@ -158,16 +158,19 @@ pub fn ids(bundle: &Value, mode: &str) -> Vec<String> {
         .map(|a| {
             a.iter()
                 .filter(|e| e["search"]["mode"] == mode)
-                .map(|e| {
-                    format!(
-                        "{}/{}",
-                        e["resource"]["resourceType"].as_str().unwrap_or(""),
-                        e["resource"]["id"].as_str().unwrap_or("")
-                    )
-                })
+                .map(|e| key(&e["resource"]))
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// A resource's `Type/id`.
+pub fn key(resource: &Value) -> String {
+    format!(
+        "{}/{}",
+        resource["resourceType"].as_str().unwrap_or(""),
+        resource["id"].as_str().unwrap_or("")
+    )
 }
 
 /// The `next` link of a Bundle.

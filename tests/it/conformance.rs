@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use crate::common::{export, sample_lake};
+use crate::common::{export, key, sample_lake};
 
 fn codes(v: &Value) -> Vec<String> {
     v["coding"]
@@ -133,24 +133,11 @@ fn check_eob(e: &Value) -> Result<(), String> {
 fn c4bb_required_elements_and_resolvable_references() {
     let lake = sample_lake();
     let all = export(lake.path());
-    let present: BTreeSet<String> = all
-        .iter()
-        .map(|r| {
-            format!(
-                "{}/{}",
-                r["resourceType"].as_str().unwrap(),
-                r["id"].as_str().unwrap()
-            )
-        })
-        .collect();
+    let present: BTreeSet<String> = all.iter().map(key).collect();
     let mut failures = Vec::new();
     let mut eob_profiles = BTreeSet::new();
     for r in &all {
-        let key = format!(
-            "{}/{}",
-            r["resourceType"].as_str().unwrap(),
-            r["id"].as_str().unwrap()
-        );
+        let key = key(r);
         if r["meta"]["lastUpdated"].as_str().is_none() {
             failures.push(format!("{key}: meta.lastUpdated"));
         }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::common::{export, ingest, root, stable};
+use crate::common::{export, ingest, key, root, stable};
 
 fn rejects(lake: &std::path::Path) -> Vec<Value> {
     let current = std::fs::read_to_string(lake.join("CURRENT")).unwrap();
@@ -147,6 +147,46 @@ fn golden_rif_and_plain_samples() {
             "{name}: output differs from {} (review, then rerun with BLESS=1)",
             path.display()
         );
+    }
+}
+
+#[test]
+fn providers_of_rejected_claims_still_come_from_the_claims_that_map() {
+    // Forty claims that read but fail to map (no diagnosis) name the same providers as the
+    // one good claim after them. A side product is built once per run, but a rejected claim's
+    // never reaches the lake, so the good claim must still yield the providers.
+    let fixture = std::fs::read_to_string(root().join("tests/fixtures/broken-claims.csv")).unwrap();
+    let mut lines = fixture.lines();
+    let header = lines.next().unwrap();
+    let row = |id: &str| {
+        lines
+            .clone()
+            .find(|l| l.starts_with(id))
+            .unwrap()
+            .to_string()
+    };
+    let (unmappable, good) = (row("B-7,"), row("B-1,"));
+    let mut csv = format!("{header}\n");
+    for i in 0..40 {
+        csv.push_str(&unmappable.replacen("B-7,", &format!("R-{i},"), 1));
+        csv.push('\n');
+    }
+    csv.push_str(&good);
+    csv.push('\n');
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("claims.csv");
+    std::fs::write(&path, csv).unwrap();
+    let lake = tempfile::tempdir().unwrap();
+    let (code, out) = ingest(lake.path(), &[path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(rejects(lake.path()).len(), 40);
+    let ids: Vec<String> = export(lake.path()).iter().map(key).collect();
+    for want in [
+        "ExplanationOfBenefit/professional-B-1",
+        "Organization/npi-1487654321",
+        "Practitioner/npi-1234567893",
+    ] {
+        assert!(ids.iter().any(|i| i == want), "{want} not in {ids:?}");
     }
 }
 

@@ -13,7 +13,7 @@ use compact_str::{CompactString, ToCompactString};
 use csv::{ByteRecord, ReaderBuilder};
 
 use crate::layout::{compile, compile_groups, parse_date, parse_decimal, Field, FieldSet};
-use crate::layout::{FieldSource, FieldType, Mapping};
+use crate::layout::{trim, FieldSource, FieldType, Mapping};
 use crate::model::*;
 use crate::{Error, FileSummary, Item, Reader, Reason, Reject, Stage};
 
@@ -238,7 +238,7 @@ impl Compiled {
             FieldSource::Concat(cols) => {
                 let parts: Vec<&str> = cols
                     .iter()
-                    .map(|i| row.fields.get(*i).copied().unwrap_or("").trim())
+                    .map(|i| trim(row.fields.get(*i).copied().unwrap_or("")))
                     .collect();
                 if parts.iter().any(|p| p.is_empty()) {
                     return Ok(None);
@@ -247,7 +247,7 @@ impl Compiled {
                 joined.as_str()
             }
         };
-        let raw = raw.trim();
+        let raw = trim(raw);
         if raw.is_empty() {
             return Ok(None);
         }
@@ -345,7 +345,7 @@ impl Compiled {
         let Some((i, codes)) = &self.change else {
             return Ok(Change::Upsert);
         };
-        let raw = row.fields.get(*i).copied().unwrap_or("").trim();
+        let raw = trim(row.fields.get(*i).copied().unwrap_or(""));
         match codes.get(raw).map(String::as_str) {
             Some("upsert") => Ok(Change::Upsert),
             Some("replace") => Ok(Change::Replace),

@@ -13,7 +13,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use compact_str::format_compact;
 use rustc_hash::FxBuildHasher;
 use serde::Deserialize;
 
@@ -403,9 +402,22 @@ pub fn compile_groups(
         .collect()
 }
 
+/// `str::trim`, with a fast path for the usual field that starts and ends with printable
+/// ASCII (every byte above space and below 0x80 is not whitespace, so nothing is trimmed).
+#[inline]
+pub fn trim(text: &str) -> &str {
+    let plain = |b: Option<&u8>| b.is_some_and(|&b| b > b' ' && b < 0x80);
+    let bytes = text.as_bytes();
+    if plain(bytes.first()) && plain(bytes.last()) {
+        text
+    } else {
+        text.trim()
+    }
+}
+
 /// Parse a date in one of the supported formats into ISO `YYYY-MM-DD`.
 pub fn parse_date(text: &str, formats: &[String]) -> Option<Text> {
-    let t = text.trim();
+    let t = trim(text);
     formats.iter().find_map(|f| parse_date_with(t, f))
 }
 
@@ -457,7 +469,25 @@ fn parse_date_with(t: &str, format: &str) -> Option<Text> {
         }
         _ => return None,
     };
-    valid_ymd(y, m, d).then(|| format_compact!("{y:04}-{m:02}-{d:02}"))
+    if !valid_ymd(y, m, d) {
+        return None;
+    }
+    // `{y:04}-{m:02}-{d:02}` without `fmt` (every date of every row goes through here).
+    let digit = |v: u32| b'0' + (v % 10) as u8;
+    let y = y as u32;
+    let iso = [
+        digit(y / 1000),
+        digit(y / 100),
+        digit(y / 10),
+        digit(y),
+        b'-',
+        digit(m / 10),
+        digit(m),
+        b'-',
+        digit(d / 10),
+        digit(d),
+    ];
+    std::str::from_utf8(&iso).ok().map(Text::from)
 }
 
 fn valid_ymd(y: i32, m: u32, d: u32) -> bool {
@@ -484,7 +514,7 @@ fn valid_ymd(y: i32, m: u32, d: u32) -> bool {
 
 /// Validate and normalise a decimal: optional sign, digits, optional fraction.
 pub fn parse_decimal(text: &str) -> Option<Text> {
-    let t = text.trim();
+    let t = trim(text);
     let body = t.strip_prefix(['-', '+']).unwrap_or(t);
     let (int, frac) = body.split_once('.').unwrap_or((body, ""));
     let ok = !(int.is_empty() && frac.is_empty())
@@ -511,6 +541,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn trim_is_str_trim() {
+        for t in [
+            "",
+            " ",
+            "a",
+            " a ",
+            "\u{a0}a",
+            "a\u{2003}",
+            "\x0ba\x0c",
+            "ab",
+            "é",
+            "\ta b\r\n",
+            "~",
+        ] {
+            assert_eq!(trim(t), t.trim(), "{t:?}");
+        }
+    }
+
+    #[test]
     fn dates_in_every_format() {
         let f = |s: &str| vec![s.to_string()];
         assert_eq!(
@@ -532,6 +581,14 @@ mod tests {
         assert_eq!(
             parse_date("03/04/2021", &f("MM/DD/YYYY")).unwrap(),
             "2021-03-04"
+        );
+        assert_eq!(
+            parse_date("5-jan-0009", &f("DD-MON-YYYY")).unwrap(),
+            "0009-01-05"
+        );
+        assert_eq!(
+            parse_date("12/31/9999", &f("MM/DD/YYYY")).unwrap(),
+            "9999-12-31"
         );
         assert!(parse_date("2019-02-29", &f("YYYY-MM-DD")).is_none());
         assert!(parse_date("31-FOO-2015", &f("DD-MON-YYYY")).is_none());

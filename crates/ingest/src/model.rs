@@ -32,7 +32,7 @@ pub struct Position {
 }
 
 /// What the source says should happen to the record's business key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Change {
     /// A new record, or a newer version of an existing one (RIF INSERT/UPDATE, 837 frequency 1).
     #[default]
@@ -59,7 +59,7 @@ pub enum SourceRecord {
 }
 
 /// An identifier with a short, mapping-defined kind (`member`, `mbi`, `hicn`, `npi`, …).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Ident {
     /// The identifier kind, as named in the mapping (the mapper turns it into a system URI).
     pub kind: Text,
@@ -101,7 +101,7 @@ pub struct Member {
 }
 
 /// One coverage held by a member (e.g. Medicare Part A, a commercial medical plan).
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct CoverageSpan {
     /// Short key unique within the member (e.g. `part-a`); part of the Coverage's business key.
     pub key: Text,
@@ -132,7 +132,7 @@ pub struct CoverageSpan {
 }
 
 /// An organization or person that a record names (payer, provider).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct Party {
     /// Identifier of the party: an NPI for providers, a payer id for payers.
     pub id: Option<Text>,

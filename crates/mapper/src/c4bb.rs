@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 use ingest::model::{Change, Claim, ClaimKind, ClaimLine, CoverageSpan, Member, Party, Text};
 
-use crate::ids::{fhir_id, org_id, practitioner_id};
+use crate::ids::{fhir_id, fhir_id_of, org_id, practitioner_id};
 use crate::jw::JsonWriter;
 use crate::registry::IndexValue;
 use crate::resource::{Json, Written};
@@ -220,18 +220,18 @@ fn number(w: &mut JsonWriter, value: &str, field: &'static str) -> Result<(), Ma
 /// The payer Organization's id for a party (payer id, else its name).
 pub fn payer_ref(payer: &Party) -> Option<String> {
     let key = payer.id.as_deref().or(payer.name.as_deref())?;
-    Some(format!("Organization/{}", org_id("payer", key)))
+    Some(["Organization/", &org_id("payer", key)].concat())
 }
 
 /// A provider's reference: Practitioner for persons with an NPI, else Organization.
 pub fn provider_ref(p: &Party) -> Option<String> {
     if p.person {
         let npi = p.id.as_deref()?;
-        return Some(format!("Practitioner/{}", practitioner_id(npi)));
+        return Some(["Practitioner/", &practitioner_id(npi)].concat());
     }
     let key = p.id.as_deref().or(p.name.as_deref())?;
     let kind = p.id_kind.as_deref().unwrap_or("org");
-    Some(format!("Organization/{}", org_id(kind, key)))
+    Some(["Organization/", &org_id(kind, key)].concat())
 }
 
 /// The Patient id of a member id.
@@ -241,7 +241,7 @@ pub fn patient_id(member_id: &str) -> String {
 
 /// The Coverage id of a member's coverage.
 pub fn coverage_id(member_id: &str, key: &str) -> String {
-    fhir_id(&format!("{member_id}-{key}"))
+    fhir_id_of(&[member_id, "-", key])
 }
 
 /// `"name":..` of an Organization, or `"_name"` marked absent.
@@ -608,7 +608,7 @@ fn map_coverage(m: &Member, c: &CoverageSpan, systems: &Systems) -> Result<Resou
 
 /// The EOB id of a claim (stable: claim kind and claim id).
 pub fn eob_id(kind: ClaimKind, claim_id: &str) -> String {
-    fhir_id(&format!("{}-{claim_id}", kind.as_str()))
+    fhir_id_of(&[kind.as_str(), "-", claim_id])
 }
 
 fn profile_name(kind: ClaimKind, adjudicated: bool) -> &'static str {
@@ -769,6 +769,60 @@ fn supporting_head(w: &mut JsonWriter, sequence: usize, category: &str) {
 /// # Errors
 /// When the claim lacks what every EOB needs (kind, claim id, member, service start, provider).
 pub fn map_claim(c: &Claim, systems: &Systems) -> Result<Vec<Resource>, MapError> {
+    map_claim_with(c, systems, &mut |_| true)
+}
+
+/// Side products a claim is about to yield, and what they are built from: the same input
+/// always gives the same resources.
+#[derive(Debug, Clone, Copy)]
+pub enum Side<'a> {
+    /// The payer's Organization.
+    Payer(&'a Party),
+    /// A provider's Organization or Practitioner (billing, facility, care team).
+    Provider(&'a Party),
+    /// The member the claim carries (X12): their Patient, Coverages and the Coverages' payer
+    /// Organizations.
+    Member(&'a Member),
+}
+
+impl Side<'_> {
+    /// The types of the resources it yields, in order (what `map_claim` would add).
+    pub fn resource_types(&self, out: &mut Vec<&'static str>) {
+        match self {
+            Self::Payer(p) => {
+                if p.id.is_some() || p.name.is_some() {
+                    out.push("Organization");
+                }
+            }
+            // As `provider_ref` decides, without building the reference.
+            Self::Provider(p) => match (p.person, &p.id, &p.name) {
+                (true, Some(_), _) => out.push("Practitioner"),
+                (false, Some(_), _) | (false, None, Some(_)) => out.push("Organization"),
+                _ => {}
+            },
+            Self::Member(m) => {
+                out.push("Patient");
+                for c in &m.coverages {
+                    out.push("Coverage");
+                    Self::Payer(&c.payer).resource_types(out);
+                }
+            }
+        }
+    }
+}
+
+/// [`map_claim`], asking `build` before each side product whether to build it at all. Claims
+/// name the same payer, providers and (in X12) members over and over; the ingest pipeline
+/// answers `false` for an input it has already built in the run, which gives what building
+/// it again and dropping the duplicate would give, without the cost.
+///
+/// # Errors
+/// As [`map_claim`].
+pub fn map_claim_with(
+    c: &Claim,
+    systems: &Systems,
+    build: &mut dyn FnMut(Side<'_>) -> bool,
+) -> Result<Vec<Resource>, MapError> {
     let kind = c.kind.ok_or(MapError::Missing("claim kind"))?;
     if c.claim_id.is_empty() {
         return Err(MapError::Missing("claim_id"));
@@ -786,11 +840,13 @@ pub fn map_claim(c: &Claim, systems: &Systems) -> Result<Vec<Resource>, MapError
     let mut out: Vec<Resource> = Vec::new();
 
     if let Some(member) = &c.member {
-        out.extend(map_member(member, systems)?);
+        if build(Side::Member(member)) {
+            out.extend(map_member(member, systems)?);
+        }
     }
     let insurer = payer_ref(&c.payer).ok_or(MapError::Missing("payer"))?;
-    if let Some(org) = payer_organization(&c.payer, systems) {
-        out.push(org);
+    if build(Side::Payer(&c.payer)) {
+        out.extend(payer_organization(&c.payer, systems));
     }
     let provider_party = c
         .billing
@@ -802,7 +858,9 @@ pub fn map_claim(c: &Claim, systems: &Systems) -> Result<Vec<Resource>, MapError
         .into_iter()
         .flatten()
     {
-        out.extend(provider_resource(p, systems));
+        if build(Side::Provider(p)) {
+            out.extend(provider_resource(p, systems));
+        }
     }
 
     let coverage_key = c.coverage_key.as_deref().or_else(|| {
@@ -821,8 +879,8 @@ pub fn map_claim(c: &Claim, systems: &Systems) -> Result<Vec<Resource>, MapError
         ClaimKind::Pharmacy => ("pharmacy", None),
     };
     let billable_end = c.thru.as_deref().or(c.from.as_deref());
-    let patient_ref = format!("Patient/{pid}");
-    let coverage_ref = format!("Coverage/{coverage}");
+    let patient_ref = ["Patient/", &pid].concat();
+    let coverage_ref = ["Coverage/", &coverage].concat();
 
     let mut doc = Doc::new(
         "ExplanationOfBenefit",
@@ -841,7 +899,7 @@ pub fn map_claim(c: &Claim, systems: &Systems) -> Result<Vec<Resource>, MapError
         w.key("type");
         coding(w, CS_IDTYPE, "uc");
         w.kv("system", &system);
-        let value = format!("{}-{}", kind.as_str(), c.claim_id);
+        let value = [kind.as_str(), "-", &c.claim_id].concat();
         w.kv("value", &value);
         w.close();
         identifier_tokens.push(IndexValue::Token {
@@ -928,7 +986,9 @@ pub fn map_claim(c: &Claim, systems: &Systems) -> Result<Vec<Resource>, MapError
             role,
             system,
         });
-        out.extend(provider_resource(p, systems));
+        if build(Side::Provider(p)) {
+            out.extend(provider_resource(p, systems));
+        }
         Some(care_team.len() as u32)
     };
     for (role, p) in &c.care_team {

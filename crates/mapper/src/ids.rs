@@ -7,16 +7,33 @@
 
 use sha2::{Digest, Sha256};
 
-/// The FHIR id for a business key.
-pub fn fhir_id(key: &str) -> String {
-    let fits = !key.is_empty()
+/// Whether a key is a FHIR id as it is.
+fn fits(key: &str) -> bool {
+    !key.is_empty()
         && key.len() <= 64
         && key
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-    if fits {
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// The FHIR id for a business key.
+pub fn fhir_id(key: &str) -> String {
+    if fits(key) {
         return key.to_string();
     }
+    hashed(key)
+}
+
+/// [`fhir_id`] of a key built from parts (no copy when it fits as it is).
+pub fn fhir_id_of(parts: &[&str]) -> String {
+    let key = parts.concat();
+    if fits(&key) {
+        return key;
+    }
+    hashed(&key)
+}
+
+fn hashed(key: &str) -> String {
     let digest = Sha256::digest(key.as_bytes());
     let mut out = String::with_capacity(41);
     out.push('h');
@@ -28,12 +45,12 @@ pub fn fhir_id(key: &str) -> String {
 
 /// The id of an Organization from its identifier kind and value (or name).
 pub fn org_id(kind: &str, key: &str) -> String {
-    fhir_id(&format!("{kind}-{key}"))
+    fhir_id_of(&[kind, "-", key])
 }
 
 /// The id of a Practitioner from their NPI.
 pub fn practitioner_id(npi: &str) -> String {
-    fhir_id(&format!("npi-{npi}"))
+    fhir_id_of(&["npi-", npi])
 }
 
 #[cfg(test)]
@@ -53,5 +70,7 @@ mod tests {
         assert_eq!(h, fhir_id("member 12/34"));
         assert_ne!(h, fhir_id("member 12/35"));
         assert_eq!(fhir_id(&"x".repeat(65)).len(), 41);
+        assert_eq!(fhir_id_of(&["member", " 12/34"]), h);
+        assert_eq!(fhir_id_of(&["npi-", "123"]), "npi-123");
     }
 }

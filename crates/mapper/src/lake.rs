@@ -38,9 +38,9 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::SortingColumn;
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersion};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -193,7 +193,7 @@ fn fold_accent(c: char) -> char {
 /// instant covers at its precision: `2020` covers the whole year.
 pub fn date_range(s: &str) -> Option<(i64, i64)> {
     use chrono::{DateTime, Datelike, Duration, NaiveDate};
-    let s = s.trim();
+    let s = ingest::layout::trim(s);
     let day = |y: i32, m: u32, d: u32| NaiveDate::from_ymd_opt(y, m, d);
     let ms = |d: NaiveDate| {
         d.and_hms_opt(0, 0, 0)
@@ -272,6 +272,16 @@ pub fn instant(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
         .unwrap_or_default()
+}
+
+/// Lower-case hex of a 128-bit hash, 32 digits (what `{:032x}` gives, without `fmt`).
+fn hex128(v: u128) -> [u8; 32] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 32];
+    for (i, d) in out.iter_mut().enumerate() {
+        *d = DIGITS[((v >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    out
 }
 
 /// Where `meta.versionId` and `meta.lastUpdated` go in a serialized resource.
@@ -423,12 +433,21 @@ impl Prepared {
             MetaSlot::Create(at) => (at, ",\"meta\":{", "}"),
         };
         let (head, rest) = self.text.split_at(at.min(self.text.len()));
-        out.write_str(head)?;
-        write!(
-            out,
-            "{open}\"versionId\":\"{version_id}\",\"lastUpdated\":\"{last_updated}\"{close}"
-        )?;
-        out.write_str(rest)
+        // Pieces, not `write!`: this runs for every row written.
+        for piece in [
+            head,
+            open,
+            "\"versionId\":\"",
+            itoa::Buffer::new().format(version_id),
+            "\",\"lastUpdated\":\"",
+            last_updated,
+            "\"",
+            close,
+            rest,
+        ] {
+            out.write_str(piece)?;
+        }
+        Ok(())
     }
 
     /// The JSON with `meta.versionId` and `meta.lastUpdated` set.
@@ -472,9 +491,8 @@ pub fn batch(
     }
     let mut hashes = StringBuilder::with_capacity(rows.len(), rows.len() * 32);
     for r in rows {
-        use std::fmt::Write as _;
-        let _ = write!(hashes, "{:032x}", r.prepared.content_hash);
-        hashes.append_value("");
+        let hex = hex128(r.prepared.content_hash);
+        hashes.append_value(std::str::from_utf8(&hex).unwrap_or_default());
     }
     let mut cols: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(
@@ -518,9 +536,12 @@ fn index_arrays<'a>(
                     if let IndexValue::Token { system: s, code: c } = v {
                         {
                             use std::fmt::Write as _;
-                            let _ = write!(full.values(), "{s}|{c}");
+                            let v = full.values();
+                            let _ = v.write_str(s);
+                            let _ = v.write_str("|");
+                            let _ = v.write_str(c);
+                            v.append_value("");
                         }
-                        full.values().append_value("");
                         code.values().append_value(c);
                         system.values().append_value(s);
                     }
@@ -630,8 +651,16 @@ fn writer_props(resource_type: &str) -> WriterProperties {
     };
     // The JSON and the hashes are unique per row: dictionary encoding would only cost time,
     // and min/max statistics of whole documents help no query.
+    //
+    // Data pages are version 2, which compresses the values straight from the encoder's
+    // buffer (a version 1 page first copies them, levels and values, into one more buffer:
+    // for the JSON column that is a copy of every document). Values that are not
+    // dictionary-encoded stay PLAIN, the encoding every reader knows (version 2 would
+    // otherwise pick the DELTA encodings).
     let unique = |c: &str| parquet::schema::types::ColumnPath::from(c);
     WriterProperties::builder()
+        .set_writer_version(WriterVersion::PARQUET_2_0)
+        .set_encoding(Encoding::PLAIN)
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_data_page_row_count_limit(256)
@@ -1334,6 +1363,16 @@ mod tests {
             serde_json::json!({"resourceType": "Patient", "meta": {"lastUpdated": "x"}}),
         ));
         assert_eq!(a.content_hash, b.content_hash);
+    }
+
+    #[test]
+    fn hex128_is_fmt_lower_hex_of_32_digits() {
+        for v in [0, 1, 0xabc, u128::MAX, u128::MAX / 3, hash_text("x")] {
+            assert_eq!(
+                std::str::from_utf8(&hex128(v)).unwrap(),
+                format!("{v:032x}")
+            );
+        }
     }
 
     #[test]

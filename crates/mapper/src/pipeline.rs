@@ -407,14 +407,94 @@ fn record_offset(item: &Item) -> u64 {
     }
 }
 
-/// Side products seen so far in the run, by `Type/id`: the length and hash of the best
-/// description (see [`Tables::add`]). Claims repeat the same payer and providers thousands of
-/// times; a description no richer than one already seen is dropped on the mapping thread,
-/// before it is hashed and indexed.
+/// Side products seen so far in the run. Claims repeat the same payer, providers and (X12)
+/// members thousands of times: a side product whose input was built before is not built again
+/// ([`fingerprint`]), and a description no richer than one already seen, by `Type/id`, is
+/// dropped on the mapping thread, before it is hashed and indexed (see [`Tables::add`]).
 #[derive(Default)]
-struct SideSeen(std::sync::Mutex<HashMap<u128, (usize, u64)>>);
+struct SideSeen {
+    /// `Type/id` key → length and XXH3-64 of the best description seen.
+    best: std::sync::Mutex<HashMap<u128, (usize, u64)>>,
+    /// Fingerprints of the inputs of claims' side products built in this run (by claims
+    /// that mapped: a rejected claim's side products never reach the tables).
+    built: std::sync::Mutex<HashSet<u128>>,
+}
+
+/// A `std::hash::Hasher` that only collects the bytes (hashed at once afterwards: XXH3's
+/// streaming state is slow for the many tiny writes of a derived `Hash`).
+struct Bytes<'a>(&'a mut Vec<u8>);
+
+impl std::hash::Hasher for Bytes<'_> {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.extend_from_slice(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        twox_hash::XxHash3_64::oneshot(self.0)
+    }
+}
+
+/// XXH3-128 of everything a side product is built from (not where it was read).
+fn fingerprint(side: c4bb::Side<'_>) -> u128 {
+    use std::hash::Hash as _;
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUF.with_borrow_mut(|buf| {
+        buf.clear();
+        let mut h = Bytes(buf);
+        match side {
+            c4bb::Side::Payer(p) => (0u8, p).hash(&mut h),
+            c4bb::Side::Provider(p) => (1u8, p).hash(&mut h),
+            c4bb::Side::Member(m) => {
+                // Every field but the position; a new field must be added here (or the
+                // destructuring stops compiling).
+                let ingest::model::Member {
+                    member_id,
+                    identifiers,
+                    family,
+                    given,
+                    gender,
+                    birth_date,
+                    death_date,
+                    address_lines,
+                    city,
+                    state,
+                    postal_code,
+                    coverages,
+                    change,
+                    position: _,
+                } = m;
+                2u8.hash(&mut h);
+                (member_id, identifiers, family, given, gender, birth_date).hash(&mut h);
+                (death_date, address_lines, city, state, postal_code).hash(&mut h);
+                (coverages, change).hash(&mut h);
+            }
+        }
+        twox_hash::XxHash3_128::oneshot(buf)
+    })
+}
 
 impl SideSeen {
+    /// Whether a side product with this fingerprint was built by a claim that mapped.
+    fn was_built(&self, fingerprint: u128) -> bool {
+        self.built
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&fingerprint)
+    }
+
+    /// Record the side products a claim that mapped has built.
+    fn record_built(&self, fingerprints: &[u128]) {
+        if fingerprints.is_empty() {
+            return;
+        }
+        self.built
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(fingerprints.iter().copied());
+    }
+
     /// Whether a side product must go on to the tables.
     fn keep(&self, r: &Resource) -> bool {
         thread_local! {
@@ -432,7 +512,7 @@ impl SideSeen {
             }),
         };
         let k = key(&format!("{}/{}", r.resource_type, r.id));
-        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = self.best.lock().unwrap_or_else(|e| e.into_inner());
         match seen.get(&k) {
             // Identical, or shorter than one seen: the tables would not take it.
             Some(&(l, h)) if l > len || (l == len && h == hash) => false,
@@ -451,17 +531,32 @@ fn map_item(item: Item, cfg: &Config, is_full: bool, side: &SideSeen) -> Mapped 
         Ok(r) => r,
         Err(rej) => return Mapped::Rejected(rej),
     };
-    let resources = match map_record(&record, &cfg.systems) {
+    let mut dropped = Vec::new();
+    let mut built = Vec::new();
+    let mapped = match &record {
+        // A side product already built is not built again (the tables would drop it).
+        SourceRecord::Claim(c) => c4bb::map_claim_with(c, &cfg.systems, &mut |s| {
+            let f = fingerprint(s);
+            if built.contains(&f) || side.was_built(f) {
+                s.resource_types(&mut dropped);
+                return false;
+            }
+            built.push(f);
+            true
+        }),
+        _ => map_record(&record, &cfg.systems),
+    };
+    let resources = match mapped {
         Ok(r) => r,
         Err(e) => return Mapped::Rejected(map_error_reject(&record, &e)),
     };
+    side.record_built(&built);
     let change = match &record {
         SourceRecord::Claim(c) => c.change,
         _ => ingest::model::Change::default(),
     };
     let subject = primary_type(&record);
     let mut full = Vec::new();
-    let mut dropped = Vec::new();
     let produced = resources
         .into_iter()
         .filter_map(|r| {

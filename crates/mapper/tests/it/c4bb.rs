@@ -107,6 +107,43 @@ fn map(
     }
 }
 
+/// `map_claim_with` asks about every side product `map_claim` builds (payer and provider
+/// Organizations, Practitioners, the member's Patient and Coverages), in order, and leaving
+/// them all out changes nothing else.
+fn side_filter_agrees(c: &ingest::model::Claim, systems: &Systems, label: &str) {
+    let all = c4bb::map_claim(c, systems);
+    let mut asked = Vec::new();
+    let without = c4bb::map_claim_with(c, systems, &mut |s| {
+        s.resource_types(&mut asked);
+        false
+    });
+    match (all, without) {
+        (Ok(all), Ok(without)) => {
+            // `without` is `all` with some resources left out, in the same order.
+            let mut kept = without.iter().peekable();
+            let mut left_out = Vec::new();
+            for r in &all {
+                if kept.peek() == Some(&r) {
+                    kept.next();
+                } else {
+                    left_out.push(r.resource_type);
+                }
+            }
+            assert!(
+                kept.next().is_none(),
+                "{label}: resources not in map_claim's"
+            );
+            assert_eq!(asked, left_out, "{label}: side products asked about");
+            assert!(
+                !left_out.contains(&"ExplanationOfBenefit"),
+                "{label}: {left_out:?}"
+            );
+        }
+        (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "{label}"),
+        (a, b) => panic!("{label}: {a:?} against {b:?}"),
+    }
+}
+
 fn mutations(c: &ingest::model::Claim) -> Vec<ingest::model::Claim> {
     let mut out = Vec::new();
     let party = |person: bool, id: Option<&str>, name: Option<&str>| Party {
@@ -346,6 +383,7 @@ fn c4bb_output_is_pinned() {
                 describe(&mut out, &label, m);
             }
             if let SourceRecord::Claim(c) = r {
+                side_filter_agrees(c, &systems, &label);
                 if i % if name.starts_with("generated") {
                     40
                 } else {
@@ -353,6 +391,7 @@ fn c4bb_output_is_pinned() {
                 } == 0
                 {
                     for (j, m) in mutations(c).into_iter().enumerate() {
+                        side_filter_agrees(&m, &systems, &format!("{label}~{j}"));
                         describe(
                             &mut out,
                             &format!("{label}~{j}"),
