@@ -341,3 +341,71 @@ fn a_lake_with_the_earlier_sha256_content_hashes_does_not_re_version_on_upgrade(
     assert_eq!(updated, unchanged, "{:?}", report.merge);
     assert!(versions(&other).values().any(|(v, _)| *v == 2));
 }
+
+/// Every resource of the current snapshot without the stamp a run sets (`meta.lastUpdated`).
+fn unstamped(lake: &Path) -> BTreeMap<String, Value> {
+    let mut all = resources(lake);
+    for v in all.values_mut() {
+        if let Some(m) = v.get_mut("meta").and_then(Value::as_object_mut) {
+            m.remove("lastUpdated");
+        }
+    }
+    all
+}
+
+#[test]
+fn side_products_written_out_early_still_give_way_to_richer_descriptions() {
+    // The same patient twice: first in a claim without the patient's address, then with it.
+    let sample = std::fs::read_to_string(root().join("samples/x12/lfh_837p_example1.837")).unwrap();
+    let address = ["N3*236 N MAIN ST~", "N4*MIAMI*FL*33413~"];
+    assert!(address.iter().all(|s| sample.contains(s)) && sample.contains("SE*40*0021~"));
+    let lean = sample
+        .lines()
+        .filter(|l| !address.contains(&l.trim_end()))
+        .map(|l| {
+            l.replace("CLM*26463774*", "CLM*26463775*")
+                .replace("SE*40*0021~", "SE*38*0021~")
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let work = tempfile::tempdir().unwrap();
+    let (a, b) = (work.path().join("a.837"), work.path().join("b.837"));
+    std::fs::write(&a, lean).unwrap();
+    std::fs::write(&b, &sample).unwrap();
+    let inputs = [
+        a,
+        b,
+        root().join("samples/x12"),
+        root().join("samples/plain"),
+    ];
+
+    // One row per file and one waiting side product: every side product goes out to a table
+    // file at once, and a richer description must take it back.
+    let (early, held) = (work.path().join("early"), work.path().join("held"));
+    let small = run(&inputs, &options(&early, 1)).unwrap();
+    let default = Options {
+        file_rows: None,
+        ..options(&held, 1)
+    };
+    let large = run(&inputs, &default).unwrap();
+    assert_eq!(small.rejected, 0);
+    assert_eq!(small.tables, large.tables);
+    assert!(files(&early, "Patient").len() > files(&held, "Patient").len());
+    let all = unstamped(&early);
+    assert_eq!(all, unstamped(&held));
+
+    let teds: Vec<&Value> = all
+        .iter()
+        .filter(|(k, v)| k.starts_with("Patient/") && v["name"][0]["given"][0] == "TED")
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(teds.len(), 1, "{teds:?}");
+    assert_eq!(teds[0]["address"][0]["line"][0], "236 N MAIN ST");
+    for claim in ["26463774", "26463775"] {
+        assert!(
+            all.keys()
+                .any(|k| k.starts_with("ExplanationOfBenefit/") && k.ends_with(claim)),
+            "{claim}"
+        );
+    }
+}

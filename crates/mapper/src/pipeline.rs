@@ -201,6 +201,12 @@ const CHUNK: usize = 1024;
 const FILE_ROWS: usize = 65_536;
 const FILE_BYTES: usize = 96 << 20;
 
+/// Side products of a type waiting for a richer description are held up to this many bytes
+/// (or the run's rows per file); then they go to the type's buffer like any row (see
+/// [`Tables::spill`]). This bounds a run's
+/// memory when every claim names its own member or provider (an 837 names both).
+const SIDE_BYTES: usize = 32 << 20;
+
 /// Expand folders into their files (sorted; documentation files skipped).
 ///
 /// # Errors
@@ -903,7 +909,12 @@ struct TypeTable {
     buf_bytes: usize,
     flushed: Vec<Flushed>,
     dead_in_run: BTreeMap<u32, HashSet<u32>>,
+    /// Side products no record of this run describes, by id: the richest description seen.
     side: HashMap<String, lake::Prepared>,
+    side_bytes: usize,
+    /// Side products already moved to the buffer: key → length of the description, so that
+    /// a richer one still replaces it.
+    side_out: HashMap<u128, usize>,
     stats: MergeStats,
 }
 
@@ -938,6 +949,8 @@ impl TypeTable {
             flushed: Vec::new(),
             dead_in_run: BTreeMap::new(),
             side: HashMap::new(),
+            side_bytes: 0,
+            side_out: HashMap::new(),
             stats: MergeStats::default(),
         }
     }
@@ -1024,17 +1037,42 @@ impl<'a> Tables<'a> {
         let t = p.resource.resource_type;
         let table = self.table(t);
         if !p.primary {
-            // Side products: the richer description wins; written at the end if nothing
-            // else describes the id.
+            // Side products: the richer description wins; written if nothing else describes
+            // the id.
+            let k = key(&p.resource.id);
+            match table.side_out.get(&k) {
+                Some(&len) if len >= p.resource.text.len() => return Ok(()),
+                // Richer than the one in the buffer: that row goes.
+                Some(_) => {
+                    table.side_out.remove(&k);
+                    if let Some(fate) = table.fates.remove(&k) {
+                        table.kill(fate);
+                    }
+                }
+                // A record of this run describes the id.
+                None if table.fates.contains_key(&k) => return Ok(()),
+                None => {}
+            }
             match table.side.get(&p.resource.id) {
                 Some(old) if old.text.len() >= p.resource.text.len() => {}
-                _ => {
+                old => {
+                    let old = old.map(weight).unwrap_or(0);
+                    table.side_bytes = table.side_bytes + weight(&p.resource) - old;
                     table.side.insert(p.resource.id.clone(), p.resource);
                 }
+            }
+            if table.side_bytes >= SIDE_BYTES || table.side.len() >= file_rows {
+                self.spill(t)?;
             }
             return Ok(());
         }
         let k = key(&p.resource.id);
+        if !table.side.is_empty() {
+            if let Some(old) = table.side.remove(&p.resource.id) {
+                table.side_bytes -= weight(&old);
+            }
+        }
+        table.side_out.remove(&k);
         let prev = table.prev(&root)?.get(&k).copied();
         if let Some(fate) = table.fates.get(&k).copied() {
             table.kill(fate);
@@ -1053,6 +1091,33 @@ impl<'a> Tables<'a> {
         table.fates.insert(k, fate);
         if table.full(file_rows) {
             self.flush(t)?;
+        }
+        Ok(())
+    }
+
+    /// Move a type's waiting side products to its buffer, in id order, except those a record
+    /// of this run or the previous snapshot describes.
+    fn spill(&mut self, t: &'static str) -> Result<(), LakeError> {
+        let root = self.lake.root().to_path_buf();
+        let file_rows = self.file_rows;
+        let table = self.table(t);
+        table.prev(&root)?;
+        table.side_bytes = 0;
+        let mut side: Vec<lake::Prepared> = std::mem::take(&mut table.side).into_values().collect();
+        side.sort_by(|a, b| a.id.cmp(&b.id));
+        for p in side {
+            let table = self.table(t);
+            let k = key(&p.id);
+            let in_prev = table.prev.as_ref().is_some_and(|m| m.contains_key(&k));
+            if table.fates.contains_key(&k) || in_prev {
+                continue;
+            }
+            table.side_out.insert(k, p.text.len());
+            let fate = table.push(p, 1);
+            table.fates.insert(k, fate);
+            if table.full(file_rows) {
+                self.flush(t)?;
+            }
         }
         Ok(())
     }
@@ -1148,20 +1213,11 @@ impl<'a> Tables<'a> {
             if !touched {
                 continue;
             }
-            table.prev(&root)?;
-            let prev = table.prev.take().unwrap_or_default();
             // Side products nothing else describes.
-            let side = std::mem::take(&mut table.side);
-            let mut side: Vec<lake::Prepared> = side.into_values().collect();
-            side.sort_by(|a, b| a.id.cmp(&b.id));
-            for p in side {
-                let k = key(&p.id);
-                if table.fates.contains_key(&k) || prev.contains_key(&k) {
-                    continue;
-                }
-                let fate = table.push(p, 1);
-                table.fates.insert(k, fate);
-            }
+            self.spill(t)?;
+            let table = self.types.get_mut(t).expect("listed");
+            table.side_out = HashMap::new();
+            let prev = table.prev.take().unwrap_or_default();
             let dead = dead_prev.entry(t).or_default();
             for (k, fate) in &table.fates {
                 let old = prev.get(k);
