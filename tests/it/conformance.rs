@@ -138,6 +138,9 @@ fn c4bb_required_elements_and_resolvable_references() {
     let mut eob_profiles = BTreeSet::new();
     for r in &all {
         let key = key(r);
+        if r["id"].as_str().is_none_or(str::is_empty) {
+            failures.push(format!("{key}: id"));
+        }
         if r["meta"]["lastUpdated"].as_str().is_none() {
             failures.push(format!("{key}: meta.lastUpdated"));
         }

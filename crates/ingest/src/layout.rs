@@ -562,34 +562,21 @@ mod tests {
     #[test]
     fn dates_in_every_format() {
         let f = |s: &str| vec![s.to_string()];
-        assert_eq!(
-            parse_date("12-MAY-2015", &f("DD-MON-YYYY")).unwrap(),
-            "2015-05-12"
-        );
-        assert_eq!(
-            parse_date("17-Mar-1981", &f("DD-MON-YYYY")).unwrap(),
-            "1981-03-17"
-        );
-        assert_eq!(
-            parse_date("2020-02-29", &f("YYYY-MM-DD")).unwrap(),
-            "2020-02-29"
-        );
-        assert_eq!(
-            parse_date("20190101", &f("YYYYMMDD")).unwrap(),
-            "2019-01-01"
-        );
-        assert_eq!(
-            parse_date("03/04/2021", &f("MM/DD/YYYY")).unwrap(),
-            "2021-03-04"
-        );
-        assert_eq!(
-            parse_date("5-jan-0009", &f("DD-MON-YYYY")).unwrap(),
-            "0009-01-05"
-        );
-        assert_eq!(
-            parse_date("12/31/9999", &f("MM/DD/YYYY")).unwrap(),
-            "9999-12-31"
-        );
+        for (text, format, iso) in [
+            ("12-MAY-2015", "DD-MON-YYYY", "2015-05-12"),
+            ("17-Mar-1981", "DD-MON-YYYY", "1981-03-17"),
+            ("2020-02-29", "YYYY-MM-DD", "2020-02-29"),
+            ("20190101", "YYYYMMDD", "2019-01-01"),
+            ("03/04/2021", "MM/DD/YYYY", "2021-03-04"),
+            ("5-jan-0009", "DD-MON-YYYY", "0009-01-05"),
+            ("12/31/9999", "MM/DD/YYYY", "9999-12-31"),
+        ] {
+            assert_eq!(
+                parse_date(text, &f(format)).unwrap(),
+                iso,
+                "{text} {format}"
+            );
+        }
         assert!(parse_date("2019-02-29", &f("YYYY-MM-DD")).is_none());
         assert!(parse_date("31-FOO-2015", &f("DD-MON-YYYY")).is_none());
         assert!(parse_date("", &f("YYYYMMDD")).is_none());

@@ -217,21 +217,35 @@ fn number(w: &mut JsonWriter, value: &str, field: &'static str) -> Result<(), Ma
     Ok(())
 }
 
+/// What a payer's Organization is keyed by: its payer id, else its name.
+fn payer_key(payer: &Party) -> Option<&str> {
+    payer.id.as_deref().or(payer.name.as_deref())
+}
+
 /// The payer Organization's id for a party (payer id, else its name).
 pub fn payer_ref(payer: &Party) -> Option<String> {
-    let key = payer.id.as_deref().or(payer.name.as_deref())?;
-    Some(["Organization/", &org_id("payer", key)].concat())
+    Some(["Organization/", &org_id("payer", payer_key(payer)?)].concat())
+}
+
+/// What a provider is filed as: a Practitioner by NPI for persons, else an Organization by
+/// identifier kind and value (or name). `None`: neither can be named.
+fn provider_key(p: &Party) -> Option<(&'static str, &str, &str)> {
+    if p.person {
+        return Some(("Practitioner", "npi", p.id.as_deref()?));
+    }
+    let key = p.id.as_deref().or(p.name.as_deref())?;
+    Some(("Organization", p.id_kind.as_deref().unwrap_or("org"), key))
 }
 
 /// A provider's reference: Practitioner for persons with an NPI, else Organization.
 pub fn provider_ref(p: &Party) -> Option<String> {
-    if p.person {
-        let npi = p.id.as_deref()?;
-        return Some(["Practitioner/", &practitioner_id(npi)].concat());
-    }
-    let key = p.id.as_deref().or(p.name.as_deref())?;
-    let kind = p.id_kind.as_deref().unwrap_or("org");
-    Some(["Organization/", &org_id(kind, key)].concat())
+    let (rtype, kind, key) = provider_key(p)?;
+    let id = if p.person {
+        practitioner_id(key)
+    } else {
+        org_id(kind, key)
+    };
+    Some([rtype, "/", &id].concat())
 }
 
 /// The Patient id of a member id.
@@ -790,16 +804,11 @@ impl Side<'_> {
     pub fn resource_types(&self, out: &mut Vec<&'static str>) {
         match self {
             Self::Payer(p) => {
-                if p.id.is_some() || p.name.is_some() {
+                if payer_key(p).is_some() {
                     out.push("Organization");
                 }
             }
-            // As `provider_ref` decides, without building the reference.
-            Self::Provider(p) => match (p.person, &p.id, &p.name) {
-                (true, Some(_), _) => out.push("Practitioner"),
-                (false, Some(_), _) | (false, None, Some(_)) => out.push("Organization"),
-                _ => {}
-            },
+            Self::Provider(p) => out.extend(provider_key(p).map(|(rtype, ..)| rtype)),
             Self::Member(m) => {
                 out.push("Patient");
                 for c in &m.coverages {

@@ -18,13 +18,10 @@ fn fits(key: &str) -> bool {
 
 /// The FHIR id for a business key.
 pub fn fhir_id(key: &str) -> String {
-    if fits(key) {
-        return key.to_string();
-    }
-    hashed(key)
+    fhir_id_of(&[key])
 }
 
-/// [`fhir_id`] of a key built from parts (no copy when it fits as it is).
+/// [`fhir_id`] of a key built from parts (concatenated once, kept when it fits as it is).
 pub fn fhir_id_of(parts: &[&str]) -> String {
     let key = parts.concat();
     if fits(&key) {

@@ -275,7 +275,7 @@ pub fn instant(ms: i64) -> String {
 }
 
 /// Lower-case hex of a 128-bit hash, 32 digits (what `{:032x}` gives, without `fmt`).
-fn hex128(v: u128) -> [u8; 32] {
+fn lower_hex_128(v: u128) -> [u8; 32] {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = [0u8; 32];
     for (i, d) in out.iter_mut().enumerate() {
@@ -491,7 +491,7 @@ pub fn batch(
     }
     let mut hashes = StringBuilder::with_capacity(rows.len(), rows.len() * 32);
     for r in rows {
-        let hex = hex128(r.prepared.content_hash);
+        let hex = lower_hex_128(r.prepared.content_hash);
         hashes.append_value(std::str::from_utf8(&hex).unwrap_or_default());
     }
     let mut cols: Vec<ArrayRef> = vec![
@@ -1366,10 +1366,10 @@ mod tests {
     }
 
     #[test]
-    fn hex128_is_fmt_lower_hex_of_32_digits() {
+    fn lower_hex_128_is_fmt_lower_hex_of_32_digits() {
         for v in [0, 1, 0xabc, u128::MAX, u128::MAX / 3, hash_text("x")] {
             assert_eq!(
-                std::str::from_utf8(&hex128(v)).unwrap(),
+                std::str::from_utf8(&lower_hex_128(v)).unwrap(),
                 format!("{v:032x}")
             );
         }

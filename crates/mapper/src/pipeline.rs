@@ -1072,7 +1072,9 @@ impl<'a> Tables<'a> {
                 table.side_bytes -= weight(&old);
             }
         }
-        table.side_out.remove(&k);
+        if !table.side_out.is_empty() {
+            table.side_out.remove(&k);
+        }
         let prev = table.prev(&root)?.get(&k).copied();
         if let Some(fate) = table.fates.get(&k).copied() {
             table.kill(fate);
