@@ -120,6 +120,11 @@ struct IngestArgs {
     /// type in memory before writing them out) [default: 65536].
     #[arg(long)]
     file_rows: Option<usize>,
+    /// MiB of rows the run holds in memory, all resource types together, before it writes the
+    /// type holding most to a table file (an estimate of the rows' size; the process uses
+    /// more) [default: 128].
+    #[arg(long)]
+    buffer_mib: Option<usize>,
 }
 
 #[derive(Args, Clone)]
@@ -351,6 +356,7 @@ fn ingest(a: &IngestArgs) -> Result<ExitCode> {
         forced_mapping: a.mapping.clone(),
         progress: Some(progress_reporter()),
         file_rows: a.file_rows,
+        buffer_bytes: a.buffer_mib.map(|m| m.saturating_mul(1 << 20)),
     };
     let report = mapper::pipeline::run(&a.paths, &opts)?;
     print_report(&report);
@@ -557,6 +563,7 @@ async fn demo(a: DemoArgs) -> Result<ExitCode> {
         forced_mapping: None,
         progress: None,
         file_rows: None,
+        buffer_bytes: None,
     };
     let paths: Vec<PathBuf> = ["rif", "plain", "x12", "formulary"]
         .iter()

@@ -16,6 +16,7 @@ fn options(lake: &std::path::Path) -> Options {
         forced_mapping: None,
         progress: None,
         file_rows: None,
+        buffer_bytes: None,
     }
 }
 

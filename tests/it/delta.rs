@@ -18,6 +18,7 @@ fn options(lake: &Path, file_rows: usize) -> Options {
         forced_mapping: None,
         progress: None,
         file_rows: Some(file_rows),
+        buffer_bytes: None,
     }
 }
 
@@ -298,7 +299,7 @@ fn rehash(lake: &Path, hash: impl Fn(&str) -> u128) {
                     }
                 })
                 .collect();
-            mapper::lake::write_file(&f, t, &new, stamp).unwrap();
+            mapper::lake::write_file(&f, t, new, stamp).unwrap();
         }
     }
 }
@@ -385,6 +386,7 @@ fn side_products_written_out_early_still_give_way_to_richer_descriptions() {
     let small = run(&inputs, &options(&early, 1)).unwrap();
     let default = Options {
         file_rows: None,
+        buffer_bytes: None,
         ..options(&held, 1)
     };
     let large = run(&inputs, &default).unwrap();
@@ -408,4 +410,39 @@ fn side_products_written_out_early_still_give_way_to_richer_descriptions() {
             "{claim}"
         );
     }
+}
+
+#[test]
+fn one_memory_budget_for_all_types_writes_the_same_lake() {
+    // Every generated 837 claim names its own member: EOBs, Patients and Coverages grow
+    // together, and a small budget must write out whichever type holds most, by turns.
+    let work = tempfile::tempdir().unwrap();
+    let input = work.path().join("g.837");
+    let mut f = std::fs::File::create(&input).unwrap();
+    ingest::x12::generate_837(&mut f, true, 400, 11).unwrap();
+    drop(f);
+    let inputs = [input];
+    let (tight, roomy) = (work.path().join("tight"), work.path().join("roomy"));
+    let budget = Options {
+        file_rows: None,
+        buffer_bytes: Some(256 << 10),
+        ..options(&tight, 1)
+    };
+    let default = Options {
+        file_rows: None,
+        ..options(&roomy, 1)
+    };
+    let small = run(&inputs, &budget).unwrap();
+    let large = run(&inputs, &default).unwrap();
+    assert_eq!(small.rejected, 0);
+    assert_eq!(small.tables, large.tables);
+    assert_eq!(small.tables["ExplanationOfBenefit"], 400);
+    for t in ["ExplanationOfBenefit", "Patient", "Coverage"] {
+        assert_eq!(files(&roomy, t).len(), 1, "{t}");
+        assert!(
+            files(&tight, t).len() > 1,
+            "{t} was never written out early"
+        );
+    }
+    assert_eq!(unstamped(&tight), unstamped(&roomy));
 }

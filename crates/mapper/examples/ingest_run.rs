@@ -17,6 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         forced_mapping: None,
         progress: None,
         file_rows: None,
+        buffer_bytes: None,
     };
     let r = mapper::pipeline::run(&files, &opts)?;
     println!(

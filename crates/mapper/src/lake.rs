@@ -692,15 +692,23 @@ const WRITE_BATCH_ROWS: usize = 512;
 pub fn write_file(
     path: &Path,
     resource_type: &str,
-    rows: &[NewRow],
+    rows: Vec<NewRow>,
     last_updated: i64,
 ) -> Result<u64, LakeError> {
     let mut w = TableWriter::create(path, resource_type)?;
     // Batches smaller than a row group keep each batch's buffers (the JSON column is ~8 KB a
     // row) small enough for the allocator to reuse, instead of mapping and zeroing fresh
-    // memory for every batch; the writer still cuts row groups of `ROW_GROUP_ROWS`.
-    for chunk in rows.chunks(WRITE_BATCH_ROWS) {
-        w.write(&batch(resource_type, chunk, last_updated)?)?;
+    // memory for every batch; the writer still cuts row groups of `ROW_GROUP_ROWS`. Each
+    // batch's rows are freed once written, so the file's rows leave memory as it is written.
+    let mut rows = rows.into_iter();
+    let mut chunk = Vec::with_capacity(WRITE_BATCH_ROWS);
+    loop {
+        chunk.extend(rows.by_ref().take(WRITE_BATCH_ROWS));
+        if chunk.is_empty() {
+            break;
+        }
+        w.write(&batch(resource_type, &chunk, last_updated)?)?;
+        chunk.clear();
     }
     w.finish()
 }

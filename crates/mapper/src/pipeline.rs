@@ -87,6 +87,9 @@ pub struct Options {
     /// Rows per table file the run writes; a type's rows are buffered in memory up to this
     /// many (or about 96 MiB) before they are sorted and written. `None`: 65,536.
     pub file_rows: Option<usize>,
+    /// Bytes of rows all types together hold in memory before the type holding most is
+    /// written out (an estimate of the rows' size, not of the process). `None`: 128 MiB.
+    pub buffer_bytes: Option<usize>,
 }
 
 impl std::fmt::Debug for Options {
@@ -96,6 +99,7 @@ impl std::fmt::Debug for Options {
             .field("mappings", &self.mappings)
             .field("forced_mapping", &self.forced_mapping)
             .field("file_rows", &self.file_rows)
+            .field("buffer_bytes", &self.buffer_bytes)
             .finish()
     }
 }
@@ -206,6 +210,12 @@ const FILE_BYTES: usize = 96 << 20;
 /// [`Tables::spill`]). This bounds a run's
 /// memory when every claim names its own member or provider (an 837 names both).
 const SIDE_BYTES: usize = 32 << 20;
+
+/// All types' buffers and waiting side products together are held up to this many bytes
+/// (unless [`Options::buffer_bytes`] says otherwise); past it the type holding most is
+/// written out. Without it a run that feeds many types at once (an 837 names a member, a
+/// coverage and providers per claim) would hold [`FILE_BYTES`] + [`SIDE_BYTES`] for each.
+const RUN_BYTES: usize = 128 << 20;
 
 /// Expand folders into their files (sorted; documentation files skipped).
 ///
@@ -417,6 +427,10 @@ fn record_offset(item: &Item) -> u64 {
 /// members thousands of times: a side product whose input was built before is not built again
 /// ([`fingerprint`]), and a description no richer than one already seen, by `Type/id`, is
 /// dropped on the mapping thread, before it is hashed and indexed (see [`Tables::add`]).
+///
+/// Both are caches: [`Tables`] makes the decisions, so forgetting an entry only costs
+/// building or hashing one side product again. Each is emptied when it reaches
+/// [`SIDE_SEEN_CAP`] entries, which bounds a run's memory when every claim brings a new one.
 #[derive(Default)]
 struct SideSeen {
     /// `Type/id` key → length and XXH3-64 of the best description seen.
@@ -425,6 +439,9 @@ struct SideSeen {
     /// that mapped: a rejected claim's side products never reach the tables).
     built: std::sync::Mutex<HashSet<u128>>,
 }
+
+/// Entries each of [`SideSeen`]'s caches holds at most (about 16 and 32 MiB).
+const SIDE_SEEN_CAP: usize = 1 << 19;
 
 /// A `std::hash::Hasher` that only collects the bytes (hashed at once afterwards: XXH3's
 /// streaming state is slow for the many tiny writes of a derived `Hash`).
@@ -495,10 +512,11 @@ impl SideSeen {
         if fingerprints.is_empty() {
             return;
         }
-        self.built
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(fingerprints.iter().copied());
+        let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
+        if built.len() + fingerprints.len() > SIDE_SEEN_CAP {
+            built.clear();
+        }
+        built.extend(fingerprints.iter().copied());
     }
 
     /// Whether a side product must go on to the tables.
@@ -524,6 +542,9 @@ impl SideSeen {
             Some(&(l, h)) if l > len || (l == len && h == hash) => false,
             Some(&(l, _)) if l == len => true,
             _ => {
+                if seen.len() >= SIDE_SEEN_CAP {
+                    seen.clear();
+                }
                 seen.insert(k, (len, hash));
                 true
             }
@@ -888,8 +909,14 @@ struct PrevRow {
 enum Fate {
     /// Came again with the content it has: the previous row stays.
     Unchanged,
-    /// A new row: in flush `generation`, at `index` of that flush's buffer.
-    New { generation: u32, index: u32 },
+    /// A new row: in flush `generation`, at `index` of that flush's buffer. `side` is 0 for
+    /// a record's row; for a side product no record describes, the length of its
+    /// description (a richer one met later replaces the row).
+    New {
+        generation: u32,
+        index: u32,
+        side: u32,
+    },
     /// Deleted by its source.
     Deleted,
 }
@@ -912,9 +939,6 @@ struct TypeTable {
     /// Side products no record of this run describes, by id: the richest description seen.
     side: HashMap<String, lake::Prepared>,
     side_bytes: usize,
-    /// Side products already moved to the buffer: key → length of the description, so that
-    /// a richer one still replaces it.
-    side_out: HashMap<u128, usize>,
     stats: MergeStats,
 }
 
@@ -933,6 +957,10 @@ struct Tables<'a> {
     file_rows: usize,
     seq: u32,
     jobs: Option<std::sync::mpsc::SyncSender<WriteJob>>,
+    /// Bytes held by all types' buffers and waiting side products ([`TypeTable::held`]).
+    held: usize,
+    /// The most `held` may be.
+    budget: usize,
     /// Formularies (`InsurancePlan/<id>`) listed in full by a FULL extract of this run: their
     /// items not in the run are no longer on them.
     full: HashSet<String>,
@@ -950,7 +978,6 @@ impl TypeTable {
             dead_in_run: BTreeMap::new(),
             side: HashMap::new(),
             side_bytes: 0,
-            side_out: HashMap::new(),
             stats: MergeStats::default(),
         }
     }
@@ -985,7 +1012,10 @@ impl TypeTable {
 
     /// Forget this run's earlier row of an id (a later record replaced it).
     fn kill(&mut self, fate: Fate) {
-        if let Fate::New { generation, index } = fate {
+        if let Fate::New {
+            generation, index, ..
+        } = fate
+        {
             if generation == self.generation() {
                 if let Some(slot) = self.buf.get_mut(index as usize) {
                     if let Some(r) = slot.take() {
@@ -1000,10 +1030,12 @@ impl TypeTable {
         }
     }
 
-    fn push(&mut self, prepared: lake::Prepared, version_id: i64) -> Fate {
+    /// Buffer a row; `side` as in [`Fate::New`].
+    fn push(&mut self, prepared: lake::Prepared, version_id: i64, side: u32) -> Fate {
         let fate = Fate::New {
             generation: self.generation(),
             index: self.buf.len() as u32,
+            side,
         };
         self.buf_bytes += weight(&prepared);
         self.buf.push(Some(lake::NewRow {
@@ -1016,11 +1048,29 @@ impl TypeTable {
     fn full(&self, file_rows: usize) -> bool {
         self.buf.len() >= file_rows || self.buf_bytes >= FILE_BYTES
     }
+
+    /// Bytes held in memory for the run: the buffer and the waiting side products.
+    fn held(&self) -> usize {
+        self.buf_bytes + self.side_bytes
+    }
 }
 
-/// Memory a buffered row takes, roughly.
+/// Memory a buffered row takes: its own size and what it holds on the heap.
 fn weight(p: &lake::Prepared) -> usize {
-    p.text.len() + p.id.len() + 64 * p.index.iter().map(Vec::len).sum::<usize>() + 128
+    let index: usize = p
+        .index
+        .iter()
+        .map(|list| {
+            std::mem::size_of::<Vec<crate::registry::IndexValue>>()
+                + list.capacity() * std::mem::size_of::<crate::registry::IndexValue>()
+                + list.iter().map(|v| v.heap_bytes()).sum::<usize>()
+        })
+        .sum();
+    std::mem::size_of::<Option<lake::NewRow>>()
+        + p.text.capacity()
+        + p.id.capacity()
+        + p.patient_id.as_ref().map_or(0, String::capacity)
+        + index
 }
 
 impl<'a> Tables<'a> {
@@ -1030,8 +1080,34 @@ impl<'a> Tables<'a> {
             .or_insert_with(|| TypeTable::new(Vec::new()))
     }
 
-    /// Take one produced resource.
+    /// Take one produced resource, then keep the run within its budget ([`RUN_BYTES`]).
     fn add(&mut self, p: Produced) -> Result<(), LakeError> {
+        let t = p.resource.resource_type;
+        let before = self.table(t).held();
+        self.add_one(p)?;
+        self.held = self.held - before + self.table(t).held();
+        while self.held > self.budget {
+            let Some((&t, _)) = self.types.iter().max_by_key(|(_, table)| table.held()) else {
+                break;
+            };
+            let before = self.table(t).held();
+            if !self.table(t).side.is_empty() {
+                self.spill(t)?;
+            }
+            if !self.table(t).buf.is_empty() {
+                self.flush(t)?;
+            }
+            let after = self.table(t).held();
+            self.held = self.held - before + after;
+            if after >= before {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Take one produced resource.
+    fn add_one(&mut self, p: Produced) -> Result<(), LakeError> {
         let root = self.lake.root().to_path_buf();
         let file_rows = self.file_rows;
         let t = p.resource.resource_type;
@@ -1040,17 +1116,17 @@ impl<'a> Tables<'a> {
             // Side products: the richer description wins; written if nothing else describes
             // the id.
             let k = key(&p.resource.id);
-            match table.side_out.get(&k) {
-                Some(&len) if len >= p.resource.text.len() => return Ok(()),
-                // Richer than the one in the buffer: that row goes.
-                Some(_) => {
-                    table.side_out.remove(&k);
-                    if let Some(fate) = table.fates.remove(&k) {
-                        table.kill(fate);
+            match table.fates.get(&k) {
+                // Written out early as a side product: a richer description replaces it.
+                Some(&fate @ Fate::New { side, .. }) if side != 0 => {
+                    if side as usize >= p.resource.text.len() {
+                        return Ok(());
                     }
+                    table.fates.remove(&k);
+                    table.kill(fate);
                 }
                 // A record of this run describes the id.
-                None if table.fates.contains_key(&k) => return Ok(()),
+                Some(_) => return Ok(()),
                 None => {}
             }
             match table.side.get(&p.resource.id) {
@@ -1072,9 +1148,6 @@ impl<'a> Tables<'a> {
                 table.side_bytes -= weight(&old);
             }
         }
-        if !table.side_out.is_empty() {
-            table.side_out.remove(&k);
-        }
         let prev = table.prev(&root)?.get(&k).copied();
         if let Some(fate) = table.fates.get(&k).copied() {
             table.kill(fate);
@@ -1086,8 +1159,8 @@ impl<'a> Tables<'a> {
                 Some(old) if old.hash == p.resource.content_hash => Fate::Unchanged,
                 // A row an earlier version wrote, with the SHA-256 content hash it used.
                 Some(old) if old.hash == lake::legacy_hash(&p.resource.text) => Fate::Unchanged,
-                Some(old) => table.push(p.resource, old.version + 1),
-                None => table.push(p.resource, 1),
+                Some(old) => table.push(p.resource, old.version + 1, 0),
+                None => table.push(p.resource, 1, 0),
             }
         };
         table.fates.insert(k, fate);
@@ -1114,8 +1187,8 @@ impl<'a> Tables<'a> {
             if table.fates.contains_key(&k) || in_prev {
                 continue;
             }
-            table.side_out.insert(k, p.text.len());
-            let fate = table.push(p, 1);
+            let len = u32::try_from(p.text.len()).unwrap_or(u32::MAX).max(1);
+            let fate = table.push(p, 1, len);
             table.fates.insert(k, fate);
             if table.full(file_rows) {
                 self.flush(t)?;
@@ -1218,7 +1291,6 @@ impl<'a> Tables<'a> {
             // Side products nothing else describes.
             self.spill(t)?;
             let table = self.types.get_mut(t).expect("listed");
-            table.side_out = HashMap::new();
             let prev = table.prev.take().unwrap_or_default();
             let dead = dead_prev.entry(t).or_default();
             for (k, fate) in &table.fates {
@@ -1376,7 +1448,7 @@ pub fn run(paths: &[PathBuf], opts: &Options) -> Result<RunReport, RunError> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<WriteJob>(0);
     let writer = std::thread::spawn(move || -> Result<(), LakeError> {
         for job in rx {
-            lake::write_file(&job.path, job.resource_type, &job.rows, now)?;
+            lake::write_file(&job.path, job.resource_type, job.rows, now)?;
         }
         Ok(())
     });
@@ -1384,6 +1456,8 @@ pub fn run(paths: &[PathBuf], opts: &Options) -> Result<RunReport, RunError> {
         lake: &lake,
         snapshot: staged.name.clone(),
         types,
+        held: 0,
+        budget: opts.buffer_bytes.unwrap_or(RUN_BYTES).max(1),
         file_rows: opts.file_rows.unwrap_or(FILE_ROWS).max(1),
         seq: 0,
         jobs: Some(tx),

@@ -57,6 +57,18 @@ pub enum IndexValue {
     },
 }
 
+impl IndexValue {
+    /// Bytes its strings hold on the heap (their capacity).
+    pub fn heap_bytes(&self) -> usize {
+        let cap = |s: &Option<String>| s.as_ref().map_or(0, String::capacity);
+        match self {
+            Self::Token { system, code } => system.capacity() + code.capacity(),
+            Self::String(s) | Self::Reference(s) => s.capacity(),
+            Self::Date { start, end } => cap(start) + cap(end),
+        }
+    }
+}
+
 /// A declared search parameter.
 #[derive(Debug, Clone, Copy)]
 pub struct SearchParam {

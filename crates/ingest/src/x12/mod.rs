@@ -99,7 +99,7 @@ pub fn read_stream<R: Read>(
 
 /// Size of the pieces [`read_parallel`] cuts a large file into (they end at the first
 /// interchange boundary past this size).
-pub const PIECE_BYTES: u64 = 1 << 20;
+pub const PIECE_BYTES: u64 = 256 << 10;
 
 /// Cut an X12 stream into pieces of about `target` bytes that read on their own (see
 /// [`Piece`]), walking it once with the tokenizer. Reading the pieces in order with
