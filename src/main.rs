@@ -122,7 +122,7 @@ struct IngestArgs {
     file_rows: Option<usize>,
     /// MiB of rows the run holds in memory, all resource types together, before it writes the
     /// type holding most to a table file (an estimate of the rows' size; the process uses
-    /// more) [default: 128].
+    /// more) [default: 160].
     #[arg(long)]
     buffer_mib: Option<usize>,
 }

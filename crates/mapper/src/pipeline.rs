@@ -85,10 +85,10 @@ pub struct Options {
     /// Called every few thousand records of each file, and when a file is done.
     pub progress: Option<ProgressFn>,
     /// Rows per table file the run writes; a type's rows are buffered in memory up to this
-    /// many (or about 96 MiB) before they are sorted and written. `None`: 65,536.
+    /// many (or 128 MiB) before they are sorted and written. `None`: 65,536.
     pub file_rows: Option<usize>,
     /// Bytes of rows all types together hold in memory before the type holding most is
-    /// written out (an estimate of the rows' size, not of the process). `None`: 128 MiB.
+    /// written out (an estimate of the rows' size, not of the process). `None`: 160 MiB.
     pub buffer_bytes: Option<usize>,
 }
 
@@ -203,7 +203,7 @@ const CHUNK: usize = 1024;
 /// A type's rows of this run are written to a new table file when its buffer reaches this
 /// many rows or bytes, whichever comes first; this bounds a run's memory whatever its input.
 const FILE_ROWS: usize = 65_536;
-const FILE_BYTES: usize = 96 << 20;
+const FILE_BYTES: usize = 128 << 20;
 
 /// Side products of a type waiting for a richer description are held up to this many bytes
 /// (or the run's rows per file); then they go to the type's buffer like any row (see
@@ -215,7 +215,7 @@ const SIDE_BYTES: usize = 32 << 20;
 /// (unless [`Options::buffer_bytes`] says otherwise); past it the type holding most is
 /// written out. Without it a run that feeds many types at once (an 837 names a member, a
 /// coverage and providers per claim) would hold [`FILE_BYTES`] + [`SIDE_BYTES`] for each.
-const RUN_BYTES: usize = 128 << 20;
+const RUN_BYTES: usize = 160 << 20;
 
 /// Expand folders into their files (sorted; documentation files skipped).
 ///

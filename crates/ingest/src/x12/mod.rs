@@ -131,20 +131,21 @@ pub fn read_piece<R: Read>(
 }
 
 /// Read an X12 file on the current rayon pool, cut at interchange boundaries into pieces of
-/// about [`PIECE_BYTES`] that are read — and passed through `map` — in parallel, while the
-/// next pieces are being found. `emit` gets the mapped items in file order, exactly as a
-/// sequential read followed by `map` would give them, positions included.
+/// about [`PIECE_BYTES`] that are read — and passed through `map` — in parallel. `emit` gets
+/// the mapped items in file order, exactly as a sequential read followed by `map` would give
+/// them, positions included; it takes one window's items while the next window is read and
+/// mapped, and the pieces after that are found.
 ///
-/// Memory stays bounded: the results of one window of pieces (twice as many pieces as the
-/// pool has threads) are held at once. A file smaller than two pieces, or a pool of one thread, is
-/// read sequentially.
+/// Memory stays bounded: the results of two windows of pieces (each twice as many pieces as
+/// the pool has threads) are held at once. A file smaller than two pieces, or a pool of one
+/// thread, is read sequentially.
 ///
 /// # Errors
 /// Only when the file cannot be read.
 pub fn read_parallel<T: Send>(
     path: &Path,
     map: &(dyn Fn(Item) -> T + Sync),
-    emit: &mut dyn FnMut(T),
+    emit: &mut (dyn FnMut(T) + Send),
 ) -> Result<FileSummary, Error> {
     let name = path.display().to_string();
     let io = |source| Error::Io {
@@ -180,17 +181,10 @@ pub fn read_parallel<T: Send>(
         Ok((summary, out))
     };
     let mut summary = FileSummary::default();
-    let mut next = take(&mut splitter).map_err(io)?;
-    while !next.is_empty() {
-        let current = std::mem::take(&mut next);
-        // Find the next window while this one is read.
-        let (found, results) = rayon::join(
-            || take(&mut splitter),
-            || current.par_iter().map(|p| read_one(*p)).collect::<Vec<_>>(),
-        );
-        next = found.map_err(io)?;
+    // Hand a window's results to `emit`, in order.
+    let mut give = |results: Vec<std::io::Result<(FileSummary, Vec<T>)>>| -> std::io::Result<()> {
         for r in results {
-            let (s, items) = r.map_err(io)?;
+            let (s, items) = r?;
             summary.bytes += s.bytes;
             summary.units += s.units;
             summary.notices.extend(s.notices);
@@ -198,7 +192,23 @@ pub fn read_parallel<T: Send>(
                 emit(t);
             }
         }
+        Ok(())
+    };
+    let mut next = take(&mut splitter).map_err(io)?;
+    let mut done = Vec::new();
+    while !next.is_empty() {
+        let current = std::mem::take(&mut next);
+        let previous = std::mem::take(&mut done);
+        // Emit the previous window and find the next one while this one is read.
+        let ((found, given), results) = rayon::join(
+            || (take(&mut splitter), give(previous)),
+            || current.par_iter().map(|p| read_one(*p)).collect::<Vec<_>>(),
+        );
+        given.map_err(io)?;
+        next = found.map_err(io)?;
+        done = results;
     }
+    give(done).map_err(io)?;
     Ok(summary)
 }
 

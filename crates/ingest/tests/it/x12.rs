@@ -1068,8 +1068,9 @@ fn parallel_read_keeps_file_order() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("big.837");
     let mut buf = Vec::new();
-    // Over two pieces, so that the file is really cut.
-    while buf.len() < 3 * ingest::x12::PIECE_BYTES as usize {
+    // Three windows of four pieces (two threads), so that the file is really cut and a window
+    // is emitted while the next one is read.
+    while buf.len() < 12 * ingest::x12::PIECE_BYTES as usize {
         let mut part = Vec::new();
         generate_837(&mut part, buf.len() % 2 == 0, 1_000, buf.len() as u64).unwrap();
         buf.extend_from_slice(&part);
