@@ -205,16 +205,10 @@ const CHUNK: usize = 1024;
 const FILE_ROWS: usize = 65_536;
 const FILE_BYTES: usize = 128 << 20;
 
-/// Side products of a type waiting for a richer description are held up to this many bytes
-/// (or the run's rows per file); then they go to the type's buffer like any row (see
-/// [`Tables::spill`]). This bounds a run's
-/// memory when every claim names its own member or provider (an 837 names both).
-const SIDE_BYTES: usize = 32 << 20;
-
 /// All types' buffers and waiting side products together are held up to this many bytes
 /// (unless [`Options::buffer_bytes`] says otherwise); past it the type holding most is
-/// written out. Without it a run that feeds many types at once (an 837 names a member, a
-/// coverage and providers per claim) would hold [`FILE_BYTES`] + [`SIDE_BYTES`] for each.
+/// written out, its waiting side products first (see [`Tables::spill`]). This bounds a run's
+/// memory when every claim names its own member or provider (an 837 names both).
 const RUN_BYTES: usize = 160 << 20;
 
 /// Expand folders into their files (sorted; documentation files skipped).
@@ -957,9 +951,7 @@ struct Tables<'a> {
     file_rows: usize,
     seq: u32,
     jobs: Option<std::sync::mpsc::SyncSender<WriteJob>>,
-    /// Bytes held by all types' buffers and waiting side products ([`TypeTable::held`]).
-    held: usize,
-    /// The most `held` may be.
+    /// The most all types may hold together ([`Tables::held`]).
     budget: usize,
     /// Formularies (`InsurancePlan/<id>`) listed in full by a FULL extract of this run: their
     /// items not in the run are no longer on them.
@@ -1080,28 +1072,20 @@ impl<'a> Tables<'a> {
             .or_insert_with(|| TypeTable::new(Vec::new()))
     }
 
+    /// Bytes all types hold in memory for the run.
+    fn held(&self) -> usize {
+        self.types.values().map(TypeTable::held).sum()
+    }
+
     /// Take one produced resource, then keep the run within its budget ([`RUN_BYTES`]).
     fn add(&mut self, p: Produced) -> Result<(), LakeError> {
-        let t = p.resource.resource_type;
-        let before = self.table(t).held();
         self.add_one(p)?;
-        self.held = self.held - before + self.table(t).held();
-        while self.held > self.budget {
+        while self.held() > self.budget {
             let Some((&t, _)) = self.types.iter().max_by_key(|(_, table)| table.held()) else {
                 break;
             };
-            let before = self.table(t).held();
-            if !self.table(t).side.is_empty() {
-                self.spill(t)?;
-            }
-            if !self.table(t).buf.is_empty() {
-                self.flush(t)?;
-            }
-            let after = self.table(t).held();
-            self.held = self.held - before + after;
-            if after >= before {
-                break;
-            }
+            self.spill(t)?;
+            self.flush(t)?;
         }
         Ok(())
     }
@@ -1137,7 +1121,7 @@ impl<'a> Tables<'a> {
                     table.side.insert(p.resource.id.clone(), p.resource);
                 }
             }
-            if table.side_bytes >= SIDE_BYTES || table.side.len() >= file_rows {
+            if table.side.len() >= file_rows {
                 self.spill(t)?;
             }
             return Ok(());
@@ -1197,8 +1181,12 @@ impl<'a> Tables<'a> {
         Ok(())
     }
 
-    /// Sort a type's buffer and hand it to the writer as a new table file.
+    /// Sort a type's buffer and hand it to the writer as a new table file (nothing when the
+    /// buffer is empty).
     fn flush(&mut self, t: &'static str) -> Result<(), LakeError> {
+        if self.types.get(t).is_none_or(|table| table.buf.is_empty()) {
+            return Ok(());
+        }
         self.seq += 1;
         let name = format!("{}-{:05}.parquet", self.snapshot, self.seq);
         let rel = format!("data/{t}/{name}");
@@ -1328,9 +1316,7 @@ impl<'a> Tables<'a> {
                     }
                 }
             }
-            if !table.buf.is_empty() {
-                self.flush(t)?;
-            }
+            self.flush(t)?;
         }
         self.jobs = None;
         join_writer()?;
@@ -1456,7 +1442,6 @@ pub fn run(paths: &[PathBuf], opts: &Options) -> Result<RunReport, RunError> {
         lake: &lake,
         snapshot: staged.name.clone(),
         types,
-        held: 0,
         budget: opts.buffer_bytes.unwrap_or(RUN_BYTES).max(1),
         file_rows: opts.file_rows.unwrap_or(FILE_ROWS).max(1),
         seq: 0,
