@@ -27,6 +27,10 @@ use crate::c4bb::{self, Systems};
 use crate::lake::{self, Lake, LakeError, MergeStats};
 use crate::{MapError, Resource};
 
+mod keys;
+
+use keys::{Key, KeyMap};
+
 /// Errors that stop a run (record-level problems are rejects, never errors).
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -428,13 +432,13 @@ fn record_offset(item: &Item) -> u64 {
 #[derive(Default)]
 struct SideSeen {
     /// `Type/id` key → length and XXH3-64 of the best description seen.
-    best: std::sync::Mutex<HashMap<u128, (usize, u64)>>,
+    best: std::sync::Mutex<KeyMap<(usize, u64)>>,
     /// Fingerprints of the inputs of claims' side products built in this run (by claims
     /// that mapped: a rejected claim's side products never reach the tables).
-    built: std::sync::Mutex<HashSet<u128>>,
+    built: std::sync::Mutex<KeyMap<()>>,
 }
 
-/// Entries each of [`SideSeen`]'s caches holds at most (about 16 and 32 MiB).
+/// Entries each of [`SideSeen`]'s caches holds at most (about 14 and 28 MiB).
 const SIDE_SEEN_CAP: usize = 1 << 19;
 
 /// A `std::hash::Hasher` that only collects the bytes (hashed at once afterwards: XXH3's
@@ -452,7 +456,7 @@ impl std::hash::Hasher for Bytes<'_> {
 }
 
 /// XXH3-128 of everything a side product is built from (not where it was read).
-fn fingerprint(side: c4bb::Side<'_>) -> u128 {
+fn fingerprint(side: c4bb::Side<'_>) -> Key {
     use std::hash::Hash as _;
     thread_local! {
         static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -488,21 +492,21 @@ fn fingerprint(side: c4bb::Side<'_>) -> u128 {
                 (coverages, change).hash(&mut h);
             }
         }
-        twox_hash::XxHash3_128::oneshot(buf)
+        Key::from(twox_hash::XxHash3_128::oneshot(buf))
     })
 }
 
 impl SideSeen {
     /// Whether a side product with this fingerprint was built by a claim that mapped.
-    fn was_built(&self, fingerprint: u128) -> bool {
+    fn was_built(&self, fingerprint: Key) -> bool {
         self.built
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(&fingerprint)
+            .contains_key(&fingerprint)
     }
 
     /// Record the side products a claim that mapped has built.
-    fn record_built(&self, fingerprints: &[u128]) {
+    fn record_built(&self, fingerprints: &[Key]) {
         if fingerprints.is_empty() {
             return;
         }
@@ -510,7 +514,9 @@ impl SideSeen {
         if built.len() + fingerprints.len() > SIDE_SEEN_CAP {
             built.clear();
         }
-        built.extend(fingerprints.iter().copied());
+        for &f in fingerprints {
+            built.insert(f, ());
+        }
     }
 
     /// Whether a side product must go on to the tables.
@@ -529,7 +535,7 @@ impl SideSeen {
                 (buf.len(), twox_hash::XxHash3_64::oneshot(buf))
             }),
         };
-        let k = key(&format!("{}/{}", r.resource_type, r.id));
+        let k = Key::of(&format!("{}/{}", r.resource_type, r.id));
         let mut seen = self.best.lock().unwrap_or_else(|e| e.into_inner());
         match seen.get(&k) {
             // Identical, or shorter than one seen: the tables would not take it.
@@ -879,12 +885,6 @@ impl RejectSink {
     }
 }
 
-/// The key of an id in a table's maps: 128 bits of XXH3, so that a run's bookkeeping costs
-/// a few dozen bytes per resource whatever the length of its ids.
-fn key(id: &str) -> u128 {
-    twox_hash::XxHash3_128::oneshot(id.as_bytes())
-}
-
 fn hex128(s: &str) -> u128 {
     u128::from_str_radix(s, 16).unwrap_or(0)
 }
@@ -898,35 +898,50 @@ struct PrevRow {
     hash: u128,
 }
 
-/// What this run decided for an id.
-#[derive(Debug, Clone, Copy)]
-enum Fate {
-    /// Came again with the content it has: the previous row stays.
-    Unchanged,
-    /// A new row: in flush `generation`, at `index` of that flush's buffer. `side` is 0 for
-    /// a record's row; for a side product no record describes, the length of its
-    /// description (a richer one met later replaces the row).
-    New {
-        generation: u32,
-        index: u32,
-        side: u32,
-    },
-    /// Deleted by its source.
-    Deleted,
+/// What this run decided for an id: a new row (in flush `generation`, at `index` of that
+/// flush's buffer), [`Fate::UNCHANGED`] or [`Fate::DELETED`]. Eight bytes, so that the run's
+/// map of them costs 24 bytes a key ([`keys`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fate {
+    generation: u32,
+    index: u32,
 }
 
-/// A flushed buffer: its file, and where each buffered row went after sorting.
+impl Fate {
+    /// Came again with the content it has: the previous row stays.
+    const UNCHANGED: Self = Self {
+        generation: u32::MAX,
+        index: 0,
+    };
+    /// Deleted by its source.
+    const DELETED: Self = Self {
+        generation: u32::MAX,
+        index: 1,
+    };
+
+    /// Whether the run wrote a row for the id.
+    fn is_new(self) -> bool {
+        self.generation != u32::MAX
+    }
+}
+
+/// A flushed buffer: its file, where each buffered row went after sorting, and each buffered
+/// row's side length (as [`TypeTable::buf_side`]; empty when the buffer held records only).
 struct Flushed {
     file: lake::TableFile,
     position: Vec<u32>,
+    side: Vec<u32>,
 }
 
 /// One resource type's table, being built by the run.
 struct TypeTable {
     prev_files: Vec<lake::TableFile>,
-    prev: Option<HashMap<u128, PrevRow>>,
-    fates: HashMap<u128, Fate>,
+    prev: Option<KeyMap<PrevRow>>,
+    fates: KeyMap<Fate>,
     buf: Vec<Option<lake::NewRow>>,
+    /// Per buffered row: 0 for a record's row; for a side product no record describes, the
+    /// length of its description (a richer one met later replaces the row).
+    buf_side: Vec<u32>,
     buf_bytes: usize,
     flushed: Vec<Flushed>,
     dead_in_run: BTreeMap<u32, HashSet<u32>>,
@@ -963,8 +978,9 @@ impl TypeTable {
         Self {
             prev_files,
             prev: None,
-            fates: HashMap::new(),
+            fates: KeyMap::default(),
             buf: Vec::new(),
+            buf_side: Vec::new(),
             buf_bytes: 0,
             flushed: Vec::new(),
             dead_in_run: BTreeMap::new(),
@@ -976,14 +992,14 @@ impl TypeTable {
 
     /// The previous snapshot's ids of this type, read (ids, versions and hashes only) when
     /// the run first touches the type.
-    fn prev(&mut self, root: &Path) -> Result<&HashMap<u128, PrevRow>, LakeError> {
+    fn prev(&mut self, root: &Path) -> Result<&KeyMap<PrevRow>, LakeError> {
         if self.prev.is_none() {
-            let mut map = HashMap::new();
+            let mut map = KeyMap::default();
             for (file, f) in self.prev_files.iter().enumerate() {
                 map.reserve(f.rows as usize);
                 lake::for_each_key(&root.join(&f.path), |row, id, version, hash| {
                     map.insert(
-                        key(id),
+                        Key::of(id),
                         PrevRow {
                             file: file as u32,
                             row,
@@ -1002,12 +1018,23 @@ impl TypeTable {
         self.flushed.len() as u32
     }
 
+    /// The side length (as [`TypeTable::buf_side`]) of the row a fate wrote.
+    fn side_of(&self, fate: Fate) -> u32 {
+        let list = if fate.generation == self.generation() {
+            &self.buf_side
+        } else {
+            match self.flushed.get(fate.generation as usize) {
+                Some(f) => &f.side,
+                None => return 0,
+            }
+        };
+        list.get(fate.index as usize).copied().unwrap_or(0)
+    }
+
     /// Forget this run's earlier row of an id (a later record replaced it).
     fn kill(&mut self, fate: Fate) {
-        if let Fate::New {
-            generation, index, ..
-        } = fate
-        {
+        let Fate { generation, index } = fate;
+        if fate.is_new() {
             if generation == self.generation() {
                 if let Some(slot) = self.buf.get_mut(index as usize) {
                     if let Some(r) = slot.take() {
@@ -1022,13 +1049,13 @@ impl TypeTable {
         }
     }
 
-    /// Buffer a row; `side` as in [`Fate::New`].
+    /// Buffer a row; `side` as in [`TypeTable::buf_side`].
     fn push(&mut self, prepared: lake::Prepared, version_id: i64, side: u32) -> Fate {
-        let fate = Fate::New {
+        let fate = Fate {
             generation: self.generation(),
             index: self.buf.len() as u32,
-            side,
         };
+        self.buf_side.push(side);
         self.buf_bytes += weight(&prepared);
         self.buf.push(Some(lake::NewRow {
             prepared,
@@ -1099,19 +1126,18 @@ impl<'a> Tables<'a> {
         if !p.primary {
             // Side products: the richer description wins; written if nothing else describes
             // the id.
-            let k = key(&p.resource.id);
-            match table.fates.get(&k) {
-                // Written out early as a side product: a richer description replaces it.
-                Some(&fate @ Fate::New { side, .. }) if side != 0 => {
-                    if side as usize >= p.resource.text.len() {
-                        return Ok(());
+            let k = Key::of(&p.resource.id);
+            if let Some(&fate) = table.fates.get(&k) {
+                match table.side_of(fate) {
+                    // A record of this run describes the id.
+                    0 => return Ok(()),
+                    // Written out early as a side product: a richer description replaces it.
+                    side if side as usize >= p.resource.text.len() => return Ok(()),
+                    _ => {
+                        table.fates.remove(&k);
+                        table.kill(fate);
                     }
-                    table.fates.remove(&k);
-                    table.kill(fate);
                 }
-                // A record of this run describes the id.
-                Some(_) => return Ok(()),
-                None => {}
             }
             match table.side.get(&p.resource.id) {
                 Some(old) if old.text.len() >= p.resource.text.len() => {}
@@ -1126,7 +1152,7 @@ impl<'a> Tables<'a> {
             }
             return Ok(());
         }
-        let k = key(&p.resource.id);
+        let k = Key::of(&p.resource.id);
         if !table.side.is_empty() {
             if let Some(old) = table.side.remove(&p.resource.id) {
                 table.side_bytes -= weight(&old);
@@ -1137,12 +1163,12 @@ impl<'a> Tables<'a> {
             table.kill(fate);
         }
         let fate = if p.resource.deleted {
-            Fate::Deleted
+            Fate::DELETED
         } else {
             match prev {
-                Some(old) if old.hash == p.resource.content_hash => Fate::Unchanged,
+                Some(old) if old.hash == p.resource.content_hash => Fate::UNCHANGED,
                 // A row an earlier version wrote, with the SHA-256 content hash it used.
-                Some(old) if old.hash == lake::legacy_hash(&p.resource.text) => Fate::Unchanged,
+                Some(old) if old.hash == lake::legacy_hash(&p.resource.text) => Fate::UNCHANGED,
                 Some(old) => table.push(p.resource, old.version + 1, 0),
                 None => table.push(p.resource, 1, 0),
             }
@@ -1166,7 +1192,7 @@ impl<'a> Tables<'a> {
         side.sort_by(|a, b| a.id.cmp(&b.id));
         for p in side {
             let table = self.table(t);
-            let k = key(&p.id);
+            let k = Key::of(&p.id);
             let in_prev = table.prev.as_ref().is_some_and(|m| m.contains_key(&k));
             if table.fates.contains_key(&k) || in_prev {
                 continue;
@@ -1193,6 +1219,10 @@ impl<'a> Tables<'a> {
         let path = self.lake.root().join(&rel);
         let table = self.types.get_mut(t).expect("flushed tables exist");
         let buf = std::mem::take(&mut table.buf);
+        let mut side = std::mem::take(&mut table.buf_side);
+        if side.iter().all(|&s| s == 0) {
+            side = Vec::new();
+        }
         table.buf_bytes = 0;
         let mut order: Vec<u32> = (0..buf.len() as u32)
             .filter(|&i| buf[i as usize].is_some())
@@ -1224,6 +1254,7 @@ impl<'a> Tables<'a> {
                 rows: rows.len() as u64,
             },
             position,
+            side,
         });
         if rows.is_empty() {
             return Ok(());
@@ -1281,24 +1312,20 @@ impl<'a> Tables<'a> {
             let table = self.types.get_mut(t).expect("listed");
             let prev = table.prev.take().unwrap_or_default();
             let dead = dead_prev.entry(t).or_default();
-            for (k, fate) in &table.fates {
+            for (k, fate) in table.fates.iter() {
                 let old = prev.get(k);
-                match (fate, old) {
-                    (Fate::Unchanged, _) => table.stats.unchanged += 1,
-                    (Fate::New { .. }, Some(_)) => table.stats.updated += 1,
-                    (Fate::New { .. }, None) => {}
-                    (Fate::Deleted, Some(_)) => table.stats.deleted += 1,
-                    (Fate::Deleted, None) => {}
+                match (*fate, old) {
+                    (Fate::UNCHANGED, _) => table.stats.unchanged += 1,
+                    (Fate::DELETED, None) => {}
+                    (Fate::DELETED, Some(_)) => table.stats.deleted += 1,
+                    (_, Some(_)) => table.stats.updated += 1,
+                    (_, None) => table.stats.created += 1,
                 }
-                if let (Fate::New { .. } | Fate::Deleted, Some(old)) = (fate, old) {
+                // A new row or a deletion retires the previous snapshot's row.
+                if let Some(old) = old.filter(|_| *fate != Fate::UNCHANGED) {
                     dead.entry(old.file).or_default().insert(old.row);
                 }
             }
-            table.stats.created += table
-                .fates
-                .iter()
-                .filter(|(k, f)| matches!(f, Fate::New { .. }) && !prev.contains_key(*k))
-                .count() as u64;
             if t == "Basic" && !full.is_empty() {
                 // A FULL extract replaces its formularies: items it no longer lists go.
                 let column = crate::registry::find("Basic", "formulary")
@@ -1307,7 +1334,7 @@ impl<'a> Tables<'a> {
                 for (fi, f) in table.prev_files.iter().enumerate() {
                     let rows = lake::list_column(&root.join(&f.path), &column)?;
                     for (row, (id, refs)) in rows.iter().enumerate() {
-                        if !table.fates.contains_key(&key(id))
+                        if !table.fates.contains_key(&Key::of(id))
                             && refs.iter().any(|r| full.contains(r))
                             && dead.entry(fi as u32).or_default().insert(row as u32)
                         {
