@@ -925,6 +925,10 @@ impl Fate {
     }
 }
 
+// The point of `Key` and of keeping side lengths out of `Fate`: a fate map entry is 24 bytes
+// (a `u128` key, or a fate carrying the length, would make it 32).
+const _: () = assert!(std::mem::size_of::<(Key, Fate)>() == 24);
+
 /// A flushed buffer: its file, where each buffered row went after sorting, and each buffered
 /// row's side length (as [`TypeTable::buf_side`]; empty when the buffer held records only).
 struct Flushed {
@@ -1020,7 +1024,9 @@ impl TypeTable {
 
     /// The side length (as [`TypeTable::buf_side`]) of the row a fate wrote.
     fn side_of(&self, fate: Fate) -> u32 {
-        let list = if fate.generation == self.generation() {
+        let list = if !fate.is_new() {
+            return 0;
+        } else if fate.generation == self.generation() {
             &self.buf_side
         } else {
             match self.flushed.get(fate.generation as usize) {
@@ -1034,18 +1040,19 @@ impl TypeTable {
     /// Forget this run's earlier row of an id (a later record replaced it).
     fn kill(&mut self, fate: Fate) {
         let Fate { generation, index } = fate;
-        if fate.is_new() {
-            if generation == self.generation() {
-                if let Some(slot) = self.buf.get_mut(index as usize) {
-                    if let Some(r) = slot.take() {
-                        self.buf_bytes -= weight(&r.prepared);
-                    }
-                }
-            } else if let Some(f) = self.flushed.get(generation as usize) {
-                if let Some(&pos) = f.position.get(index as usize) {
-                    self.dead_in_run.entry(generation).or_default().insert(pos);
-                }
+        if !fate.is_new() {
+            return;
+        }
+        if generation == self.generation() {
+            if let Some(r) = self.buf.get_mut(index as usize).and_then(Option::take) {
+                self.buf_bytes -= weight(&r.prepared);
             }
+        } else if let Some(&pos) = self
+            .flushed
+            .get(generation as usize)
+            .and_then(|f| f.position.get(index as usize))
+        {
+            self.dead_in_run.entry(generation).or_default().insert(pos);
         }
     }
 
