@@ -357,6 +357,7 @@ fn ingest(a: &IngestArgs) -> Result<ExitCode> {
         progress: Some(progress_reporter()),
         file_rows: a.file_rows,
         buffer_bytes: a.buffer_mib.map(|m| m.saturating_mul(1 << 20)),
+        memory_keys: None,
     };
     let report = mapper::pipeline::run(&a.paths, &opts)?;
     print_report(&report);
@@ -564,6 +565,7 @@ async fn demo(a: DemoArgs) -> Result<ExitCode> {
         progress: None,
         file_rows: None,
         buffer_bytes: None,
+        memory_keys: None,
     };
     let paths: Vec<PathBuf> = ["rif", "plain", "x12", "formulary"]
         .iter()

@@ -17,6 +17,7 @@ fn options(lake: &std::path::Path) -> Options {
         progress: None,
         file_rows: None,
         buffer_bytes: None,
+        memory_keys: None,
     }
 }
 

@@ -19,6 +19,9 @@ fn options(lake: &Path, file_rows: usize) -> Options {
         progress: None,
         file_rows: Some(file_rows),
         buffer_bytes: None,
+        // A handful of keys per type in memory: every run's keys go to disk in many sorted
+        // runs (merged as they pile up), the path a run of millions of resources takes.
+        memory_keys: Some(7),
     }
 }
 
@@ -387,6 +390,7 @@ fn side_products_written_out_early_still_give_way_to_richer_descriptions() {
     let default = Options {
         file_rows: None,
         buffer_bytes: None,
+        memory_keys: None,
         ..options(&held, 1)
     };
     let large = run(&inputs, &default).unwrap();
@@ -426,6 +430,7 @@ fn one_memory_budget_for_all_types_writes_the_same_lake() {
     let budget = Options {
         file_rows: None,
         buffer_bytes: Some(256 << 10),
+        memory_keys: None,
         ..options(&tight, 1)
     };
     let default = Options {
@@ -445,4 +450,10 @@ fn one_memory_budget_for_all_types_writes_the_same_lake() {
         );
     }
     assert_eq!(unstamped(&tight), unstamped(&roomy));
+    // The keys the run spilled to disk are gone with it.
+    for lake in [&tight, &roomy] {
+        for snap in std::fs::read_dir(lake.join("snapshots")).unwrap().flatten() {
+            assert!(!snap.path().join("keys").exists(), "{}", snap.path().display());
+        }
+    }
 }

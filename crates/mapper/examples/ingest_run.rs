@@ -91,6 +91,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         progress: None,
         file_rows: None,
         buffer_bytes: None,
+        memory_keys: None,
     };
     let r = mapper::pipeline::run(&files, &opts)?;
     println!(

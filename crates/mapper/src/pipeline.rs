@@ -27,6 +27,7 @@ use crate::c4bb::{self, Systems};
 use crate::lake::{self, Lake, LakeError, MergeStats};
 use crate::{MapError, Resource};
 
+mod fates;
 mod keys;
 
 use keys::{Key, KeyMap};
@@ -94,6 +95,9 @@ pub struct Options {
     /// Bytes of rows all types together hold in memory before the type holding most is
     /// written out (an estimate of the rows' size, not of the process). `None`: 160 MiB.
     pub buffer_bytes: Option<usize>,
+    /// Keys of resource ids each type keeps in memory; older ones go to sorted runs on disk,
+    /// so the run's memory does not grow with the number of resources. `None`: 262,144.
+    pub memory_keys: Option<usize>,
 }
 
 impl std::fmt::Debug for Options {
@@ -104,6 +108,7 @@ impl std::fmt::Debug for Options {
             .field("forced_mapping", &self.forced_mapping)
             .field("file_rows", &self.file_rows)
             .field("buffer_bytes", &self.buffer_bytes)
+            .field("memory_keys", &self.memory_keys)
             .finish()
     }
 }
@@ -933,21 +938,23 @@ const _: () = assert!(std::mem::size_of::<(Key, Fate)>() == 24);
 /// row's side length (as [`TypeTable::buf_side`]; empty when the buffer held records only).
 struct Flushed {
     file: lake::TableFile,
-    position: Vec<u32>,
-    side: Vec<u32>,
+    position: fates::List,
+    side: fates::List,
 }
 
 /// One resource type's table, being built by the run.
 struct TypeTable {
     prev_files: Vec<lake::TableFile>,
     prev: Option<KeyMap<PrevRow>>,
-    fates: KeyMap<Fate>,
+    fates: fates::Fates,
     buf: Vec<Option<lake::NewRow>>,
     /// Per buffered row: 0 for a record's row; for a side product no record describes, the
     /// length of its description (a richer one met later replaces the row).
     buf_side: Vec<u32>,
     buf_bytes: usize,
     flushed: Vec<Flushed>,
+    /// Where [`Flushed`]'s lists are kept.
+    lists: fates::Lists,
     dead_in_run: BTreeMap<u32, HashSet<u32>>,
     /// Side products no record of this run describes, by id: the richest description seen.
     side: HashMap<String, lake::Prepared>,
@@ -972,21 +979,25 @@ struct Tables<'a> {
     jobs: Option<std::sync::mpsc::SyncSender<WriteJob>>,
     /// The most all types may hold together ([`Tables::held`]).
     budget: usize,
+    /// Where the types' keys go to disk, and how many each keeps in memory ([`fates`]).
+    keys_dir: PathBuf,
+    key_limit: usize,
     /// Formularies (`InsurancePlan/<id>`) listed in full by a FULL extract of this run: their
     /// items not in the run are no longer on them.
     full: HashSet<String>,
 }
 
 impl TypeTable {
-    fn new(prev_files: Vec<lake::TableFile>) -> Self {
+    fn new(prev_files: Vec<lake::TableFile>, fates: fates::Fates, lists: fates::Lists) -> Self {
         Self {
             prev_files,
             prev: None,
-            fates: KeyMap::default(),
+            fates,
             buf: Vec::new(),
             buf_side: Vec::new(),
             buf_bytes: 0,
             flushed: Vec::new(),
+            lists,
             dead_in_run: BTreeMap::new(),
             side: HashMap::new(),
             side_bytes: 0,
@@ -1023,37 +1034,35 @@ impl TypeTable {
     }
 
     /// The side length (as [`TypeTable::buf_side`]) of the row a fate wrote.
-    fn side_of(&self, fate: Fate) -> u32 {
-        let list = if !fate.is_new() {
-            return 0;
-        } else if fate.generation == self.generation() {
-            &self.buf_side
-        } else {
-            match self.flushed.get(fate.generation as usize) {
-                Some(f) => &f.side,
-                None => return 0,
-            }
-        };
-        list.get(fate.index as usize).copied().unwrap_or(0)
+    fn side_of(&self, fate: Fate) -> Result<u32, LakeError> {
+        if !fate.is_new() {
+            return Ok(0);
+        }
+        if fate.generation == self.generation() {
+            return Ok(self.buf_side.get(fate.index as usize).copied().unwrap_or(0));
+        }
+        match self.flushed.get(fate.generation as usize) {
+            Some(f) => Ok(self.lists.get(&f.side, fate.index)?.unwrap_or(0)),
+            None => Ok(0),
+        }
     }
 
     /// Forget this run's earlier row of an id (a later record replaced it).
-    fn kill(&mut self, fate: Fate) {
+    fn kill(&mut self, fate: Fate) -> Result<(), LakeError> {
         let Fate { generation, index } = fate;
         if !fate.is_new() {
-            return;
+            return Ok(());
         }
         if generation == self.generation() {
             if let Some(r) = self.buf.get_mut(index as usize).and_then(Option::take) {
                 self.buf_bytes -= weight(&r.prepared);
             }
-        } else if let Some(&pos) = self
-            .flushed
-            .get(generation as usize)
-            .and_then(|f| f.position.get(index as usize))
-        {
-            self.dead_in_run.entry(generation).or_default().insert(pos);
+        } else if let Some(f) = self.flushed.get(generation as usize) {
+            if let Some(pos) = self.lists.get(&f.position, index)? {
+                self.dead_in_run.entry(generation).or_default().insert(pos);
+            }
         }
+        Ok(())
     }
 
     /// Buffer a row; `side` as in [`TypeTable::buf_side`].
@@ -1101,9 +1110,14 @@ fn weight(p: &lake::Prepared) -> usize {
 
 impl<'a> Tables<'a> {
     fn table(&mut self, t: &'static str) -> &mut TypeTable {
-        self.types
-            .entry(t)
-            .or_insert_with(|| TypeTable::new(Vec::new()))
+        let (dir, limit) = (&self.keys_dir, self.key_limit);
+        self.types.entry(t).or_insert_with(|| {
+            TypeTable::new(
+                Vec::new(),
+                fates::Fates::new(dir, t, limit),
+                fates::Lists::new(dir, t, limit),
+            )
+        })
     }
 
     /// Bytes all types hold in memory for the run.
@@ -1134,15 +1148,15 @@ impl<'a> Tables<'a> {
             // Side products: the richer description wins; written if nothing else describes
             // the id.
             let k = Key::of(&p.resource.id);
-            if let Some(&fate) = table.fates.get(&k) {
-                match table.side_of(fate) {
+            if let Some(fate) = table.fates.get(&k)? {
+                match table.side_of(fate)? {
                     // A record of this run describes the id.
                     0 => return Ok(()),
                     // Written out early as a side product: a richer description replaces it.
                     side if side as usize >= p.resource.text.len() => return Ok(()),
                     _ => {
-                        table.fates.remove(&k);
-                        table.kill(fate);
+                        table.fates.remove(&k)?;
+                        table.kill(fate)?;
                     }
                 }
             }
@@ -1166,8 +1180,8 @@ impl<'a> Tables<'a> {
             }
         }
         let prev = table.prev(&root)?.get(&k).copied();
-        if let Some(fate) = table.fates.get(&k).copied() {
-            table.kill(fate);
+        if let Some(fate) = table.fates.get(&k)? {
+            table.kill(fate)?;
         }
         let fate = if p.resource.deleted {
             Fate::DELETED
@@ -1180,7 +1194,7 @@ impl<'a> Tables<'a> {
                 None => table.push(p.resource, 1, 0),
             }
         };
-        table.fates.insert(k, fate);
+        table.fates.insert(k, fate)?;
         if table.full(file_rows) {
             self.flush(t)?;
         }
@@ -1201,12 +1215,12 @@ impl<'a> Tables<'a> {
             let table = self.table(t);
             let k = Key::of(&p.id);
             let in_prev = table.prev.as_ref().is_some_and(|m| m.contains_key(&k));
-            if table.fates.contains_key(&k) || in_prev {
+            if in_prev || table.fates.get(&k)?.is_some() {
                 continue;
             }
             let len = u32::try_from(p.text.len()).unwrap_or(u32::MAX).max(1);
             let fate = table.push(p, 1, len);
-            table.fates.insert(k, fate);
+            table.fates.insert(k, fate)?;
             if table.full(file_rows) {
                 self.flush(t)?;
             }
@@ -1255,6 +1269,8 @@ impl<'a> Tables<'a> {
             .iter()
             .filter_map(|&i| buf[i as usize].take())
             .collect();
+        let position = table.lists.keep(position)?;
+        let side = table.lists.keep(side)?;
         table.flushed.push(Flushed {
             file: lake::TableFile {
                 path: rel,
@@ -1319,9 +1335,9 @@ impl<'a> Tables<'a> {
             let table = self.types.get_mut(t).expect("listed");
             let prev = table.prev.take().unwrap_or_default();
             let dead = dead_prev.entry(t).or_default();
-            for (k, fate) in table.fates.iter() {
+            table.fates.for_each(|k, fate| {
                 let old = prev.get(k);
-                match (*fate, old) {
+                match (fate, old) {
                     (Fate::UNCHANGED, _) => table.stats.unchanged += 1,
                     (Fate::DELETED, None) => {}
                     (Fate::DELETED, Some(_)) => table.stats.deleted += 1,
@@ -1329,10 +1345,10 @@ impl<'a> Tables<'a> {
                     (_, None) => table.stats.created += 1,
                 }
                 // A new row or a deletion retires the previous snapshot's row.
-                if let Some(old) = old.filter(|_| *fate != Fate::UNCHANGED) {
+                if let Some(old) = old.filter(|_| fate != Fate::UNCHANGED) {
                     dead.entry(old.file).or_default().insert(old.row);
                 }
-            }
+            })?;
             if t == "Basic" && !full.is_empty() {
                 // A FULL extract replaces its formularies: items it no longer lists go.
                 let column = crate::registry::find("Basic", "formulary")
@@ -1341,8 +1357,8 @@ impl<'a> Tables<'a> {
                 for (fi, f) in table.prev_files.iter().enumerate() {
                     let rows = lake::list_column(&root.join(&f.path), &column)?;
                     for (row, (id, refs)) in rows.iter().enumerate() {
-                        if !table.fates.contains_key(&Key::of(id))
-                            && refs.iter().any(|r| full.contains(r))
+                        if refs.iter().any(|r| full.contains(r))
+                            && table.fates.get(&Key::of(id))?.is_none()
                             && dead.entry(fi as u32).or_default().insert(row as u32)
                         {
                             table.stats.deleted += 1;
@@ -1432,6 +1448,10 @@ pub fn run(paths: &[PathBuf], opts: &Options) -> Result<RunReport, RunError> {
         Some(name) => Some(lake.manifest(name)?),
         None => None,
     };
+    // Keys of the run that go to disk (see `fates`); the directory goes before publishing,
+    // and with the staging directory of a run that never published.
+    let keys_dir = staged.dir.join("keys");
+    let key_limit = opts.memory_keys.unwrap_or(fates::MEMORY_KEYS);
     let mut types = BTreeMap::new();
     if let Some(m) = &prev_manifest {
         for (t, list) in lake.snapshot_files(&m.name)? {
@@ -1455,7 +1475,9 @@ pub fn run(paths: &[PathBuf], opts: &Options) -> Result<RunReport, RunError> {
                     Ok(lake::TableFile { path: rel, rows })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            types.insert(t, TypeTable::new(list));
+            let fates = fates::Fates::new(&keys_dir, t, key_limit);
+            let lists = fates::Lists::new(&keys_dir, t, key_limit);
+            types.insert(t, TypeTable::new(list, fates, lists));
         }
     }
     let mut report = RunReport {
@@ -1478,6 +1500,8 @@ pub fn run(paths: &[PathBuf], opts: &Options) -> Result<RunReport, RunError> {
         types,
         budget: opts.buffer_bytes.unwrap_or(RUN_BYTES).max(1),
         file_rows: opts.file_rows.unwrap_or(FILE_ROWS).max(1),
+        keys_dir: keys_dir.clone(),
+        key_limit,
         seq: 0,
         jobs: Some(tx),
         full: HashSet::new(),
@@ -1514,6 +1538,12 @@ pub fn run(paths: &[PathBuf], opts: &Options) -> Result<RunReport, RunError> {
         });
     }
     let (files_by_type, counts, merge) = tables.finish(join)?;
+    if keys_dir.exists() {
+        std::fs::remove_dir_all(&keys_dir).map_err(|source| LakeError::Io {
+            path: keys_dir.display().to_string(),
+            source,
+        })?;
+    }
     rejects.finish()?;
     report.tables = counts;
     report.merge = merge;

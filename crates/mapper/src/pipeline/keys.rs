@@ -35,6 +35,21 @@ impl Key {
         Self::from(twox_hash::XxHash3_128::oneshot(id.as_bytes()))
     }
 
+    /// The key from its low and high halves.
+    pub(super) fn from_halves(lo: u64, hi: u64) -> Self {
+        Self { lo, hi }
+    }
+
+    /// The low and high halves.
+    pub(super) fn halves(self) -> (u64, u64) {
+        (self.lo, self.hi)
+    }
+
+    /// The key as one number: the order of sorted runs.
+    pub(super) fn ordinal(self) -> u128 {
+        (u128::from(self.hi) << 64) | u128::from(self.lo)
+    }
+
     fn shard(self) -> usize {
         usize::from(shard_of()[(self.hi >> 48) as usize])
     }

@@ -1,0 +1,573 @@
+//! The run's fate of every id it writes, in memory that does not grow with the input.
+//!
+//! A run must know, for each id it meets, whether it already wrote a row for it (a later record
+//! replaces it, a side product is not written twice). An 837 whose claims each bring a new
+//! member and provider meets four new ids per claim, so an in-memory map of them grows with the
+//! file (7.6 million keys, about 300 MiB, for 1.89 million claims). [`Fates`] keeps the most
+//! recent [`Fates::new`]`(.., limit)` keys of a type in a [`KeyMap`] and writes older ones to
+//! sorted runs on disk: 24 bytes an entry (key, fate), read back one 3 KiB block at a time. A
+//! lookup that misses the map asks each run's Bloom filter first (one 64-byte block of it, about
+//! 1.5 bytes a key in memory), so a key that no run holds is almost never read from disk. Runs
+//! are merged into one when there are more than [`MAX_RUNS`], so a lookup asks only a few.
+//!
+//! The newest value of a key wins: the map over the runs, a newer run over an older one. A key
+//! removed while a run may hold it is shadowed by a tombstone.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::keys::{Key, KeyMap};
+use super::Fate;
+use crate::lake::LakeError;
+
+/// Bytes of one entry in a run: the key (two little-endian `u64`s) and the fate (two `u32`s).
+const ENTRY: usize = 24;
+/// Entries per block of a run: a lookup reads one block.
+const BLOCK: usize = 128;
+/// Bloom filter bits per key (six probes in one 512-bit block: about 1 % false positives).
+const BLOOM_BITS_PER_KEY: usize = 12;
+/// More runs than this are merged into one.
+pub(super) const MAX_RUNS: usize = 4;
+/// Keys a type keeps in memory before the older ones go to a run on disk.
+pub(super) const MEMORY_KEYS: usize = 1 << 18;
+
+/// A removed key, shadowing older runs.
+const GONE: Fate = Fate {
+    generation: u32::MAX,
+    index: u32::MAX,
+};
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LakeError + '_ {
+    move |source| LakeError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn encode(k: Key, f: Fate) -> [u8; ENTRY] {
+    let (lo, hi) = k.halves();
+    let mut e = [0u8; ENTRY];
+    e[..8].copy_from_slice(&lo.to_le_bytes());
+    e[8..16].copy_from_slice(&hi.to_le_bytes());
+    e[16..20].copy_from_slice(&f.generation.to_le_bytes());
+    e[20..].copy_from_slice(&f.index.to_le_bytes());
+    e
+}
+
+fn decode(e: &[u8]) -> (Key, Fate) {
+    let word = |r: std::ops::Range<usize>| {
+        let mut b = [0u8; 8];
+        b[..r.len()].copy_from_slice(&e[r]);
+        u64::from_le_bytes(b)
+    };
+    let key = Key::from_halves(word(0..8), word(8..16));
+    let fate = Fate {
+        generation: word(16..20) as u32,
+        index: word(20..24) as u32,
+    };
+    (key, fate)
+}
+
+/// A blocked Bloom filter over keys that already are uniform hashes.
+struct Bloom {
+    blocks: Vec<[u64; 8]>,
+}
+
+impl Bloom {
+    fn new(keys: usize) -> Self {
+        let n = (keys * BLOOM_BITS_PER_KEY).div_ceil(512).max(1);
+        Self {
+            blocks: vec![[0; 8]; n],
+        }
+    }
+
+    /// The block of a key (from its high half) and its six bits (nine bits each of the low).
+    fn probes(&self, k: Key) -> (usize, impl Iterator<Item = usize>) {
+        let (lo, hi) = k.halves();
+        let block = ((u128::from(hi) * self.blocks.len() as u128) >> 64) as usize;
+        (block, (0..6).map(move |i| ((lo >> (9 * i)) & 511) as usize))
+    }
+
+    fn add(&mut self, k: Key) {
+        let (b, bits) = self.probes(k);
+        let block = &mut self.blocks[b];
+        for bit in bits {
+            block[bit / 64] |= 1 << (bit % 64);
+        }
+    }
+
+    fn may_hold(&self, k: Key) -> bool {
+        let (b, mut bits) = self.probes(k);
+        let block = &self.blocks[b];
+        bits.all(|bit| block[bit / 64] & (1 << (bit % 64)) != 0)
+    }
+}
+
+/// Keys and fates sorted by key in a file, with the first key of each block and a Bloom filter
+/// in memory.
+struct Run {
+    path: PathBuf,
+    file: File,
+    len: usize,
+    fences: Vec<u128>,
+    bloom: Bloom,
+}
+
+impl Run {
+    /// Write `entries` (sorted by key, no key twice) to `path`.
+    fn write(
+        path: PathBuf,
+        len: usize,
+        entries: impl Iterator<Item = Result<(Key, Fate), LakeError>>,
+    ) -> Result<Self, LakeError> {
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        let mut out = BufWriter::with_capacity(1 << 16, &file);
+        let mut bloom = Bloom::new(len);
+        let mut fences = Vec::with_capacity(len.div_ceil(BLOCK));
+        let mut n = 0;
+        for e in entries {
+            let (k, f) = e?;
+            if n % BLOCK == 0 {
+                fences.push(k.ordinal());
+            }
+            bloom.add(k);
+            out.write_all(&encode(k, f)).map_err(io(&path))?;
+            n += 1;
+        }
+        out.flush().map_err(io(&path))?;
+        drop(out);
+        Ok(Self {
+            path,
+            file,
+            len: n,
+            fences,
+            bloom,
+        })
+    }
+
+    /// The fate this run holds for `k`.
+    fn get(&self, k: Key) -> Result<Option<Fate>, LakeError> {
+        if !self.bloom.may_hold(k) {
+            return Ok(None);
+        }
+        let target = k.ordinal();
+        let block = match self.fences.partition_point(|&f| f <= target) {
+            0 => return Ok(None),
+            b => b - 1,
+        };
+        let first = block * BLOCK;
+        let count = BLOCK.min(self.len - first);
+        let mut buf = [0u8; BLOCK * ENTRY];
+        let buf = &mut buf[..count * ENTRY];
+        self.file
+            .read_exact_at(buf, (first * ENTRY) as u64)
+            .map_err(io(&self.path))?;
+        let entries: Vec<(Key, Fate)> = buf.chunks_exact(ENTRY).map(decode).collect();
+        Ok(entries
+            .binary_search_by_key(&target, |(k, _)| k.ordinal())
+            .ok()
+            .map(|i| entries[i].1))
+    }
+
+    /// Every entry, in key order.
+    fn entries(&self) -> Result<impl Iterator<Item = Result<(Key, Fate), LakeError>> + '_, LakeError> {
+        let file = File::open(&self.path).map_err(io(&self.path))?;
+        let mut r = BufReader::with_capacity(1 << 16, file);
+        let path = &self.path;
+        Ok((0..self.len).map(move |_| {
+            let mut e = [0u8; ENTRY];
+            r.read_exact(&mut e).map_err(io(path))?;
+            Ok(decode(&e))
+        }))
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// What a run decided for each id of one resource type (see the module doc).
+pub(super) struct Fates {
+    mem: KeyMap<Fate>,
+    runs: Vec<Run>,
+    dir: PathBuf,
+    name: String,
+    seq: u32,
+    limit: usize,
+}
+
+impl Fates {
+    /// An empty set whose runs go to `dir` (created when the first run is written), named
+    /// after `name`, keeping at most `limit` keys in memory.
+    pub(super) fn new(dir: &Path, name: &str, limit: usize) -> Self {
+        Self {
+            mem: KeyMap::default(),
+            runs: Vec::new(),
+            dir: dir.to_path_buf(),
+            name: name.to_string(),
+            seq: 0,
+            limit: limit.max(1),
+        }
+    }
+
+    /// The fate of `k`.
+    ///
+    /// # Errors
+    /// When a run cannot be read.
+    pub(super) fn get(&self, k: &Key) -> Result<Option<Fate>, LakeError> {
+        if let Some(&f) = self.mem.get(k) {
+            return Ok((f != GONE).then_some(f));
+        }
+        for run in self.runs.iter().rev() {
+            if let Some(f) = run.get(*k)? {
+                return Ok((f != GONE).then_some(f));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether the run met no id of this type.
+    pub(super) fn is_empty(&self) -> bool {
+        self.mem.is_empty() && self.runs.is_empty()
+    }
+
+    /// Set the fate of `k`, writing the keys in memory to a run when they reach the limit.
+    ///
+    /// # Errors
+    /// When a run cannot be written.
+    pub(super) fn insert(&mut self, k: Key, f: Fate) -> Result<(), LakeError> {
+        self.mem.insert(k, f);
+        if self.mem.len() >= self.limit {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    /// Forget `k`.
+    ///
+    /// # Errors
+    /// When a run cannot be written.
+    pub(super) fn remove(&mut self, k: &Key) -> Result<(), LakeError> {
+        if self.runs.is_empty() {
+            self.mem.remove(k);
+            Ok(())
+        } else {
+            self.insert(*k, GONE)
+        }
+    }
+
+    fn next_path(&mut self) -> Result<PathBuf, LakeError> {
+        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        self.seq += 1;
+        Ok(self.dir.join(format!("{}-{:04}.keys", self.name, self.seq)))
+    }
+
+    /// Write the keys in memory to a new run (merging the runs when there are too many).
+    fn spill(&mut self) -> Result<(), LakeError> {
+        if self.mem.is_empty() {
+            return Ok(());
+        }
+        let mut entries: Vec<(Key, Fate)> = self.mem.iter().map(|(k, f)| (*k, *f)).collect();
+        entries.sort_unstable_by_key(|(k, _)| k.ordinal());
+        let path = self.next_path()?;
+        let run = Run::write(path, entries.len(), entries.into_iter().map(Ok))?;
+        self.runs.push(run);
+        // The tables keep their room for the next keys.
+        self.mem.clear();
+        if self.runs.len() > MAX_RUNS {
+            self.merge()?;
+        }
+        Ok(())
+    }
+
+    /// Merge all runs into one; tombstones go (no older run is left for them to shadow).
+    fn merge(&mut self) -> Result<(), LakeError> {
+        let len = self.runs.iter().map(|r| r.len).sum();
+        let path = self.next_path()?;
+        let merged = {
+            let mut sources = Vec::with_capacity(self.runs.len());
+            for r in &self.runs {
+                sources.push(r.entries()?.peekable());
+            }
+            let merged = std::iter::from_fn(|| next_newest(&mut sources))
+                .filter(|e| !matches!(e, Ok((_, f)) if *f == GONE));
+            Run::write(path, len, merged)?
+        };
+        self.runs.clear();
+        self.runs.push(merged);
+        Ok(())
+    }
+
+    /// Call `f` with every key and its fate, in no particular order. Writes the keys in memory
+    /// to a run first when runs exist, so it needs `&mut self`.
+    ///
+    /// # Errors
+    /// When a run cannot be read or written.
+    pub(super) fn for_each(&mut self, mut f: impl FnMut(&Key, Fate)) -> Result<(), LakeError> {
+        if self.runs.is_empty() {
+            for (k, fate) in self.mem.iter() {
+                if *fate != GONE {
+                    f(k, *fate);
+                }
+            }
+            return Ok(());
+        }
+        self.spill()?;
+        if self.runs.len() > 1 {
+            self.merge()?;
+        }
+        for e in self.runs[0].entries()? {
+            let (k, fate) = e?;
+            if fate != GONE {
+                f(&k, fate);
+            }
+        }
+        Ok(())
+    }
+
+    /// How many runs are on disk (for tests).
+    #[cfg(test)]
+    fn runs(&self) -> usize {
+        self.runs.len()
+    }
+}
+
+/// Lists of numbers, one per row of each buffer a type flushed (where the row went after
+/// sorting, the length of a side product's description): kept in memory until a type's lists
+/// hold [`Fates::new`]'s limit of numbers, then appended to a file on disk and read back one
+/// number at a time (only when a later record replaces a row already written).
+pub(super) struct Lists {
+    path: PathBuf,
+    file: Option<File>,
+    end: u64,
+    in_memory: usize,
+    limit: usize,
+}
+
+/// One list of [`Lists`].
+pub(super) enum List {
+    /// Held in memory.
+    Memory(Vec<u32>),
+    /// `len` little-endian `u32`s at `offset` of the file.
+    Disk { offset: u64, len: u32 },
+}
+
+impl Lists {
+    /// No lists yet; past `limit` numbers in memory they go to a file in `dir` named after
+    /// `name`.
+    pub(super) fn new(dir: &Path, name: &str, limit: usize) -> Self {
+        Self {
+            path: dir.join(format!("{name}.lists")),
+            file: None,
+            end: 0,
+            in_memory: 0,
+            limit,
+        }
+    }
+
+    /// Keep a list.
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    pub(super) fn keep(&mut self, list: Vec<u32>) -> Result<List, LakeError> {
+        if self.in_memory + list.len() <= self.limit {
+            self.in_memory += list.len();
+            return Ok(List::Memory(list));
+        }
+        let file = match &mut self.file {
+            Some(f) => f,
+            None => {
+                if let Some(dir) = self.path.parent() {
+                    std::fs::create_dir_all(dir).map_err(io(dir))?;
+                }
+                let f = File::options()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&self.path)
+                    .map_err(io(&self.path))?;
+                self.file.insert(f)
+            }
+        };
+        let bytes: Vec<u8> = list.iter().flat_map(|v| v.to_le_bytes()).collect();
+        file.write_all_at(&bytes, self.end)
+            .map_err(io(&self.path))?;
+        let offset = self.end;
+        self.end += bytes.len() as u64;
+        Ok(List::Disk {
+            offset,
+            len: list.len() as u32,
+        })
+    }
+
+    /// The `i`th number of a list.
+    ///
+    /// # Errors
+    /// When the file cannot be read.
+    pub(super) fn get(&self, list: &List, i: u32) -> Result<Option<u32>, LakeError> {
+        match list {
+            List::Memory(v) => Ok(v.get(i as usize).copied()),
+            List::Disk { offset, len } if i < *len => {
+                let mut b = [0u8; 4];
+                if let Some(f) = &self.file {
+                    f.read_exact_at(&mut b, offset + u64::from(i) * 4)
+                        .map_err(io(&self.path))?;
+                }
+                Ok(Some(u32::from_le_bytes(b)))
+            }
+            List::Disk { .. } => Ok(None),
+        }
+    }
+}
+
+impl Drop for Lists {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// The smallest key at the head of the sources, with the fate of the newest (last) source that
+/// holds it; the older sources' entries of that key are skipped.
+fn next_newest<I>(sources: &mut [std::iter::Peekable<I>]) -> Option<Result<(Key, Fate), LakeError>>
+where
+    I: Iterator<Item = Result<(Key, Fate), LakeError>>,
+{
+    let mut least: Option<u128> = None;
+    for s in sources.iter_mut() {
+        match s.peek() {
+            Some(Ok((k, _))) => {
+                if least.is_none_or(|l| k.ordinal() < l) {
+                    least = Some(k.ordinal());
+                }
+            }
+            Some(Err(_)) => return s.next(),
+            None => {}
+        }
+    }
+    let least = least?;
+    let mut newest = None;
+    for s in sources.iter_mut() {
+        if let Some(Ok((k, _))) = s.peek() {
+            if k.ordinal() == least {
+                newest = s.next();
+            }
+        }
+    }
+    newest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u64) -> Key {
+        Key::of(&format!("id-{i}"))
+    }
+
+    fn fate(i: u64) -> Fate {
+        Fate {
+            generation: (i % 7) as u32,
+            index: i as u32,
+        }
+    }
+
+    /// The same operations on [`Fates`] with a tiny memory limit (many runs, merges) and on a
+    /// plain map give the same answers and the same final contents.
+    #[test]
+    fn runs_on_disk_answer_as_a_map_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut fates = Fates::new(dir.path(), "T", 100);
+        let mut model = std::collections::HashMap::new();
+        for i in 0..5_000u64 {
+            fates.insert(key(i), fate(i)).unwrap();
+            model.insert(i, fate(i));
+            if i % 3 == 0 {
+                // Replace an older key's fate (it may live in a run by now).
+                let j = i / 2;
+                fates.insert(key(j), fate(i + 1)).unwrap();
+                model.insert(j, fate(i + 1));
+            }
+            if i % 5 == 0 {
+                let j = i / 3;
+                fates.remove(&key(j)).unwrap();
+                model.remove(&j);
+            }
+        }
+        assert!(fates.runs() >= 1 && fates.runs() <= MAX_RUNS);
+        for i in 0..6_000u64 {
+            assert_eq!(fates.get(&key(i)).unwrap(), model.get(&i).copied(), "key {i}");
+        }
+        let mut seen = std::collections::HashMap::new();
+        fates.for_each(|k, f| assert!(seen.insert(*k, f).is_none())).unwrap();
+        assert_eq!(seen.len(), model.len());
+        for (i, f) in &model {
+            assert_eq!(seen.get(&key(*i)), Some(f));
+        }
+        assert_eq!(fates.runs(), 1);
+        drop(fates);
+        // The runs' files are removed with them.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// Without runs, nothing touches the disk.
+    #[test]
+    fn small_sets_stay_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("keys");
+        let mut fates = Fates::new(&sub, "T", 1000);
+        for i in 0..999 {
+            fates.insert(key(i), fate(i)).unwrap();
+        }
+        fates.remove(&key(3)).unwrap();
+        assert_eq!(fates.get(&key(3)).unwrap(), None);
+        assert_eq!(fates.get(&key(4)).unwrap(), Some(fate(4)));
+        let mut n = 0;
+        fates.for_each(|_, _| n += 1).unwrap();
+        assert_eq!(n, 998);
+        assert!(!sub.exists());
+    }
+
+    #[test]
+    fn lists_past_the_limit_are_read_back_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut lists = Lists::new(dir.path(), "T", 10);
+        let a = lists.keep((0..8).collect()).unwrap();
+        let b = lists.keep((100..120).collect()).unwrap();
+        let c = lists.keep(vec![7, 9]).unwrap();
+        let d = lists.keep(Vec::new()).unwrap();
+        assert!(matches!(a, List::Memory(_)) && matches!(b, List::Disk { .. }));
+        assert!(matches!(c, List::Memory(_)) && matches!(d, List::Memory(_)));
+        assert_eq!(lists.get(&a, 3).unwrap(), Some(3));
+        assert_eq!(lists.get(&b, 0).unwrap(), Some(100));
+        assert_eq!(lists.get(&b, 19).unwrap(), Some(119));
+        assert_eq!(lists.get(&b, 20).unwrap(), None);
+        assert_eq!(lists.get(&c, 1).unwrap(), Some(9));
+        assert_eq!(lists.get(&d, 0).unwrap(), None);
+        drop(lists);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn bloom_filters_hold_every_key_and_few_others() {
+        let mut b = Bloom::new(10_000);
+        for i in 0..10_000 {
+            b.add(key(i));
+        }
+        assert!((0..10_000).all(|i| b.may_hold(key(i))));
+        let false_hits = (10_000..110_000).filter(|&i| b.may_hold(key(i))).count();
+        assert!(false_hits < 2_000, "{false_hits} false positives in 100,000");
+    }
+}
