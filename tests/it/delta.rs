@@ -270,10 +270,20 @@ fn a_claim_repeated_later_in_a_run_keeps_only_its_last_version() {
 }
 
 /// Rewrite every table file of the current snapshot in place with `content_hash` set by
-/// `hash` from the stored JSON without its stamps (what the hash covers).
+/// `hash` from the stored JSON without its stamps (what the hash covers), and drop the key
+/// index from its manifest (the earlier versions wrote none).
 fn rehash(lake: &Path, hash: impl Fn(&str) -> u128) {
     let l = Lake::new(lake);
     let dir = l.current().unwrap();
+    let manifest = dir.join("manifest.json");
+    let mut m: Value = serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    assert!(m.as_object_mut().unwrap().remove("keys").is_some());
+    for files in m["files"].as_object_mut().unwrap().values_mut() {
+        for f in files.as_array_mut().unwrap() {
+            f.as_object_mut().unwrap().remove("number");
+        }
+    }
+    std::fs::write(&manifest, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
     for t in mapper::registry::resource_types() {
         for f in Lake::table_files(&dir, t).unwrap() {
             let rows = mapper::lake::read_rows(&f).unwrap();
@@ -453,7 +463,90 @@ fn one_memory_budget_for_all_types_writes_the_same_lake() {
     // The keys the run spilled to disk are gone with it.
     for lake in [&tight, &roomy] {
         for snap in std::fs::read_dir(lake.join("snapshots")).unwrap().flatten() {
-            assert!(!snap.path().join("keys").exists(), "{}", snap.path().display());
+            assert!(
+                !snap.path().join("keys").exists(),
+                "{}",
+                snap.path().display()
+            );
         }
     }
+}
+
+/// Nine nightly deltas (an adjusted claim, a voided one and a new one each) on a lake of many
+/// files: after every run the key index agrees with the tables and its runs are merged as they
+/// pile up; a rollback and a delta on top of it keep it true; pruning leaves only the index
+/// runs the kept snapshots list.
+#[test]
+fn the_key_index_stays_true_over_many_deltas() {
+    let work = tempfile::tempdir().unwrap();
+    let (members, claims) = generated(work.path(), 30, 6);
+    let lake = work.path().join("lake");
+    let base = run(&[members, claims.clone()], &options(&lake, 40)).unwrap();
+    let total = |r: &mapper::pipeline::RunReport| r.tables.values().sum::<u64>();
+    let (checked, runs) = mapper::pipeline::verify_key_index(&lake).unwrap();
+    assert_eq!((checked, runs), (total(&base), 1));
+
+    let text = std::fs::read_to_string(&claims).unwrap();
+    let mut ids: Vec<String> = Vec::new();
+    for l in text.lines().skip(1) {
+        let id = l.split(',').next().unwrap().to_string();
+        if ids.last() != Some(&id) {
+            ids.push(id);
+        }
+    }
+    let delta = |n: usize| -> PathBuf {
+        let (header, adjust) = claim_lines(&claims, &ids[2 * n]);
+        let (_, void) = claim_lines(&claims, &ids[2 * n + 1]);
+        let mut out = header + "\n";
+        for l in &adjust {
+            let l = l.replace(",ORIGINAL,", ",ADJUSTED,");
+            out += &with_billed(&l, &format!("{}.25", 100 + n));
+            out += "\n";
+            out += &l.replacen(&format!("{},", ids[2 * n]), &format!("P-NEW-{n},"), 1);
+            out += "\n";
+        }
+        for l in &void {
+            out += &l.replace(",ORIGINAL,", ",VOID,");
+            out += "\n";
+        }
+        let p = work.path().join(format!("delta-{n}.csv"));
+        std::fs::write(&p, out).unwrap();
+        p
+    };
+    let mut most = 0;
+    for n in 0..9 {
+        let report = run(&[delta(n)], &options(&lake, 40)).unwrap();
+        let eob = report.merge["ExplanationOfBenefit"];
+        assert_eq!((eob.created, eob.updated), (1, 2), "delta {n}");
+        let (checked, runs) = mapper::pipeline::verify_key_index(&lake).unwrap();
+        assert_eq!(checked, total(&report), "delta {n}");
+        most = most.max(runs);
+    }
+    // Ten runs touched the claims' types; merging kept their index to a few runs.
+    assert!((2..=5).contains(&most), "{most} runs");
+
+    // Back to the snapshot after the third delta, then the ninth delta again on top of it.
+    let l = Lake::new(&lake);
+    let names = l.list().unwrap();
+    l.switch_to(&names[3]).unwrap();
+    let report = run(&[delta(8)], &options(&lake, 40)).unwrap();
+    assert_eq!(report.merge["ExplanationOfBenefit"].created, 1);
+    let (checked, _) = mapper::pipeline::verify_key_index(&lake).unwrap();
+    assert_eq!(checked, total(&report));
+
+    // Pruning keeps exactly the index runs the kept snapshots list.
+    l.prune(2).unwrap();
+    let _ = run(&[delta(0)], &options(&lake, 40)).unwrap();
+    let mut listed = BTreeSet::new();
+    for name in l.list().unwrap() {
+        listed.extend(l.manifest(&name).unwrap().keys.into_values().flatten());
+    }
+    let mut on_disk = BTreeSet::new();
+    for t in std::fs::read_dir(lake.join("keys")).unwrap().flatten() {
+        for f in std::fs::read_dir(t.path()).unwrap().flatten() {
+            on_disk.insert(f.path().strip_prefix(&lake).unwrap().display().to_string());
+        }
+    }
+    assert_eq!(on_disk, listed);
+    mapper::pipeline::verify_key_index(&lake).unwrap();
 }

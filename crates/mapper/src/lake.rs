@@ -5,6 +5,8 @@
 //!   CURRENT                      name of the snapshot readers use (replaced atomically)
 //!   data/<ResourceType>/*.parquet  immutable table files, shared by the snapshots that list
 //!                                them; each sorted by (patient_id, id) or id
+//!   keys/<ResourceType>/*.keys   the key index's sorted runs (id → file, row, version,
+//!                                hash), immutable, listed per snapshot like the files
 //!   snapshots/<name>/
 //!     manifest.json              the table files of each type, counts, the run that wrote it
 //!     report.json, rejects.ndjson  the run's report and rejects
@@ -18,8 +20,9 @@
 //! Invariants of [`Staged::publish`]: a snapshot becomes visible only when all its files are
 //! written and synced (fsync of files, then of their directories, then the pointer switch by
 //! rename); a crash at any moment leaves `CURRENT` naming the previous, complete snapshot;
-//! partial work lives only in `snapshots/.tmp-*` and in data files no manifest lists, which
-//! readers never look at and the next run removes. One run at a time holds `LAKE/.lock`.
+//! partial work lives only in `snapshots/.tmp-*` and in data files and key runs no manifest
+//! lists, which readers never look at and the next run removes. One run at a time holds
+//! `LAKE/.lock`.
 //!
 //! Each row: `id`, `patient_id`, `version_id`, `last_updated`, `content_hash`, `resource`
 //! (FHIR JSON), then the index columns of every search parameter of the type (see
@@ -933,6 +936,12 @@ pub struct Manifest {
     /// became file lists (their tables are `<Type>.parquet` in the snapshot directory).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub files: BTreeMap<String, Vec<TableFile>>,
+    /// The key index of each type: sorted runs (paths relative to the lake root, oldest first)
+    /// that say which file and row hold each id, so that a run finds the rows it replaces
+    /// without reading the table. Absent for types of lakes written before key indexes (the
+    /// next run that touches such a type builds it).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub keys: BTreeMap<String, Vec<String>>,
 }
 
 /// One table file of a snapshot.
@@ -942,6 +951,14 @@ pub struct TableFile {
     pub path: String,
     /// Rows in the file.
     pub rows: u64,
+    /// The file's number among its type's files (from 1; 0 in lakes written before key
+    /// indexes): how the type's key index names it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub number: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Holds the lake's writer lock (`LAKE/.lock`) until dropped: one run or prune at a time.
@@ -1000,6 +1017,11 @@ impl Lake {
         self.root.join("data").join(resource_type)
     }
 
+    /// The directory of a type's key index runs.
+    pub fn keys_dir(&self, resource_type: &str) -> PathBuf {
+        self.root.join("keys").join(resource_type)
+    }
+
     /// Take the writer lock, or fail when another run holds it.
     ///
     /// # Errors
@@ -1038,8 +1060,8 @@ impl Lake {
         Ok(out)
     }
 
-    /// Remove table files no published snapshot refers to (left by crashed runs or by pruned
-    /// snapshots). Call with the lock held.
+    /// Remove table files and key index runs no published snapshot refers to (left by crashed
+    /// runs or by pruned snapshots). Call with the lock held.
     fn collect_garbage(&self) -> Result<(), LakeError> {
         let mut referenced = std::collections::HashSet::new();
         for name in self.list()? {
@@ -1047,11 +1069,14 @@ impl Lake {
             for f in m.files.values().flatten() {
                 referenced.insert(self.root.join(&f.path));
             }
+            for k in m.keys.values().flatten() {
+                referenced.insert(self.root.join(k));
+            }
         }
-        let data = self.root.join("data");
-        let Ok(types) = fs::read_dir(&data) else {
-            return Ok(());
-        };
+        let types = ["data", "keys"]
+            .iter()
+            .filter_map(|d| fs::read_dir(self.root.join(d)).ok())
+            .flatten();
         for t in types.flatten() {
             let Ok(files) = fs::read_dir(t.path()) else {
                 continue;
@@ -1252,11 +1277,13 @@ impl Staged {
         self,
         counts: BTreeMap<String, u64>,
         files: BTreeMap<String, Vec<TableFile>>,
+        keys: BTreeMap<String, Vec<String>>,
     ) -> Result<Manifest, LakeError> {
         for t in files.keys() {
-            let dir = self.lake.data_dir(t);
-            if dir.is_dir() {
-                sync_dir(&dir)?;
+            for dir in [self.lake.data_dir(t), self.lake.keys_dir(t)] {
+                if dir.is_dir() {
+                    sync_dir(&dir)?;
+                }
             }
         }
         let manifest = Manifest {
@@ -1265,6 +1292,7 @@ impl Staged {
             created: instant(chrono::Utc::now().timestamp_millis()),
             counts,
             files,
+            keys,
         };
         let text = serde_json::to_vec_pretty(&manifest).map_err(|e| pq_err(&self.dir, e))?;
         write_atomic(&self.dir, "manifest.json", &text)?;

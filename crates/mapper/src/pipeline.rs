@@ -28,7 +28,9 @@ use crate::lake::{self, Lake, LakeError, MergeStats};
 use crate::{MapError, Resource};
 
 mod fates;
+mod index;
 mod keys;
+mod runs;
 
 use keys::{Key, KeyMap};
 
@@ -894,15 +896,6 @@ fn hex128(s: &str) -> u128 {
     u128::from_str_radix(s, 16).unwrap_or(0)
 }
 
-/// Where a row of the previous snapshot is.
-#[derive(Debug, Clone, Copy)]
-struct PrevRow {
-    file: u32,
-    row: u32,
-    version: i64,
-    hash: u128,
-}
-
 /// What this run decided for an id: a new row (in flush `generation`, at `index` of that
 /// flush's buffer), [`Fate::UNCHANGED`] or [`Fate::DELETED`]. Eight bytes, so that the run's
 /// map of them costs 24 bytes a key ([`keys`]).
@@ -942,10 +935,25 @@ struct Flushed {
     side: fates::List,
 }
 
+/// Where the run's key index runs go: the lake root, the snapshot they are named after, and a
+/// directory for temporary files.
+struct IndexPlace {
+    root: PathBuf,
+    snapshot: String,
+    scratch: PathBuf,
+}
+
 /// One resource type's table, being built by the run.
 struct TypeTable {
+    resource_type: &'static str,
+    place: std::sync::Arc<IndexPlace>,
     prev_files: Vec<lake::TableFile>,
-    prev: Option<KeyMap<PrevRow>>,
+    /// The previous snapshot's key index runs of the type.
+    prev_keys: Vec<String>,
+    /// The key index, opened when the run first touches the type.
+    prev: Option<index::Index>,
+    /// The number the next table file of the type gets ([`lake::TableFile::number`]).
+    next_number: u32,
     fates: fates::Fates,
     buf: Vec<Option<lake::NewRow>>,
     /// Per buffered row: 0 for a record's row; for a side product no record describes, the
@@ -982,16 +990,34 @@ struct Tables<'a> {
     /// Where the types' keys go to disk, and how many each keeps in memory ([`fates`]).
     keys_dir: PathBuf,
     key_limit: usize,
+    place: std::sync::Arc<IndexPlace>,
     /// Formularies (`InsurancePlan/<id>`) listed in full by a FULL extract of this run: their
     /// items not in the run are no longer on them.
     full: HashSet<String>,
 }
 
 impl TypeTable {
-    fn new(prev_files: Vec<lake::TableFile>, fates: fates::Fates, lists: fates::Lists) -> Self {
+    fn new(
+        resource_type: &'static str,
+        place: std::sync::Arc<IndexPlace>,
+        prev_files: Vec<lake::TableFile>,
+        prev_keys: Vec<String>,
+        fates: fates::Fates,
+        lists: fates::Lists,
+    ) -> Self {
+        // Unnumbered files (a lake from before key indexes) get 1..=n when the index is built.
+        let next_number = if prev_files.iter().any(|f| f.number == 0) {
+            prev_files.len() as u32 + 1
+        } else {
+            prev_files.iter().map(|f| f.number).max().unwrap_or(0) + 1
+        };
         Self {
+            resource_type,
+            place,
             prev_files,
+            prev_keys,
             prev: None,
+            next_number,
             fates,
             buf: Vec::new(),
             buf_side: Vec::new(),
@@ -1005,28 +1031,40 @@ impl TypeTable {
         }
     }
 
-    /// The previous snapshot's ids of this type, read (ids, versions and hashes only) when
-    /// the run first touches the type.
-    fn prev(&mut self, root: &Path) -> Result<&KeyMap<PrevRow>, LakeError> {
+    /// The previous snapshot's key index of this type, opened (or, for a table written before
+    /// key indexes, built) when the run first touches the type.
+    fn prev(&mut self) -> Result<&index::Index, LakeError> {
         if self.prev.is_none() {
-            let mut map = KeyMap::default();
-            for (file, f) in self.prev_files.iter().enumerate() {
-                map.reserve(f.rows as usize);
-                lake::for_each_key(&root.join(&f.path), |row, id, version, hash| {
-                    map.insert(
-                        Key::of(id),
-                        PrevRow {
-                            file: file as u32,
-                            row,
-                            version,
-                            hash: hex128(hash),
-                        },
-                    );
-                })?;
-            }
-            self.prev = Some(map);
+            let t = self.resource_type;
+            let place = std::sync::Arc::clone(&self.place);
+            let (root, snapshot, scratch) = (&place.root, &place.snapshot, &place.scratch);
+            let numbered = self.prev_files.iter().all(|f| f.number != 0);
+            let opened = if self.prev_files.is_empty() {
+                Some(index::Index::empty(root, t, snapshot))
+            } else if numbered && !self.prev_keys.is_empty() {
+                // A damaged index is rebuilt from the table rather than failing the run.
+                index::Index::open(root, &self.prev_keys, t, snapshot).ok()
+            } else {
+                None
+            };
+            let index = match opened {
+                Some(i) => i,
+                None => {
+                    let i = index::Index::build(root, &mut self.prev_files, t, snapshot, scratch)?;
+                    self.next_number = self.next_number.max(self.prev_files.len() as u32 + 1);
+                    i
+                }
+            };
+            self.prev = Some(index);
         }
-        Ok(self.prev.get_or_insert_default())
+        Ok(self.prev.as_ref().expect("opened above"))
+    }
+
+    /// A number for a new table file of the type.
+    fn take_number(&mut self) -> u32 {
+        let n = self.next_number;
+        self.next_number += 1;
+        n
     }
 
     fn generation(&self) -> u32 {
@@ -1110,9 +1148,12 @@ fn weight(p: &lake::Prepared) -> usize {
 
 impl<'a> Tables<'a> {
     fn table(&mut self, t: &'static str) -> &mut TypeTable {
-        let (dir, limit) = (&self.keys_dir, self.key_limit);
+        let (dir, limit, place) = (&self.keys_dir, self.key_limit, &self.place);
         self.types.entry(t).or_insert_with(|| {
             TypeTable::new(
+                t,
+                std::sync::Arc::clone(place),
+                Vec::new(),
                 Vec::new(),
                 fates::Fates::new(dir, t, limit),
                 fates::Lists::new(dir, t, limit),
@@ -1140,7 +1181,6 @@ impl<'a> Tables<'a> {
 
     /// Take one produced resource.
     fn add_one(&mut self, p: Produced) -> Result<(), LakeError> {
-        let root = self.lake.root().to_path_buf();
         let file_rows = self.file_rows;
         let t = p.resource.resource_type;
         let table = self.table(t);
@@ -1179,7 +1219,7 @@ impl<'a> Tables<'a> {
                 table.side_bytes -= weight(&old);
             }
         }
-        let prev = table.prev(&root)?.get(&k).copied();
+        let prev = table.prev()?.get(k)?;
         if let Some(fate) = table.fates.get(&k)? {
             table.kill(fate)?;
         }
@@ -1204,17 +1244,15 @@ impl<'a> Tables<'a> {
     /// Move a type's waiting side products to its buffer, in id order, except those a record
     /// of this run or the previous snapshot describes.
     fn spill(&mut self, t: &'static str) -> Result<(), LakeError> {
-        let root = self.lake.root().to_path_buf();
         let file_rows = self.file_rows;
         let table = self.table(t);
-        table.prev(&root)?;
         table.side_bytes = 0;
         let mut side: Vec<lake::Prepared> = std::mem::take(&mut table.side).into_values().collect();
         side.sort_by(|a, b| a.id.cmp(&b.id));
         for p in side {
             let table = self.table(t);
             let k = Key::of(&p.id);
-            let in_prev = table.prev.as_ref().is_some_and(|m| m.contains_key(&k));
+            let in_prev = table.prev()?.get(k)?.is_some();
             if in_prev || table.fates.get(&k)?.is_some() {
                 continue;
             }
@@ -1271,10 +1309,12 @@ impl<'a> Tables<'a> {
             .collect();
         let position = table.lists.keep(position)?;
         let side = table.lists.keep(side)?;
+        let number = table.take_number();
         table.flushed.push(Flushed {
             file: lake::TableFile {
                 path: rel,
                 rows: rows.len() as u64,
+                number,
             },
             position,
             side,
@@ -1302,8 +1342,8 @@ impl<'a> Tables<'a> {
     }
 
     /// Finish every table: side products, FULL formulary removals, copies of earlier files
-    /// without the rows this run replaced. Returns the new snapshot's files, row counts and
-    /// merge statistics per type. The writer must be joined (all flushed files written)
+    /// without the rows this run replaced, the key index run of what it wrote. Returns the new
+    /// snapshot's files, row counts, merge statistics and key index runs per type. The writer must be joined (all flushed files written)
     /// before the copies are made, so this takes the join as a closure.
     #[allow(clippy::type_complexity)]
     fn finish(
@@ -1314,12 +1354,15 @@ impl<'a> Tables<'a> {
             BTreeMap<String, Vec<lake::TableFile>>,
             BTreeMap<String, u64>,
             BTreeMap<String, MergeStats>,
+            BTreeMap<String, Vec<String>>,
         ),
         LakeError,
     > {
         let root = self.lake.root().to_path_buf();
         let types: Vec<&'static str> = self.types.keys().copied().collect();
         let mut dead_prev: BTreeMap<&'static str, BTreeMap<u32, HashSet<u32>>> = BTreeMap::new();
+        // Ids of the previous snapshot this run removed: tombstones in the key index.
+        let mut gone_by_type: BTreeMap<&'static str, Vec<Key>> = BTreeMap::new();
         for t in &types {
             let t = *t;
             let full = self.full.clone();
@@ -1333,10 +1376,15 @@ impl<'a> Tables<'a> {
             // Side products nothing else describes.
             self.spill(t)?;
             let table = self.types.get_mut(t).expect("listed");
-            let prev = table.prev.take().unwrap_or_default();
+            table.prev()?;
+            let index = table.prev.take().expect("opened above");
+            let position: HashMap<u32, u32> = (table.prev_files.iter().enumerate())
+                .map(|(i, f)| (f.number, i as u32))
+                .collect();
             let dead = dead_prev.entry(t).or_default();
+            let gone = gone_by_type.entry(t).or_default();
             table.fates.for_each(|k, fate| {
-                let old = prev.get(k);
+                let old = index.get(*k)?;
                 match (fate, old) {
                     (Fate::UNCHANGED, _) => table.stats.unchanged += 1,
                     (Fate::DELETED, None) => {}
@@ -1346,8 +1394,21 @@ impl<'a> Tables<'a> {
                 }
                 // A new row or a deletion retires the previous snapshot's row.
                 if let Some(old) = old.filter(|_| fate != Fate::UNCHANGED) {
-                    dead.entry(old.file).or_default().insert(old.row);
+                    let Some(&fi) = position.get(&old.file) else {
+                        return Err(LakeError::Parquet {
+                            path: format!("keys/{t}"),
+                            message: format!(
+                                "the key index names file {} the snapshot does not list",
+                                old.file
+                            ),
+                        });
+                    };
+                    dead.entry(fi).or_default().insert(old.row);
+                    if fate == Fate::DELETED {
+                        gone.push(*k);
+                    }
                 }
+                Ok(())
             })?;
             if t == "Basic" && !full.is_empty() {
                 // A FULL extract replaces its formularies: items it no longer lists go.
@@ -1362,10 +1423,12 @@ impl<'a> Tables<'a> {
                             && dead.entry(fi as u32).or_default().insert(row as u32)
                         {
                             table.stats.deleted += 1;
+                            gone.push(Key::of(id));
                         }
                     }
                 }
             }
+            table.prev = Some(index);
             self.flush(t)?;
         }
         self.jobs = None;
@@ -1374,12 +1437,20 @@ impl<'a> Tables<'a> {
         let mut files = BTreeMap::new();
         let mut counts = BTreeMap::new();
         let mut stats = BTreeMap::new();
+        let mut keys = BTreeMap::new();
+        // Types whose key index gets a run of the files this run wrote, done in parallel.
+        let mut indexing = Vec::new();
         for t in types {
-            let table = self.types.remove(t).expect("listed");
+            let mut table = self.types.remove(t).expect("listed");
             let dead = dead_prev.remove(t).unwrap_or_default();
             let mut list = Vec::new();
+            // The files this run wrote: the key index gets a run of their rows.
+            let mut written = Vec::new();
             let mut copies: Vec<(lake::TableFile, HashSet<u32>)> = Vec::new();
-            for (fi, f) in table.prev_files.into_iter().enumerate() {
+            for (fi, f) in std::mem::take(&mut table.prev_files)
+                .into_iter()
+                .enumerate()
+            {
                 match dead.get(&(fi as u32)) {
                     Some(d) if !d.is_empty() => copies.push((f, d.clone())),
                     // A table of a snapshot from before file lists lives in that snapshot's
@@ -1388,35 +1459,53 @@ impl<'a> Tables<'a> {
                     _ => list.push(f),
                 }
             }
-            for (g, f) in table.flushed.into_iter().enumerate() {
+            for (g, f) in std::mem::take(&mut table.flushed).into_iter().enumerate() {
                 if f.file.rows == 0 {
                     continue;
                 }
                 match table.dead_in_run.get(&(g as u32)) {
                     Some(d) if !d.is_empty() => copies.push((f.file, d.clone())),
-                    _ => list.push(f.file),
+                    _ => written.push(f.file),
                 }
             }
-            let names: Vec<String> = (0..copies.len())
+            let names: Vec<(String, u32)> = (0..copies.len())
                 .map(|_| {
                     self.seq += 1;
-                    format!("data/{t}/{}-{:05}.parquet", self.snapshot, self.seq)
+                    let rel = format!("data/{t}/{}-{:05}.parquet", self.snapshot, self.seq);
+                    (rel, table.take_number())
                 })
                 .collect();
             let copied: Vec<Result<lake::TableFile, LakeError>> = copies
                 .par_iter()
                 .zip(names)
-                .map(|((f, d), rel)| {
+                .map(|((f, d), (rel, number))| {
                     let rows = lake::copy_without(&root.join(&f.path), &root.join(&rel), t, d)?;
-                    Ok(lake::TableFile { path: rel, rows })
+                    Ok(lake::TableFile {
+                        path: rel,
+                        rows,
+                        number,
+                    })
                 })
                 .collect();
             for c in copied {
                 let c = c?;
                 if c.rows > 0 {
-                    list.push(c);
+                    written.push(c);
                 } else {
                     let _ = std::fs::remove_file(root.join(&c.path));
+                }
+            }
+            list.extend(written.iter().cloned());
+            let gone = gone_by_type.remove(t).unwrap_or_default();
+            match table.prev.take() {
+                Some(_) if list.is_empty() => {}
+                Some(index) if written.is_empty() && gone.is_empty() => {
+                    keys.insert(t.to_string(), index.paths());
+                }
+                Some(index) => indexing.push((t, index, written, gone)),
+                None if table.prev_keys.is_empty() => {}
+                None => {
+                    keys.insert(t.to_string(), std::mem::take(&mut table.prev_keys));
                 }
             }
             let rows: u64 = list.iter().map(|f| f.rows).sum();
@@ -1428,8 +1517,73 @@ impl<'a> Tables<'a> {
                 stats.insert(t.to_string(), table.stats);
             }
         }
-        Ok((files, counts, stats))
+        let scratch = &self.keys_dir;
+        let indexed: Vec<Result<(&str, Vec<String>), LakeError>> = indexing
+            .into_par_iter()
+            .map(|(t, mut index, written, gone)| {
+                index.add_run(&root, &written, gone, scratch)?;
+                Ok((t, index.paths()))
+            })
+            .collect();
+        for i in indexed {
+            let (t, runs) = i?;
+            keys.insert(t.to_string(), runs);
+        }
+        Ok((files, counts, stats, keys))
     }
+}
+
+/// Check the current snapshot's key index against its tables: every row is found where it is,
+/// with its version and content hash, and the index holds no other id. Returns the rows
+/// checked and the most index runs a type has. Types without an index (lakes written before
+/// key indexes) are skipped.
+///
+/// # Errors
+/// A description of the first disagreement, or of a file that cannot be read.
+pub fn verify_key_index(lake: &Path) -> Result<(u64, usize), String> {
+    let l = Lake::new(lake);
+    let name = l
+        .current_name()
+        .map_err(|e| e.to_string())?
+        .ok_or("empty lake")?;
+    let m = l.manifest(&name).map_err(|e| e.to_string())?;
+    let (mut checked, mut most_runs) = (0, 0);
+    for (t, runs) in &m.keys {
+        let index = index::Index::open(l.root(), runs, t, &name).map_err(|e| e.to_string())?;
+        most_runs = most_runs.max(index.runs());
+        let mut rows = 0;
+        for f in m.files.get(t).into_iter().flatten() {
+            let mut wrong = None;
+            lake::for_each_key(&l.root().join(&f.path), |row, id, version, hash| {
+                rows += 1;
+                let want = index::Located {
+                    file: f.number,
+                    row,
+                    version,
+                    hash: hex128(hash),
+                };
+                match index.get(Key::of(id)) {
+                    Ok(Some(got)) if got == want => {}
+                    got if wrong.is_none() => {
+                        wrong = Some(format!("{t}/{id}: index has {got:?}, table {want:?}"));
+                    }
+                    _ => {}
+                }
+            })
+            .map_err(|e| e.to_string())?;
+            if let Some(w) = wrong {
+                return Err(w);
+            }
+        }
+        let live = index.live().map_err(|e| e.to_string())?;
+        if live != rows {
+            return Err(format!(
+                "{t}: the index holds {live} ids, the table {rows} rows"
+            ));
+        }
+        checked += rows;
+    }
+    Ok((checked, most_runs))
 }
 
 /// Run an ingest over `paths` into the lake.
@@ -1452,6 +1606,11 @@ pub fn run(paths: &[PathBuf], opts: &Options) -> Result<RunReport, RunError> {
     // and with the staging directory of a run that never published.
     let keys_dir = staged.dir.join("keys");
     let key_limit = opts.memory_keys.unwrap_or(fates::MEMORY_KEYS);
+    let place = std::sync::Arc::new(IndexPlace {
+        root: lake.root().to_path_buf(),
+        snapshot: staged.name.clone(),
+        scratch: keys_dir.clone(),
+    });
     let mut types = BTreeMap::new();
     if let Some(m) = &prev_manifest {
         for (t, list) in lake.snapshot_files(&m.name)? {
@@ -1464,20 +1623,25 @@ pub fn run(paths: &[PathBuf], opts: &Options) -> Result<RunReport, RunError> {
             let root = lake.root();
             let list = list
                 .into_iter()
-                .map(|p| -> Result<lake::TableFile, LakeError> {
-                    let rows = m.counts.get(t).copied().unwrap_or(0);
+                .map(|p| {
                     let rel = p.strip_prefix(root).unwrap_or(&p).display().to_string();
-                    let rows = m
+                    let listed = m
                         .files
                         .get(t)
-                        .and_then(|fs| fs.iter().find(|f| f.path == rel))
-                        .map_or(rows, |f| f.rows);
-                    Ok(lake::TableFile { path: rel, rows })
+                        .and_then(|fs| fs.iter().find(|f| f.path == rel));
+                    listed.cloned().unwrap_or_else(|| lake::TableFile {
+                        // A table from before file lists: the snapshot's only file of the type.
+                        rows: m.counts.get(t).copied().unwrap_or(0),
+                        path: rel,
+                        number: 0,
+                    })
                 })
-                .collect::<Result<Vec<_>, _>>()?;
+                .collect();
             let fates = fates::Fates::new(&keys_dir, t, key_limit);
             let lists = fates::Lists::new(&keys_dir, t, key_limit);
-            types.insert(t, TypeTable::new(list, fates, lists));
+            let prev_keys = m.keys.get(t).cloned().unwrap_or_default();
+            let place = std::sync::Arc::clone(&place);
+            types.insert(t, TypeTable::new(t, place, list, prev_keys, fates, lists));
         }
     }
     let mut report = RunReport {
@@ -1502,6 +1666,7 @@ pub fn run(paths: &[PathBuf], opts: &Options) -> Result<RunReport, RunError> {
         file_rows: opts.file_rows.unwrap_or(FILE_ROWS).max(1),
         keys_dir: keys_dir.clone(),
         key_limit,
+        place,
         seq: 0,
         jobs: Some(tx),
         full: HashSet::new(),
@@ -1537,7 +1702,7 @@ pub fn run(paths: &[PathBuf], opts: &Options) -> Result<RunReport, RunError> {
             Ok(()) => e,
         });
     }
-    let (files_by_type, counts, merge) = tables.finish(join)?;
+    let (files_by_type, counts, merge, keys) = tables.finish(join)?;
     if keys_dir.exists() {
         std::fs::remove_dir_all(&keys_dir).map_err(|source| LakeError::Io {
             path: keys_dir.display().to_string(),
@@ -1579,6 +1744,6 @@ pub fn run(paths: &[PathBuf], opts: &Options) -> Result<RunReport, RunError> {
         path: staged.dir.join("report.json").display().to_string(),
         source,
     })?;
-    staged.publish(report.tables.clone(), files_by_type)?;
+    staged.publish(report.tables.clone(), files_by_type, keys)?;
     Ok(report)
 }

@@ -5,29 +5,23 @@
 //! member and provider meets four new ids per claim, so an in-memory map of them grows with the
 //! file (7.6 million keys, about 300 MiB, for 1.89 million claims). [`Fates`] keeps the most
 //! recent [`Fates::new`]`(.., limit)` keys of a type in a [`KeyMap`] and writes older ones to
-//! sorted runs on disk: 24 bytes an entry (key, fate), read back one 3 KiB block at a time. A
-//! lookup that misses the map asks each run's Bloom filter first (one 64-byte block of it, about
-//! 1.5 bytes a key in memory), so a key that no run holds is almost never read from disk. Runs
-//! are merged into one when there are more than [`MAX_RUNS`], so a lookup asks only a few.
+//! temporary sorted runs on disk ([`super::runs`]): 24 bytes an entry (key, fate), read back
+//! one 3 KiB block at a time. A lookup that misses the map asks each run's Bloom filter first,
+//! so a key that no run holds is almost never read from disk. Runs are merged into one when
+//! there are more than [`MAX_RUNS`], so a lookup asks only a few.
 //!
 //! The newest value of a key wins: the map over the runs, a newer run over an older one. A key
 //! removed while a run may hold it is shadowed by a tombstone.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::keys::{Key, KeyMap};
+use super::runs::{io, next_newest, u32_at, u64_at, Entry, Run};
 use super::Fate;
 use crate::lake::LakeError;
 
-/// Bytes of one entry in a run: the key (two little-endian `u64`s) and the fate (two `u32`s).
-const ENTRY: usize = 24;
-/// Entries per block of a run: a lookup reads one block.
-const BLOCK: usize = 128;
-/// Bloom filter bits per key (six probes in one 512-bit block: about 1 % false positives).
-const BLOOM_BITS_PER_KEY: usize = 12;
 /// More runs than this are merged into one.
 pub(super) const MAX_RUNS: usize = 4;
 /// Keys a type keeps in memory before the older ones go to a run on disk.
@@ -39,167 +33,36 @@ const GONE: Fate = Fate {
     index: u32::MAX,
 };
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LakeError + '_ {
-    move |source| LakeError::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
+/// An entry of a run: the key (two little-endian `u64`s) and the fate (two `u32`s).
+impl Entry for (Key, Fate) {
+    const SIZE: usize = 24;
 
-fn encode(k: Key, f: Fate) -> [u8; ENTRY] {
-    let (lo, hi) = k.halves();
-    let mut e = [0u8; ENTRY];
-    e[..8].copy_from_slice(&lo.to_le_bytes());
-    e[8..16].copy_from_slice(&hi.to_le_bytes());
-    e[16..20].copy_from_slice(&f.generation.to_le_bytes());
-    e[20..].copy_from_slice(&f.index.to_le_bytes());
-    e
-}
-
-fn decode(e: &[u8]) -> (Key, Fate) {
-    let word = |r: std::ops::Range<usize>| {
-        let mut b = [0u8; 8];
-        b[..r.len()].copy_from_slice(&e[r]);
-        u64::from_le_bytes(b)
-    };
-    let key = Key::from_halves(word(0..8), word(8..16));
-    let fate = Fate {
-        generation: word(16..20) as u32,
-        index: word(20..24) as u32,
-    };
-    (key, fate)
-}
-
-/// A blocked Bloom filter over keys that already are uniform hashes.
-struct Bloom {
-    blocks: Vec<[u64; 8]>,
-}
-
-impl Bloom {
-    fn new(keys: usize) -> Self {
-        let n = (keys * BLOOM_BITS_PER_KEY).div_ceil(512).max(1);
-        Self {
-            blocks: vec![[0; 8]; n],
-        }
+    fn key(&self) -> Key {
+        self.0
     }
 
-    /// The block of a key (from its high half) and its six bits (nine bits each of the low).
-    fn probes(&self, k: Key) -> (usize, impl Iterator<Item = usize>) {
-        let (lo, hi) = k.halves();
-        let block = ((u128::from(hi) * self.blocks.len() as u128) >> 64) as usize;
-        (block, (0..6).map(move |i| ((lo >> (9 * i)) & 511) as usize))
+    fn encode(&self, out: &mut [u8]) {
+        let (lo, hi) = self.0.halves();
+        out[..8].copy_from_slice(&lo.to_le_bytes());
+        out[8..16].copy_from_slice(&hi.to_le_bytes());
+        out[16..20].copy_from_slice(&self.1.generation.to_le_bytes());
+        out[20..24].copy_from_slice(&self.1.index.to_le_bytes());
     }
 
-    fn add(&mut self, k: Key) {
-        let (b, bits) = self.probes(k);
-        let block = &mut self.blocks[b];
-        for bit in bits {
-            block[bit / 64] |= 1 << (bit % 64);
-        }
-    }
-
-    fn may_hold(&self, k: Key) -> bool {
-        let (b, mut bits) = self.probes(k);
-        let block = &self.blocks[b];
-        bits.all(|bit| block[bit / 64] & (1 << (bit % 64)) != 0)
-    }
-}
-
-/// Keys and fates sorted by key in a file, with the first key of each block and a Bloom filter
-/// in memory.
-struct Run {
-    path: PathBuf,
-    file: File,
-    len: usize,
-    fences: Vec<u128>,
-    bloom: Bloom,
-}
-
-impl Run {
-    /// Write `entries` (sorted by key, no key twice) to `path`.
-    fn write(
-        path: PathBuf,
-        len: usize,
-        entries: impl Iterator<Item = Result<(Key, Fate), LakeError>>,
-    ) -> Result<Self, LakeError> {
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(io(&path))?;
-        let mut out = BufWriter::with_capacity(1 << 16, &file);
-        let mut bloom = Bloom::new(len);
-        let mut fences = Vec::with_capacity(len.div_ceil(BLOCK));
-        let mut n = 0;
-        for e in entries {
-            let (k, f) = e?;
-            if n % BLOCK == 0 {
-                fences.push(k.ordinal());
-            }
-            bloom.add(k);
-            out.write_all(&encode(k, f)).map_err(io(&path))?;
-            n += 1;
-        }
-        out.flush().map_err(io(&path))?;
-        drop(out);
-        Ok(Self {
-            path,
-            file,
-            len: n,
-            fences,
-            bloom,
-        })
-    }
-
-    /// The fate this run holds for `k`.
-    fn get(&self, k: Key) -> Result<Option<Fate>, LakeError> {
-        if !self.bloom.may_hold(k) {
-            return Ok(None);
-        }
-        let target = k.ordinal();
-        let block = match self.fences.partition_point(|&f| f <= target) {
-            0 => return Ok(None),
-            b => b - 1,
+    fn decode(b: &[u8]) -> Self {
+        let key = Key::from_halves(u64_at(b, 0), u64_at(b, 8));
+        let fate = Fate {
+            generation: u32_at(b, 16),
+            index: u32_at(b, 20),
         };
-        let first = block * BLOCK;
-        let count = BLOCK.min(self.len - first);
-        let mut buf = [0u8; BLOCK * ENTRY];
-        let buf = &mut buf[..count * ENTRY];
-        self.file
-            .read_exact_at(buf, (first * ENTRY) as u64)
-            .map_err(io(&self.path))?;
-        let entries: Vec<(Key, Fate)> = buf.chunks_exact(ENTRY).map(decode).collect();
-        Ok(entries
-            .binary_search_by_key(&target, |(k, _)| k.ordinal())
-            .ok()
-            .map(|i| entries[i].1))
-    }
-
-    /// Every entry, in key order.
-    fn entries(&self) -> Result<impl Iterator<Item = Result<(Key, Fate), LakeError>> + '_, LakeError> {
-        let file = File::open(&self.path).map_err(io(&self.path))?;
-        let mut r = BufReader::with_capacity(1 << 16, file);
-        let path = &self.path;
-        Ok((0..self.len).map(move |_| {
-            let mut e = [0u8; ENTRY];
-            r.read_exact(&mut e).map_err(io(path))?;
-            Ok(decode(&e))
-        }))
-    }
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        (key, fate)
     }
 }
 
 /// What a run decided for each id of one resource type (see the module doc).
 pub(super) struct Fates {
     mem: KeyMap<Fate>,
-    runs: Vec<Run>,
+    runs: Vec<Run<(Key, Fate)>>,
     dir: PathBuf,
     name: String,
     seq: u32,
@@ -229,7 +92,7 @@ impl Fates {
             return Ok((f != GONE).then_some(f));
         }
         for run in self.runs.iter().rev() {
-            if let Some(f) = run.get(*k)? {
+            if let Some((_, f)) = run.get(*k)? {
                 return Ok((f != GONE).then_some(f));
             }
         }
@@ -280,7 +143,7 @@ impl Fates {
         let mut entries: Vec<(Key, Fate)> = self.mem.iter().map(|(k, f)| (*k, *f)).collect();
         entries.sort_unstable_by_key(|(k, _)| k.ordinal());
         let path = self.next_path()?;
-        let run = Run::write(path, entries.len(), entries.into_iter().map(Ok))?;
+        let run = Run::write(path, entries.len(), entries.into_iter().map(Ok), false)?;
         self.runs.push(run);
         // The tables keep their room for the next keys.
         self.mem.clear();
@@ -292,7 +155,7 @@ impl Fates {
 
     /// Merge all runs into one; tombstones go (no older run is left for them to shadow).
     fn merge(&mut self) -> Result<(), LakeError> {
-        let len = self.runs.iter().map(|r| r.len).sum();
+        let len = self.runs.iter().map(Run::len).sum();
         let path = self.next_path()?;
         let merged = {
             let mut sources = Vec::with_capacity(self.runs.len());
@@ -301,23 +164,26 @@ impl Fates {
             }
             let merged = std::iter::from_fn(|| next_newest(&mut sources))
                 .filter(|e| !matches!(e, Ok((_, f)) if *f == GONE));
-            Run::write(path, len, merged)?
+            Run::write(path, len, merged, false)?
         };
         self.runs.clear();
         self.runs.push(merged);
         Ok(())
     }
 
-    /// Call `f` with every key and its fate, in no particular order. Writes the keys in memory
+    /// Call `f` with every key and its fate, in no particular order, until it fails. Writes the keys in memory
     /// to a run first when runs exist, so it needs `&mut self`.
     ///
     /// # Errors
     /// When a run cannot be read or written.
-    pub(super) fn for_each(&mut self, mut f: impl FnMut(&Key, Fate)) -> Result<(), LakeError> {
+    pub(super) fn for_each(
+        &mut self,
+        mut f: impl FnMut(&Key, Fate) -> Result<(), LakeError>,
+    ) -> Result<(), LakeError> {
         if self.runs.is_empty() {
             for (k, fate) in self.mem.iter() {
                 if *fate != GONE {
-                    f(k, *fate);
+                    f(k, *fate)?;
                 }
             }
             return Ok(());
@@ -329,7 +195,7 @@ impl Fates {
         for e in self.runs[0].entries()? {
             let (k, fate) = e?;
             if fate != GONE {
-                f(&k, fate);
+                f(&k, fate)?;
             }
         }
         Ok(())
@@ -439,36 +305,6 @@ impl Drop for Lists {
     }
 }
 
-/// The smallest key at the head of the sources, with the fate of the newest (last) source that
-/// holds it; the older sources' entries of that key are skipped.
-fn next_newest<I>(sources: &mut [std::iter::Peekable<I>]) -> Option<Result<(Key, Fate), LakeError>>
-where
-    I: Iterator<Item = Result<(Key, Fate), LakeError>>,
-{
-    let mut least: Option<u128> = None;
-    for s in sources.iter_mut() {
-        match s.peek() {
-            Some(Ok((k, _))) => {
-                if least.is_none_or(|l| k.ordinal() < l) {
-                    least = Some(k.ordinal());
-                }
-            }
-            Some(Err(_)) => return s.next(),
-            None => {}
-        }
-    }
-    let least = least?;
-    let mut newest = None;
-    for s in sources.iter_mut() {
-        if let Some(Ok((k, _))) = s.peek() {
-            if k.ordinal() == least {
-                newest = s.next();
-            }
-        }
-    }
-    newest
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -508,10 +344,19 @@ mod tests {
         }
         assert!(fates.runs() >= 1 && fates.runs() <= MAX_RUNS);
         for i in 0..6_000u64 {
-            assert_eq!(fates.get(&key(i)).unwrap(), model.get(&i).copied(), "key {i}");
+            assert_eq!(
+                fates.get(&key(i)).unwrap(),
+                model.get(&i).copied(),
+                "key {i}"
+            );
         }
         let mut seen = std::collections::HashMap::new();
-        fates.for_each(|k, f| assert!(seen.insert(*k, f).is_none())).unwrap();
+        fates
+            .for_each(|k, f| {
+                assert!(seen.insert(*k, f).is_none());
+                Ok(())
+            })
+            .unwrap();
         assert_eq!(seen.len(), model.len());
         for (i, f) in &model {
             assert_eq!(seen.get(&key(*i)), Some(f));
@@ -535,7 +380,12 @@ mod tests {
         assert_eq!(fates.get(&key(3)).unwrap(), None);
         assert_eq!(fates.get(&key(4)).unwrap(), Some(fate(4)));
         let mut n = 0;
-        fates.for_each(|_, _| n += 1).unwrap();
+        fates
+            .for_each(|_, _| {
+                n += 1;
+                Ok(())
+            })
+            .unwrap();
         assert_eq!(n, 998);
         assert!(!sub.exists());
     }
@@ -558,16 +408,5 @@ mod tests {
         assert_eq!(lists.get(&d, 0).unwrap(), None);
         drop(lists);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-    }
-
-    #[test]
-    fn bloom_filters_hold_every_key_and_few_others() {
-        let mut b = Bloom::new(10_000);
-        for i in 0..10_000 {
-            b.add(key(i));
-        }
-        assert!((0..10_000).all(|i| b.may_hold(key(i))));
-        let false_hits = (10_000..110_000).filter(|&i| b.may_hold(key(i))).count();
-        assert!(false_hits < 2_000, "{false_hits} false positives in 100,000");
     }
 }

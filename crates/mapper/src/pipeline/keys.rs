@@ -173,14 +173,6 @@ impl<V> KeyMap<V> {
         self.len == 0
     }
 
-    /// Make room for `additional` more keys, spread evenly over the shards.
-    pub(super) fn reserve(&mut self, additional: usize) {
-        let each = additional.div_ceil(SHARDS);
-        for s in &mut self.shards {
-            s.reserve(each);
-        }
-    }
-
     /// Forget every key (the tables keep their room).
     pub(super) fn clear(&mut self) {
         for s in &mut self.shards {
