@@ -1343,8 +1343,9 @@ impl<'a> Tables<'a> {
 
     /// Finish every table: side products, FULL formulary removals, copies of earlier files
     /// without the rows this run replaced, the key index run of what it wrote. Returns the new
-    /// snapshot's files, row counts, merge statistics and key index runs per type. The writer must be joined (all flushed files written)
-    /// before the copies are made, so this takes the join as a closure.
+    /// snapshot's files, row counts, merge statistics and key index runs per type. The writer
+    /// must be joined (all flushed files written) before the copies are made, so this takes
+    /// the join as a closure.
     #[allow(clippy::type_complexity)]
     fn finish(
         mut self,
