@@ -77,24 +77,30 @@ fn a_killed_run_leaves_the_previous_snapshot_serving_and_the_next_run_completes(
         .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
         .count();
     assert_eq!(leftovers, 0);
-    // Table files of killed runs are gone too: every data file is listed by a snapshot.
+    // Table files and key index runs of killed runs are gone too: every one is listed by a
+    // snapshot, and the current snapshot's key index agrees with its tables.
     let l = mapper::lake::Lake::new(lake.path());
     let mut listed = std::collections::BTreeSet::new();
     for name in l.list().unwrap() {
-        for f in l.manifest(&name).unwrap().files.values().flatten() {
+        let m = l.manifest(&name).unwrap();
+        for f in m.files.values().flatten() {
             listed.insert(lake.path().join(&f.path));
+        }
+        for k in m.keys.values().flatten() {
+            listed.insert(lake.path().join(k));
         }
     }
     let mut on_disk = std::collections::BTreeSet::new();
-    for t in std::fs::read_dir(lake.path().join("data"))
-        .unwrap()
-        .flatten()
-    {
-        for f in std::fs::read_dir(t.path()).unwrap().flatten() {
-            on_disk.insert(f.path());
+    for dir in ["data", "keys"] {
+        for t in std::fs::read_dir(lake.path().join(dir)).unwrap().flatten() {
+            for f in std::fs::read_dir(t.path()).unwrap().flatten() {
+                on_disk.insert(f.path());
+            }
         }
     }
     assert_eq!(on_disk, listed);
+    let (checked, _) = mapper::pipeline::verify_key_index(lake.path()).unwrap();
+    assert_eq!(checked as usize, want.len());
 }
 
 #[test]
