@@ -345,6 +345,9 @@ fn a_lake_with_the_earlier_sha256_content_hashes_does_not_re_version_on_upgrade(
     assert_eq!(updated, 0, "{:?}", report.merge);
     assert!(unchanged > 100 && unchanged <= count(&lake), "{unchanged}");
     assert_eq!(versions(&lake), before, "rows kept as they were");
+    // The run built the key index the earlier lake lacked.
+    let (checked, runs) = mapper::pipeline::verify_key_index(&lake).unwrap();
+    assert_eq!((checked, runs), (count(&lake), 1));
 
     // The control: hashes that match neither scheme make every primary resource a new version.
     let other = work.path().join("other");
