@@ -233,6 +233,10 @@ struct SnapshotArgs {
     /// Delete all but the newest N snapshots (never the current one).
     #[arg(long)]
     keep: Option<usize>,
+    /// Check the current snapshot's key index against its tables (exit status 1 when they
+    /// disagree).
+    #[arg(long)]
+    verify: bool,
 }
 
 #[derive(Args)]
@@ -641,6 +645,21 @@ fn snapshots(a: &SnapshotArgs) -> Result<ExitCode> {
             println!("removed {name}");
         }
         return Ok(ExitCode::SUCCESS);
+    }
+    if a.verify {
+        let current = lake.current_name()?.unwrap_or_default();
+        return Ok(match mapper::pipeline::verify_key_index(&a.lake) {
+            Ok((rows, runs)) => {
+                println!(
+                    "the key index of {current} agrees with its tables: {rows} rows, at most {runs} index runs per type"
+                );
+                ExitCode::SUCCESS
+            }
+            Err(why) => {
+                eprintln!("the key index of {current} disagrees with its tables: {why}");
+                ExitCode::from(1)
+            }
+        });
     }
     let current = lake.current_name()?;
     for name in lake.list()? {
