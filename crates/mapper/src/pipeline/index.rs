@@ -27,7 +27,16 @@ use crate::lake::{self, LakeError, TableFile};
 /// More runs than this are merged.
 const MAX_RUNS: usize = 4;
 /// Entries sorted in memory at a time while a run's rows are indexed (12 MiB).
+#[cfg(not(test))]
 const SORT_CHUNK: usize = 1 << 18;
+#[cfg(test)]
+const SORT_CHUNK: usize = 16;
+/// Sorted chunks open at a time while a run's rows are indexed: more are merged into one
+/// (each chunk keeps a file open).
+#[cfg(not(test))]
+const MAX_CHUNKS: usize = 64;
+#[cfg(test)]
+const MAX_CHUNKS: usize = 3;
 /// The file number of a tombstone.
 const GONE: u32 = u32::MAX;
 
@@ -211,6 +220,20 @@ impl Index {
             let path = scratch.join(name);
             let run = Run::write(path, buf.len(), buf.drain(..).map(Ok), false)?;
             chunks.push(run);
+            if chunks.len() >= MAX_CHUNKS {
+                let len = chunks.iter().map(Run::len).sum();
+                let name = format!("{}-merged-{}.chunk", self.dir.replace('/', "-"), len);
+                let merged = {
+                    let mut sources = Vec::with_capacity(chunks.len());
+                    for c in chunks.iter() {
+                        sources.push(c.entries()?.peekable());
+                    }
+                    let entries = std::iter::from_fn(|| next_newest(&mut sources));
+                    Run::write(scratch.join(name), len, entries, false)?
+                };
+                chunks.clear();
+                chunks.push(merged);
+            }
             Ok::<(), LakeError>(())
         };
         for f in files {
@@ -306,5 +329,102 @@ impl Index {
         self.rel.truncate(from);
         self.push((rel, merged));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three table files of 40 patients each; returns them and each id's expected place.
+    fn tables(root: &Path) -> (Vec<TableFile>, Vec<(String, Located)>) {
+        std::fs::create_dir_all(root.join("data/Patient")).unwrap();
+        let (mut files, mut want) = (Vec::new(), Vec::new());
+        for f in 0..3u32 {
+            let rows: Vec<lake::NewRow> = (0..40u32)
+                .map(|i| {
+                    let id = format!("p-{f}-{i:03}");
+                    let json = serde_json::json!({"resourceType": "Patient", "id": id});
+                    let prepared = lake::Prepared::new(crate::Resource {
+                        resource_type: "Patient",
+                        id: id.clone(),
+                        patient_id: Some(id.clone()),
+                        json: crate::Json::Tree(json),
+                        deleted: false,
+                    });
+                    let at = Located {
+                        file: f + 7,
+                        row: i,
+                        version: i64::from(i) + 1,
+                        hash: prepared.content_hash,
+                    };
+                    want.push((id, at));
+                    lake::NewRow {
+                        prepared,
+                        version_id: i64::from(i) + 1,
+                    }
+                })
+                .collect();
+            let rel = format!("data/Patient/f{f}.parquet");
+            lake::write_file(&root.join(&rel), "Patient", rows, 0).unwrap();
+            files.push(TableFile {
+                path: rel,
+                rows: 40,
+                number: f + 7,
+            });
+        }
+        (files, want)
+    }
+
+    /// Rows sorted in many chunks (merged past the open-chunk limit) are all found where they
+    /// are; tombstones hide ids from older runs, not rows of their own run; merged runs keep
+    /// the newest entry of each id and reopen as written.
+    #[test]
+    fn the_index_finds_every_row_through_chunks_runs_and_merges() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let scratch = root.join("scratch");
+        let (files, want) = tables(root);
+        let mut index = Index::empty(root, "Patient", "snap");
+        index
+            .add_run(root, &files, vec![Key::of("p-0-000")], &scratch)
+            .unwrap();
+        for (id, at) in &want {
+            assert_eq!(index.get(Key::of(id)).unwrap(), Some(*at), "{id}");
+        }
+        assert_eq!(index.get(Key::of("p-9-000")).unwrap(), None);
+        assert_eq!(index.live().unwrap(), 120);
+
+        // Six more runs, each removing two ids: merged as they pile up.
+        let mut gone = Vec::new();
+        for n in 0..6 {
+            let ids = [want[n * 7].0.clone(), want[n * 11 + 3].0.clone()];
+            index
+                .add_run(
+                    root,
+                    &[],
+                    ids.iter().map(|i| Key::of(i)).collect(),
+                    &scratch,
+                )
+                .unwrap();
+            gone.extend(ids);
+            assert!(index.runs() <= MAX_RUNS, "{} runs", index.runs());
+        }
+        gone.sort();
+        gone.dedup();
+        let reopened = Index::open(root, &index.paths(), "Patient", "snap2").unwrap();
+        for i in [&index, &reopened] {
+            for (id, at) in &want {
+                let expect = (!gone.contains(id)).then_some(*at);
+                assert_eq!(i.get(Key::of(id)).unwrap(), expect, "{id}");
+            }
+            assert_eq!(i.live().unwrap(), 120 - gone.len() as u64);
+        }
+        // Only the listed runs and no scratch chunks are left.
+        let on_disk = std::fs::read_dir(root.join("keys/Patient"))
+            .unwrap()
+            .count();
+        assert!(on_disk >= index.paths().len());
+        assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
     }
 }
