@@ -462,6 +462,13 @@ fn print_report(r: &mapper::pipeline::RunReport) {
     }
     let tables: Vec<String> = r.tables.iter().map(|(k, v)| format!("{k}={v}")).collect();
     println!("lake tables: {}", tables.join(", "));
+    let built: Vec<&str> = (r.merge.iter())
+        .filter(|(_, s)| s.key_index_built)
+        .map(|(t, _)| t.as_str())
+        .collect();
+    if !built.is_empty() {
+        println!("key index built from the tables of: {}", built.join(", "));
+    }
 }
 
 async fn smart_for(auth: &AuthArgs, lake: &Path, base_url: &str) -> Result<api::smart::Smart> {

@@ -345,7 +345,12 @@ fn a_lake_with_the_earlier_sha256_content_hashes_does_not_re_version_on_upgrade(
     assert_eq!(updated, 0, "{:?}", report.merge);
     assert!(unchanged > 100 && unchanged <= count(&lake), "{unchanged}");
     assert_eq!(versions(&lake), before, "rows kept as they were");
-    // The run built the key index the earlier lake lacked.
+    // The run built the key index the earlier lake lacked, and says so.
+    assert!(
+        report.merge.values().all(|s| s.key_index_built),
+        "{:?}",
+        report.merge
+    );
     let (checked, runs) = mapper::pipeline::verify_key_index(&lake).unwrap();
     assert_eq!((checked, runs), (count(&lake), 1));
 
@@ -521,6 +526,7 @@ fn the_key_index_stays_true_over_many_deltas() {
         let report = run(&[delta(n)], &options(&lake, 40)).unwrap();
         let eob = report.merge["ExplanationOfBenefit"];
         assert_eq!((eob.created, eob.updated), (1, 2), "delta {n}");
+        assert!(!eob.key_index_built, "delta {n} used the index it had");
         let (checked, runs) = mapper::pipeline::verify_key_index(&lake).unwrap();
         assert_eq!(checked, total(&report), "delta {n}");
         most = most.max(runs);
@@ -552,4 +558,20 @@ fn the_key_index_stays_true_over_many_deltas() {
     }
     assert_eq!(on_disk, listed);
     mapper::pipeline::verify_key_index(&lake).unwrap();
+
+    // A run whose index file was cut short builds the index again from the table.
+    let m = l.manifest(&l.current_name().unwrap().unwrap()).unwrap();
+    let newest = lake.join(m.keys["ExplanationOfBenefit"].last().unwrap());
+    let len = std::fs::metadata(&newest).unwrap().len();
+    std::fs::File::options()
+        .write(true)
+        .open(&newest)
+        .unwrap()
+        .set_len(len - 10)
+        .unwrap();
+    let report = run(&[delta(1)], &options(&lake, 40)).unwrap();
+    assert!(report.merge["ExplanationOfBenefit"].key_index_built);
+    let (checked, runs) = mapper::pipeline::verify_key_index(&lake).unwrap();
+    assert_eq!(checked, total(&report));
+    assert!(runs <= 2, "{runs}");
 }

@@ -1316,6 +1316,10 @@ pub struct MergeStats {
     pub unchanged: u64,
     /// Resources removed.
     pub deleted: u64,
+    /// The run built the type's key index from its table (a lake written before key indexes,
+    /// or an index that could not be read).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub key_index_built: bool,
 }
 
 #[cfg(test)]

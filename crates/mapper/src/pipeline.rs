@@ -1052,6 +1052,7 @@ impl TypeTable {
                 None => {
                     let i = index::Index::build(root, &mut self.prev_files, t, snapshot, scratch)?;
                     self.next_number = self.next_number.max(self.prev_files.len() as u32 + 1);
+                    self.stats.key_index_built = true;
                     i
                 }
             };
