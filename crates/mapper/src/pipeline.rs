@@ -964,6 +964,12 @@ struct TypeTable {
     /// Where [`Flushed`]'s lists are kept.
     lists: fates::Lists,
     dead_in_run: BTreeMap<u32, HashSet<u32>>,
+    /// Rows of the previous snapshot's files (by position in `prev_files`) this run retires.
+    dead_prev: BTreeMap<u32, HashSet<u32>>,
+    /// Ids of the previous snapshot this run removes: tombstones in the key index.
+    gone: HashSet<Key>,
+    /// Position in `prev_files` of each file number (set when the index is opened).
+    prev_position: HashMap<u32, u32>,
     /// Side products no record of this run describes, by id: the richest description seen.
     side: HashMap<String, lake::Prepared>,
     side_bytes: usize,
@@ -1025,6 +1031,9 @@ impl TypeTable {
             flushed: Vec::new(),
             lists,
             dead_in_run: BTreeMap::new(),
+            dead_prev: BTreeMap::new(),
+            gone: HashSet::new(),
+            prev_position: HashMap::new(),
             side: HashMap::new(),
             side_bytes: 0,
             stats: MergeStats::default(),
@@ -1056,9 +1065,65 @@ impl TypeTable {
                     i
                 }
             };
+            self.prev_position = (self.prev_files.iter().enumerate())
+                .map(|(i, f)| (f.number, i as u32))
+                .collect();
             self.prev = Some(index);
         }
         Ok(self.prev.as_ref().expect("opened above"))
+    }
+
+    /// Count what a fate does to the previous snapshot (`old`, its row of the id), or take
+    /// that back when `add` is false (a later record of the id changed its fate): merge
+    /// statistics, the previous row it retires, the tombstone of a removed id. Kept as fates
+    /// change, so that finishing needs no second look at the index.
+    fn account(
+        &mut self,
+        k: Key,
+        fate: Fate,
+        old: Option<index::Located>,
+        add: bool,
+    ) -> Result<(), LakeError> {
+        let s = &mut self.stats;
+        let counter = match (fate, old) {
+            (Fate::UNCHANGED, _) => &mut s.unchanged,
+            (Fate::DELETED, None) => return Ok(()),
+            (Fate::DELETED, Some(_)) => &mut s.deleted,
+            (_, Some(_)) => &mut s.updated,
+            (_, None) => &mut s.created,
+        };
+        if add {
+            *counter += 1;
+        } else {
+            *counter -= 1;
+        }
+        // A new row or a deletion retires the previous snapshot's row.
+        let Some(old) = old.filter(|_| fate != Fate::UNCHANGED) else {
+            return Ok(());
+        };
+        let Some(&fi) = self.prev_position.get(&old.file) else {
+            return Err(LakeError::Parquet {
+                path: format!("keys/{}", self.resource_type),
+                message: format!(
+                    "the key index names file {} the snapshot does not list",
+                    old.file
+                ),
+            });
+        };
+        let dead = self.dead_prev.entry(fi).or_default();
+        if add {
+            dead.insert(old.row);
+        } else {
+            dead.remove(&old.row);
+        }
+        if fate == Fate::DELETED {
+            if add {
+                self.gone.insert(k);
+            } else {
+                self.gone.remove(&k);
+            }
+        }
+        Ok(())
     }
 
     /// A number for a new table file of the type.
@@ -1196,7 +1261,9 @@ impl<'a> Tables<'a> {
                     // Written out early as a side product: a richer description replaces it.
                     side if side as usize >= p.resource.text.len() => return Ok(()),
                     _ => {
+                        // Written by `spill`, which writes no id the previous snapshot holds.
                         table.fates.remove(&k)?;
+                        table.account(k, fate, None, false)?;
                         table.kill(fate)?;
                     }
                 }
@@ -1222,6 +1289,7 @@ impl<'a> Tables<'a> {
         }
         let prev = table.prev()?.get(k)?;
         if let Some(fate) = table.fates.get(&k)? {
+            table.account(k, fate, prev, false)?;
             table.kill(fate)?;
         }
         let fate = if p.resource.deleted {
@@ -1235,6 +1303,7 @@ impl<'a> Tables<'a> {
                 None => table.push(p.resource, 1, 0),
             }
         };
+        table.account(k, fate, prev, true)?;
         table.fates.insert(k, fate)?;
         if table.full(file_rows) {
             self.flush(t)?;
@@ -1259,6 +1328,7 @@ impl<'a> Tables<'a> {
             }
             let len = u32::try_from(p.text.len()).unwrap_or(u32::MAX).max(1);
             let fate = table.push(p, 1, len);
+            table.account(k, fate, None, true)?;
             table.fates.insert(k, fate)?;
             if table.full(file_rows) {
                 self.flush(t)?;
@@ -1362,9 +1432,6 @@ impl<'a> Tables<'a> {
     > {
         let root = self.lake.root().to_path_buf();
         let types: Vec<&'static str> = self.types.keys().copied().collect();
-        let mut dead_prev: BTreeMap<&'static str, BTreeMap<u32, HashSet<u32>>> = BTreeMap::new();
-        // Ids of the previous snapshot this run removed: tombstones in the key index.
-        let mut gone_by_type: BTreeMap<&'static str, Vec<Key>> = BTreeMap::new();
         for t in &types {
             let t = *t;
             let full = self.full.clone();
@@ -1379,39 +1446,6 @@ impl<'a> Tables<'a> {
             self.spill(t)?;
             let table = self.types.get_mut(t).expect("listed");
             table.prev()?;
-            let index = table.prev.take().expect("opened above");
-            let position: HashMap<u32, u32> = (table.prev_files.iter().enumerate())
-                .map(|(i, f)| (f.number, i as u32))
-                .collect();
-            let dead = dead_prev.entry(t).or_default();
-            let gone = gone_by_type.entry(t).or_default();
-            table.fates.for_each(|k, fate| {
-                let old = index.get(*k)?;
-                match (fate, old) {
-                    (Fate::UNCHANGED, _) => table.stats.unchanged += 1,
-                    (Fate::DELETED, None) => {}
-                    (Fate::DELETED, Some(_)) => table.stats.deleted += 1,
-                    (_, Some(_)) => table.stats.updated += 1,
-                    (_, None) => table.stats.created += 1,
-                }
-                // A new row or a deletion retires the previous snapshot's row.
-                if let Some(old) = old.filter(|_| fate != Fate::UNCHANGED) {
-                    let Some(&fi) = position.get(&old.file) else {
-                        return Err(LakeError::Parquet {
-                            path: format!("keys/{t}"),
-                            message: format!(
-                                "the key index names file {} the snapshot does not list",
-                                old.file
-                            ),
-                        });
-                    };
-                    dead.entry(fi).or_default().insert(old.row);
-                    if fate == Fate::DELETED {
-                        gone.push(*k);
-                    }
-                }
-                Ok(())
-            })?;
             if t == "Basic" && !full.is_empty() {
                 // A FULL extract replaces its formularies: items it no longer lists go.
                 let column = crate::registry::find("Basic", "formulary")
@@ -1422,15 +1456,14 @@ impl<'a> Tables<'a> {
                     for (row, (id, refs)) in rows.iter().enumerate() {
                         if refs.iter().any(|r| full.contains(r))
                             && table.fates.get(&Key::of(id))?.is_none()
-                            && dead.entry(fi as u32).or_default().insert(row as u32)
+                            && (table.dead_prev.entry(fi as u32).or_default()).insert(row as u32)
                         {
                             table.stats.deleted += 1;
-                            gone.push(Key::of(id));
+                            table.gone.insert(Key::of(id));
                         }
                     }
                 }
             }
-            table.prev = Some(index);
             self.flush(t)?;
         }
         self.jobs = None;
@@ -1444,7 +1477,7 @@ impl<'a> Tables<'a> {
         let mut indexing = Vec::new();
         for t in types {
             let mut table = self.types.remove(t).expect("listed");
-            let dead = dead_prev.remove(t).unwrap_or_default();
+            let dead = std::mem::take(&mut table.dead_prev);
             let mut list = Vec::new();
             // The files this run wrote: the key index gets a run of their rows.
             let mut written = Vec::new();
@@ -1498,7 +1531,7 @@ impl<'a> Tables<'a> {
                 }
             }
             list.extend(written.iter().cloned());
-            let gone = gone_by_type.remove(t).unwrap_or_default();
+            let gone: Vec<Key> = table.gone.drain().collect();
             match table.prev.take() {
                 Some(_) if list.is_empty() => {}
                 Some(index) if written.is_empty() && gone.is_empty() => {

@@ -171,11 +171,13 @@ impl Fates {
         Ok(())
     }
 
-    /// Call `f` with every key and its fate, in no particular order, until it fails. Writes the keys in memory
+    /// Call `f` with every key and its fate, in no particular order, until it fails (for
+    /// tests: a run keeps its accounts as fates change). Writes the keys in memory
     /// to a run first when runs exist, so it needs `&mut self`.
     ///
     /// # Errors
     /// When a run cannot be read or written.
+    #[cfg(test)]
     pub(super) fn for_each(
         &mut self,
         mut f: impl FnMut(&Key, Fate) -> Result<(), LakeError>,
