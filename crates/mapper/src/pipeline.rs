@@ -29,6 +29,7 @@ use crate::{MapError, Resource};
 
 mod fates;
 mod index;
+pub use index::verify_key_index;
 mod keys;
 mod runs;
 
@@ -892,10 +893,6 @@ impl RejectSink {
     }
 }
 
-fn hex128(s: &str) -> u128 {
-    u128::from_str_radix(s, 16).unwrap_or(0)
-}
-
 /// What this run decided for an id: a new row (in flush `generation`, at `index` of that
 /// flush's buffer), [`Fate::UNCHANGED`] or [`Fate::DELETED`]. Eight bytes, so that the run's
 /// map of them costs 24 bytes a key ([`keys`]).
@@ -993,9 +990,9 @@ struct Tables<'a> {
     jobs: Option<std::sync::mpsc::SyncSender<WriteJob>>,
     /// The most all types may hold together ([`Tables::held`]).
     budget: usize,
-    /// Where the types' keys go to disk, and how many each keeps in memory ([`fates`]).
-    keys_dir: PathBuf,
+    /// How many keys each type keeps in memory ([`fates`]; the rest go to `place.scratch`).
     key_limit: usize,
+    /// Where key index runs and the run's temporary key files go.
     place: std::sync::Arc<IndexPlace>,
     /// Formularies (`InsurancePlan/<id>`) listed in full by a FULL extract of this run: their
     /// items not in the run are no longer on them.
@@ -1011,12 +1008,11 @@ impl TypeTable {
         fates: fates::Fates,
         lists: fates::Lists,
     ) -> Self {
-        // Unnumbered files (a lake from before key indexes) get 1..=n when the index is built.
-        let next_number = if prev_files.iter().any(|f| f.number == 0) {
-            prev_files.len() as u32 + 1
-        } else {
-            prev_files.iter().map(|f| f.number).max().unwrap_or(0) + 1
-        };
+        // Past every number the files have, and past 1..=n, which they get when their index
+        // is built from the table (a lake from before key indexes, or an unreadable index).
+        let next_number = (prev_files.iter().map(|f| f.number).max().unwrap_or(0))
+            .max(prev_files.len() as u32)
+            + 1;
         Self {
             resource_type,
             place,
@@ -1059,8 +1055,8 @@ impl TypeTable {
             let index = match opened {
                 Some(i) => i,
                 None => {
+                    // Numbers the files 1..=n; `next_number` is past them already.
                     let i = index::Index::build(root, &mut self.prev_files, t, snapshot, scratch)?;
-                    self.next_number = self.next_number.max(self.prev_files.len() as u32 + 1);
                     self.stats.key_index_built = true;
                     i
                 }
@@ -1214,7 +1210,7 @@ fn weight(p: &lake::Prepared) -> usize {
 
 impl<'a> Tables<'a> {
     fn table(&mut self, t: &'static str) -> &mut TypeTable {
-        let (dir, limit, place) = (&self.keys_dir, self.key_limit, &self.place);
+        let (dir, limit, place) = (&self.place.scratch, self.key_limit, &self.place);
         self.types.entry(t).or_insert_with(|| {
             TypeTable::new(
                 t,
@@ -1552,7 +1548,7 @@ impl<'a> Tables<'a> {
                 stats.insert(t.to_string(), table.stats);
             }
         }
-        let scratch = &self.keys_dir;
+        let scratch = &self.place.scratch;
         let indexed: Vec<Result<(&str, Vec<String>), LakeError>> = indexing
             .into_par_iter()
             .map(|(t, mut index, written, gone)| {
@@ -1566,60 +1562,6 @@ impl<'a> Tables<'a> {
         }
         Ok((files, counts, stats, keys))
     }
-}
-
-/// Check the current snapshot's key index against its tables: every row is found where it is,
-/// with its version and content hash, and the index holds no other id. Returns the rows
-/// checked and the most index runs a type has. Types without an index (lakes written before
-/// key indexes) are skipped.
-///
-/// # Errors
-/// A description of the first disagreement, or of a file that cannot be read.
-pub fn verify_key_index(lake: &Path) -> Result<(u64, usize), String> {
-    let l = Lake::new(lake);
-    let name = l
-        .current_name()
-        .map_err(|e| e.to_string())?
-        .ok_or("empty lake")?;
-    let m = l.manifest(&name).map_err(|e| e.to_string())?;
-    let (mut checked, mut most_runs) = (0, 0);
-    for (t, runs) in &m.keys {
-        let index = index::Index::open(l.root(), runs, t, &name).map_err(|e| e.to_string())?;
-        most_runs = most_runs.max(index.runs());
-        let mut rows = 0;
-        for f in m.files.get(t).into_iter().flatten() {
-            let mut wrong = None;
-            lake::for_each_key(&l.root().join(&f.path), |row, id, version, hash| {
-                rows += 1;
-                let want = index::Located {
-                    file: f.number,
-                    row,
-                    version,
-                    hash: hex128(hash),
-                };
-                match index.get(Key::of(id)) {
-                    Ok(Some(got)) if got == want => {}
-                    got if wrong.is_none() => {
-                        // The id stays out of the message (it may name a member).
-                        wrong = Some(format!("{t}: index has {got:?}, table {want:?}"));
-                    }
-                    _ => {}
-                }
-            })
-            .map_err(|e| e.to_string())?;
-            if let Some(w) = wrong {
-                return Err(w);
-            }
-        }
-        let live = index.live().map_err(|e| e.to_string())?;
-        if live != rows {
-            return Err(format!(
-                "{t}: the index holds {live} ids, the table {rows} rows"
-            ));
-        }
-        checked += rows;
-    }
-    Ok((checked, most_runs))
 }
 
 /// Run an ingest over `paths` into the lake.
@@ -1700,7 +1642,6 @@ pub fn run(paths: &[PathBuf], opts: &Options) -> Result<RunReport, RunError> {
         types,
         budget: opts.buffer_bytes.unwrap_or(RUN_BYTES).max(1),
         file_rows: opts.file_rows.unwrap_or(FILE_ROWS).max(1),
-        keys_dir: keys_dir.clone(),
         key_limit,
         place,
         seq: 0,

@@ -18,7 +18,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::keys::{Key, KeyMap};
-use super::runs::{io, next_newest, u32_at, u64_at, Entry, Run};
+use super::runs::{io, newest_of, u32_at, u64_at, Entry, Run};
 use super::Fate;
 use crate::lake::LakeError;
 
@@ -157,15 +157,8 @@ impl Fates {
     fn merge(&mut self) -> Result<(), LakeError> {
         let len = self.runs.iter().map(Run::len).sum();
         let path = self.next_path()?;
-        let merged = {
-            let mut sources = Vec::with_capacity(self.runs.len());
-            for r in &self.runs {
-                sources.push(r.entries()?.peekable());
-            }
-            let merged = std::iter::from_fn(|| next_newest(&mut sources))
-                .filter(|e| !matches!(e, Ok((_, f)) if *f == GONE));
-            Run::write(path, len, merged, false)?
-        };
+        let merged = newest_of(&self.runs)?.filter(|e| !matches!(e, Ok((_, f)) if *f == GONE));
+        let merged = Run::write(path, len, merged, false)?;
         self.runs.clear();
         self.runs.push(merged);
         Ok(())

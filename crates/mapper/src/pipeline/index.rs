@@ -21,8 +21,8 @@
 use std::path::{Path, PathBuf};
 
 use super::keys::Key;
-use super::runs::{io, next_newest, u32_at, u64_at, Entry, Run};
-use crate::lake::{self, LakeError, TableFile};
+use super::runs::{io, newest_of, u32_at, u64_at, Entry, Run};
+use crate::lake::{self, Lake, LakeError, TableFile};
 
 /// More runs than this are merged.
 const MAX_RUNS: usize = 4;
@@ -179,12 +179,8 @@ impl Index {
     /// # Errors
     /// When a run cannot be read.
     pub(super) fn live(&self) -> Result<u64, LakeError> {
-        let mut sources = Vec::with_capacity(self.runs.len());
-        for r in &self.runs {
-            sources.push(r.entries()?.peekable());
-        }
         let mut n = 0;
-        while let Some(e) = next_newest(&mut sources) {
+        for e in newest_of(&self.runs)? {
             if e?.at.file != GONE {
                 n += 1;
             }
@@ -207,36 +203,39 @@ impl Index {
         &mut self,
         root: &Path,
         files: &[TableFile],
-        mut gone: Vec<Key>,
+        gone: Vec<Key>,
         scratch: &Path,
     ) -> Result<(), LakeError> {
         std::fs::create_dir_all(scratch).map_err(io(scratch))?;
-        let total: usize = files.iter().map(|f| f.rows as usize).sum();
-        let mut chunks: Vec<Run<IndexEntry>> = Vec::new();
-        let mut buf: Vec<IndexEntry> = Vec::with_capacity(total.min(SORT_CHUNK));
-        let sort_out = |buf: &mut Vec<IndexEntry>, chunks: &mut Vec<Run<IndexEntry>>| {
-            buf.sort_unstable_by_key(|e| e.key.ordinal());
-            let name = format!("{}-{}.chunk", self.dir.replace('/', "-"), chunks.len());
-            let path = scratch.join(name);
-            let run = Run::write(path, buf.len(), buf.drain(..).map(Ok), false)?;
-            chunks.push(run);
-            if chunks.len() >= MAX_CHUNKS {
-                let len = chunks.iter().map(Run::len).sum();
-                let name = format!("{}-merged-{}.chunk", self.dir.replace('/', "-"), len);
-                let merged = {
-                    let mut sources = Vec::with_capacity(chunks.len());
-                    for c in chunks.iter() {
-                        sources.push(c.entries()?.peekable());
-                    }
-                    let entries = std::iter::from_fn(|| next_newest(&mut sources));
-                    Run::write(scratch.join(name), len, entries, false)?
-                };
-                chunks.clear();
-                chunks.push(merged);
-            }
-            Ok::<(), LakeError>(())
+        let stem = self.dir.replace('/', "-");
+        let mut made = 0;
+        let mut chunk_path = || {
+            made += 1;
+            scratch.join(format!("{stem}-{made}.chunk"))
         };
-        for f in files {
+        let sorted = |entries: &mut Vec<IndexEntry>, path: PathBuf| {
+            entries.sort_unstable_by_key(|e| e.key.ordinal());
+            Run::write(path, entries.len(), entries.drain(..).map(Ok), false)
+        };
+        // The tombstones are the oldest chunk: a row written by this run is newer than a
+        // removal of its id.
+        let mut tombstones: Vec<IndexEntry> = (gone.into_iter())
+            .map(|key| IndexEntry {
+                key,
+                at: Located {
+                    file: GONE,
+                    row: 0,
+                    version: 0,
+                    hash: 0,
+                },
+            })
+            .collect();
+        tombstones.sort_unstable_by_key(|e| e.key.ordinal());
+        tombstones.dedup_by_key(|e| e.key);
+        let mut chunks = vec![sorted(&mut tombstones, chunk_path())?];
+        let total: usize = files.iter().map(|f| f.rows as usize).sum();
+        let mut buf: Vec<IndexEntry> = Vec::with_capacity(total.min(SORT_CHUNK));
+        for (i, f) in files.iter().enumerate() {
             lake::for_each_key(&root.join(&f.path), |row, id, version, hash| {
                 buf.push(IndexEntry {
                     key: Key::of(id),
@@ -244,42 +243,24 @@ impl Index {
                         file: f.number,
                         row,
                         version,
-                        hash: super::hex128(hash),
+                        hash: hex128(hash),
                     },
                 });
             })?;
-            if buf.len() >= SORT_CHUNK {
-                sort_out(&mut buf, &mut chunks)?;
+            if buf.len() >= SORT_CHUNK || i + 1 == files.len() {
+                chunks.push(sorted(&mut buf, chunk_path())?);
+            }
+            if chunks.len() >= MAX_CHUNKS {
+                let len = chunks.iter().map(Run::len).sum();
+                let merged = Run::write(chunk_path(), len, newest_of(&chunks)?, false)?;
+                chunks = vec![merged];
             }
         }
-        if !buf.is_empty() || chunks.is_empty() {
-            sort_out(&mut buf, &mut chunks)?;
-        }
         drop(buf);
-        gone.sort_unstable_by_key(|k| k.ordinal());
-        gone.dedup();
-        let tombstones = gone.len();
-        // Tombstones first: a row written by this run is newer than a removal of its id.
-        let mut sources: Vec<Box<dyn Iterator<Item = Result<IndexEntry, LakeError>> + '_>> =
-            vec![Box::new(gone.into_iter().map(|key| {
-                Ok(IndexEntry {
-                    key,
-                    at: Located {
-                        file: GONE,
-                        row: 0,
-                        version: 0,
-                        hash: 0,
-                    },
-                })
-            }))];
-        for c in &chunks {
-            sources.push(Box::new(c.entries()?));
-        }
-        let mut sources: Vec<_> = sources.into_iter().map(Iterator::peekable).collect();
-        let merged = std::iter::from_fn(|| next_newest(&mut sources));
+        let len = chunks.iter().map(Run::len).sum();
+        let merged = newest_of(&chunks)?;
         let (rel, path) = self.next_path()?;
-        let run = Run::write(path, total + tombstones, merged, true)?;
-        drop(sources);
+        let run = Run::write(path, len, merged, true)?;
         self.push((rel, run));
         if self.runs.len() > MAX_RUNS {
             self.compact()?;
@@ -315,21 +296,74 @@ impl Index {
             from -= 1;
             total += self.runs[from].len();
         }
-        let merged = {
-            let mut sources = Vec::with_capacity(n - from);
-            for r in &self.runs[from..] {
-                sources.push(r.entries()?.peekable());
-            }
-            let all = from == 0;
-            let entries = std::iter::from_fn(|| next_newest(&mut sources))
-                .filter(|e| !(all && matches!(e, Ok(e) if e.at.file == GONE)));
-            Run::write(path, total, entries, true)?
-        };
+        let all = from == 0;
+        let entries = newest_of(&self.runs[from..])?
+            .filter(|e| !(all && matches!(e, Ok(e) if e.at.file == GONE)));
+        let merged = Run::write(path, total, entries, true)?;
         self.runs.truncate(from);
         self.rel.truncate(from);
         self.push((rel, merged));
         Ok(())
     }
+}
+
+/// A content hash as the tables store it (hex); 0 for one that is not 128-bit hex.
+fn hex128(s: &str) -> u128 {
+    u128::from_str_radix(s, 16).unwrap_or(0)
+}
+
+/// Check the current snapshot's key index against its tables: every row is found where it is,
+/// with its version and content hash, and the index holds no other id. Returns the rows
+/// checked and the most index runs a type has. Types without an index (lakes written before
+/// key indexes) are skipped.
+///
+/// # Errors
+/// A description of the first disagreement, or of a file that cannot be read.
+pub fn verify_key_index(lake: &Path) -> Result<(u64, usize), String> {
+    let l = Lake::new(lake);
+    let name = l
+        .current_name()
+        .map_err(|e| e.to_string())?
+        .ok_or("empty lake")?;
+    let m = l.manifest(&name).map_err(|e| e.to_string())?;
+    let (mut checked, mut most_runs) = (0, 0);
+    for (t, runs) in &m.keys {
+        let index = Index::open(l.root(), runs, t, &name).map_err(|e| e.to_string())?;
+        most_runs = most_runs.max(index.runs());
+        let mut rows = 0;
+        for f in m.files.get(t).into_iter().flatten() {
+            let mut wrong = None;
+            lake::for_each_key(&l.root().join(&f.path), |row, id, version, hash| {
+                rows += 1;
+                let want = Located {
+                    file: f.number,
+                    row,
+                    version,
+                    hash: hex128(hash),
+                };
+                match index.get(Key::of(id)) {
+                    Ok(Some(got)) if got == want => {}
+                    got if wrong.is_none() => {
+                        // The id stays out of the message (it may name a member).
+                        wrong = Some(format!("{t}: index has {got:?}, table {want:?}"));
+                    }
+                    _ => {}
+                }
+            })
+            .map_err(|e| e.to_string())?;
+            if let Some(w) = wrong {
+                return Err(w);
+            }
+        }
+        let live = index.live().map_err(|e| e.to_string())?;
+        if live != rows {
+            return Err(format!(
+                "{t}: the index holds {live} ids, the table {rows} rows"
+            ));
+        }
+        checked += rows;
+    }
+    Ok((checked, most_runs))
 }
 
 #[cfg(test)]

@@ -282,11 +282,24 @@ impl<E> Drop for Run<E> {
     }
 }
 
+/// The entries of `runs` (oldest first) in key order, each key's from the newest run that
+/// holds it.
+///
+/// # Errors
+/// When a run cannot be opened (read errors come as items).
+pub(super) fn newest_of<E: Entry>(
+    runs: &[Run<E>],
+) -> Result<impl Iterator<Item = Result<E, LakeError>> + '_, LakeError> {
+    let mut sources = Vec::with_capacity(runs.len());
+    for r in runs {
+        sources.push(r.entries()?.peekable());
+    }
+    Ok(std::iter::from_fn(move || next_newest(&mut sources)))
+}
+
 /// The smallest key at the head of the sources, from the newest (last) source that holds it;
 /// the older sources' entries of that key are skipped.
-pub(super) fn next_newest<E, I>(
-    sources: &mut [std::iter::Peekable<I>],
-) -> Option<Result<E, LakeError>>
+fn next_newest<E, I>(sources: &mut [std::iter::Peekable<I>]) -> Option<Result<E, LakeError>>
 where
     E: Entry,
     I: Iterator<Item = Result<E, LakeError>>,
