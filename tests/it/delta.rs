@@ -575,3 +575,112 @@ fn the_key_index_stays_true_over_many_deltas() {
     assert_eq!(checked, total(&report));
     assert!(runs <= 2, "{runs}");
 }
+
+/// Change every 1000th byte of the entry blocks of a type's newest (or `which`) index run,
+/// leaving its footer whole so the run still opens.
+fn damage_index_run(lake: &Path, t: &str, which: impl Fn(&[String]) -> &String) {
+    let l = Lake::new(lake);
+    let m = l.manifest(&l.current_name().unwrap().unwrap()).unwrap();
+    let path = lake.join(which(&m.keys[t]));
+    let mut bytes = std::fs::read(&path).unwrap();
+    // Entries and their block sums are over 90 % of a run; fences and filter follow them.
+    let body = bytes.len() * 9 / 10;
+    for at in (0..body).step_by(1000) {
+        bytes[at] ^= 0x5a;
+    }
+    std::fs::write(&path, bytes).unwrap();
+}
+
+/// A damaged key index is never believed: its checksums catch the change, `verify_key_index`
+/// reports it, and the next run rebuilds the type's index from the table — whether the damage
+/// is met by a lookup or only when the run merges index runs — and writes the same lake as
+/// runs on an undamaged one.
+#[test]
+fn a_damaged_key_index_is_rebuilt_from_the_table_not_believed() {
+    let work = tempfile::tempdir().unwrap();
+    let (members, claims) = generated(work.path(), 30, 6);
+    let (sound, damaged) = (work.path().join("sound"), work.path().join("damaged"));
+    let mut ids: Vec<String> = Vec::new();
+    for l in std::fs::read_to_string(&claims).unwrap().lines().skip(1) {
+        let id = l.split(',').next().unwrap().to_string();
+        if ids.last() != Some(&id) {
+            ids.push(id);
+        }
+    }
+    // A delta adjusting claim `n` and voiding claim `n + 1`, or (`fresh`) bringing claim `n`
+    // again under a new id.
+    let delta = |n: usize, fresh: bool| -> PathBuf {
+        let (header, lines) = claim_lines(&claims, &ids[n]);
+        let mut out = header + "\n";
+        for l in &lines {
+            out += &if fresh {
+                l.replacen(&format!("{},", ids[n]), &format!("N-{n},"), 1)
+            } else {
+                with_billed(&l.replace(",ORIGINAL,", ",ADJUSTED,"), "123.45")
+            };
+            out += "\n";
+        }
+        if !fresh {
+            for l in claim_lines(&claims, &ids[n + 1]).1 {
+                out += &l.replace(",ORIGINAL,", ",VOID,");
+                out += "\n";
+            }
+        }
+        let p = work.path().join(format!("delta-{n}-{fresh}.csv"));
+        std::fs::write(&p, out).unwrap();
+        p
+    };
+    let both = |input: &[PathBuf]| {
+        let a = run(input, &options(&sound, 40)).unwrap();
+        let b = run(input, &options(&damaged, 40)).unwrap();
+        assert_eq!(unstamped(&sound), unstamped(&damaged));
+        (a, b)
+    };
+    let eob = "ExplanationOfBenefit";
+    both(&[members, claims.clone()]);
+
+    // Met by the lookups: every block of the one run is damaged.
+    damage_index_run(&damaged, eob, |runs| runs.last().unwrap());
+    let err = mapper::pipeline::verify_key_index(&damaged).unwrap_err();
+    assert!(err.contains("checksum"), "{err}");
+    let (a, b) = both(&[delta(4, false)]);
+    assert!(!a.merge[eob].key_index_built);
+    assert!(
+        b.merge[eob].key_index_built,
+        "the damaged index was rebuilt"
+    );
+    // The adjusted claim and the voided one (now `cancelled`) are updates.
+    assert_eq!(b.merge[eob].updated, 2);
+    assert_eq!(
+        b.merge[eob],
+        mapper::lake::MergeStats {
+            key_index_built: true,
+            ..a.merge[eob]
+        }
+    );
+    mapper::pipeline::verify_key_index(&damaged).unwrap();
+
+    // Met only when runs are merged: new claims (looked up in no block) while the newest run,
+    // which the next merge reads whole, is damaged.
+    let runs = |lake: &Path| {
+        let l = Lake::new(lake);
+        l.manifest(&l.current_name().unwrap().unwrap())
+            .unwrap()
+            .keys[eob]
+            .len()
+    };
+    let mut n = 10;
+    while runs(&damaged) < 4 {
+        both(&[delta(n, true)]);
+        n += 1;
+        assert!(n < 20, "runs do not pile up");
+    }
+    damage_index_run(&damaged, eob, |runs| runs.last().unwrap());
+    let (_, b) = both(&[delta(n, true)]);
+    assert!(
+        b.merge[eob].key_index_built,
+        "the damaged index was rebuilt"
+    );
+    let (checked, _) = mapper::pipeline::verify_key_index(&damaged).unwrap();
+    assert_eq!(checked, b.tables.values().sum::<u64>());
+}

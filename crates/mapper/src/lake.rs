@@ -69,6 +69,15 @@ pub enum LakeError {
         /// The error.
         message: String,
     },
+    /// A key index file is damaged (a checksum or its sizes do not match); a run rebuilds
+    /// that type's index from its table.
+    #[error("key index {path}: {message}")]
+    KeyIndex {
+        /// The index file.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// Another run (or prune) holds the lake's lock.
     #[error("another fhirlake run is writing the lake {0} (it holds {0}/.lock)")]
     Busy(String),

@@ -1048,7 +1048,9 @@ impl TypeTable {
                 Some(index::Index::empty(root, t, snapshot))
             } else if numbered && !self.prev_keys.is_empty() {
                 // A damaged index is rebuilt from the table rather than failing the run.
-                index::Index::open(root, &self.prev_keys, t, snapshot).ok()
+                index::Index::open(root, &self.prev_keys, t, snapshot)
+                    .inspect_err(|e| tracing::warn!(resource_type = t, error = %e, "key index unreadable; rebuilding it from the table"))
+                    .ok()
             } else {
                 None
             };
@@ -1067,6 +1069,21 @@ impl TypeTable {
             self.prev = Some(index);
         }
         Ok(self.prev.as_ref().expect("opened above"))
+    }
+
+    /// The previous snapshot's row of `k`, from the key index. An index block found damaged
+    /// makes the index be rebuilt from the table (once a run), and the lookup asked again:
+    /// an answer is never read from a damaged block.
+    fn lookup(&mut self, k: Key) -> Result<Option<index::Located>, LakeError> {
+        match self.prev()?.get(k) {
+            Err(e @ LakeError::KeyIndex { .. }) if !self.stats.key_index_built => {
+                tracing::warn!(resource_type = self.resource_type, error = %e, "key index damaged; rebuilding it from the table");
+                self.prev = None;
+                self.prev_keys.clear();
+                self.prev()?.get(k)
+            }
+            r => r,
+        }
     }
 
     /// Count what a fate does to the previous snapshot (`old`, its row of the id), or take
@@ -1283,7 +1300,7 @@ impl<'a> Tables<'a> {
                 table.side_bytes -= weight(&old);
             }
         }
-        let prev = table.prev()?.get(k)?;
+        let prev = table.lookup(k)?;
         if let Some(fate) = table.fates.get(&k)? {
             table.account(k, fate, prev, false)?;
             table.kill(fate)?;
@@ -1318,7 +1335,7 @@ impl<'a> Tables<'a> {
         for p in side {
             let table = self.table(t);
             let k = Key::of(&p.id);
-            let in_prev = table.prev()?.get(k)?.is_some();
+            let in_prev = table.lookup(k)?.is_some();
             if in_prev || table.fates.get(&k)?.is_some() {
                 continue;
             }
@@ -1533,7 +1550,7 @@ impl<'a> Tables<'a> {
                 Some(index) if written.is_empty() && gone.is_empty() => {
                     keys.insert(t.to_string(), index.paths());
                 }
-                Some(index) => indexing.push((t, index, written, gone)),
+                Some(index) => indexing.push((t, index, written, gone, list.clone())),
                 None if table.prev_keys.is_empty() => {}
                 None => {
                     keys.insert(t.to_string(), std::mem::take(&mut table.prev_keys));
@@ -1548,17 +1565,28 @@ impl<'a> Tables<'a> {
                 stats.insert(t.to_string(), table.stats);
             }
         }
-        let scratch = &self.place.scratch;
-        let indexed: Vec<Result<(&str, Vec<String>), LakeError>> = indexing
+        let (scratch, snapshot) = (&self.place.scratch, &self.place.snapshot);
+        let indexed: Vec<Result<(&str, Vec<String>, bool), LakeError>> = indexing
             .into_par_iter()
-            .map(|(t, mut index, written, gone)| {
-                index.add_run(&root, &written, gone, scratch)?;
-                Ok((t, index.paths()))
+            .map(|(t, mut index, written, gone, mut all)| {
+                match index.add_run(&root, &written, gone, scratch) {
+                    // An older run was found damaged while merging runs: index the whole
+                    // table of the new snapshot instead.
+                    Err(e @ LakeError::KeyIndex { .. }) => {
+                        tracing::warn!(resource_type = t, error = %e, "key index damaged; rebuilding it from the table");
+                        let index = index::Index::build(&root, &mut all, t, snapshot, scratch)?;
+                        Ok((t, index.paths(), true))
+                    }
+                    r => r.map(|()| (t, index.paths(), false)),
+                }
             })
             .collect();
         for i in indexed {
-            let (t, runs) = i?;
+            let (t, runs, rebuilt) = i?;
             keys.insert(t.to_string(), runs);
+            if rebuilt {
+                stats.entry(t.to_string()).or_default().key_index_built = true;
+            }
         }
         Ok((files, counts, stats, keys))
     }

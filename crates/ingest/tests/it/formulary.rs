@@ -9,7 +9,7 @@ use ingest::model::{Change, FormularyDrug, FormularyPlan};
 use ingest::{FileSummary, Item, Reader, Reason, Reject, SourceRecord};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    crate::manifest_dir()
         .join("tests/fixtures/formulary")
         .join(name)
 }

@@ -12,7 +12,7 @@ use ingest::model::{Change, FormularyDrug};
 use ingest::{Item, Reader, Reason, Reject, SourceRecord, Stage};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    crate::manifest_dir().join("../..")
 }
 
 fn mapping() -> Arc<Mapping> {

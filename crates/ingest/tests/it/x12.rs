@@ -8,7 +8,7 @@ use ingest::x12::{generate_837, read_bytes, read_parallel, read_piece, split_str
 use ingest::{FileSummary, Reader, Reason, Reject, SourceRecord};
 
 fn fixture(dir: &str, name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    crate::manifest_dir()
         .join("tests/fixtures/x12")
         .join(dir)
         .join(name)

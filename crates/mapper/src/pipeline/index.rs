@@ -9,7 +9,7 @@
 //! listed in each snapshot's manifest (oldest first): a run adds one holding every row of the
 //! files it wrote (new files and copies of files it removed rows from) and a tombstone for each
 //! id it removed, so the newest entry of an id is always right. A lookup asks the newest run
-//! first; each run's Bloom filter and block fences are all it keeps in memory (about 1.6 bytes
+//! first; each run's Bloom filter and block fences are all it keeps in memory (about 1.8 bytes
 //! a row). When a type has more than [`MAX_RUNS`] runs the newest ones are merged (size-tiered:
 //! an older run joins the merge only when it is at most twice the newer ones together, so a
 //! row is rewritten a logarithmic number of times). Runs are immutable: older snapshots keep
@@ -136,8 +136,8 @@ impl Index {
         Ok(index)
     }
 
-    /// Build the index of `files` from their rows, numbering them from 1 (for tables written
-    /// before key indexes).
+    /// Build the index of `files` from their rows (for tables written before key indexes, or
+    /// whose index is damaged). Files written before file numbers are numbered from 1.
     ///
     /// # Errors
     /// When a file cannot be read or the run cannot be written.
@@ -148,8 +148,10 @@ impl Index {
         snapshot: &str,
         scratch: &Path,
     ) -> Result<Self, LakeError> {
-        for (i, f) in files.iter_mut().enumerate() {
-            f.number = i as u32 + 1;
+        if files.iter().any(|f| f.number == 0) {
+            for (i, f) in files.iter_mut().enumerate() {
+                f.number = i as u32 + 1;
+            }
         }
         let mut index = Self::empty(root, resource_type, snapshot);
         index.add_run(root, files, Vec::new(), scratch)?;
@@ -343,6 +345,7 @@ pub fn verify_key_index(lake: &Path) -> Result<(u64, usize), String> {
                 };
                 match index.get(Key::of(id)) {
                     Ok(Some(got)) if got == want => {}
+                    Err(e) if wrong.is_none() => wrong = Some(format!("{t}: {e}")),
                     got if wrong.is_none() => {
                         // The id stays out of the message (it may name a member).
                         wrong = Some(format!("{t}: index has {got:?}, table {want:?}"));

@@ -5,28 +5,45 @@
 //! removed when dropped) and the lake's index of where each id's row is ([`super::index`],
 //! durable runs that carry their fences and filter in a footer and outlive the run).
 //!
-//! A run is entries sorted by key, no key twice, in blocks of [`BLOCK`] entries. A lookup asks
-//! the Bloom filter first (one 64-byte block of it, about 1.5 bytes a key in memory), so a key
-//! the run does not hold is almost never read from disk; otherwise it reads the one block its
-//! key falls in.
+//! A run is entries sorted by key, no key twice, in blocks of [`BLOCK`] entries, each block
+//! followed by an XXH3-64 checksum of its bytes. A lookup asks the Bloom filter first (one
+//! 64-byte block of it, about 1.5 bytes a key in memory), so a key the run does not hold is
+//! almost never read from disk; otherwise it reads the one block its key falls in and checks
+//! its sum. A durable run's footer (fences, filter and counts) has a checksum of its own. An
+//! entry that changed on disk would send a run to the wrong row — retiring another resource's
+//! row, or missing the old one and keeping two — so a damaged block or footer is an error
+//! ([`LakeError::KeyIndex`]) and never an answer; the pipeline then rebuilds the type's index
+//! from its table.
+//!
+//! Runs written before checksums (`FLKEYS01`: 128-entry blocks, no sums) are still read.
 
 use std::fs::File;
+use std::hash::Hasher as _;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::marker::PhantomData;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use twox_hash::XxHash3_64;
+
 use super::keys::Key;
 use crate::lake::LakeError;
 
-/// Entries per block of a run: a lookup reads one block.
-const BLOCK: usize = 128;
+/// Entries per block of a run: a lookup reads one block (3 KiB of index entries).
+const BLOCK: usize = 64;
+/// Bytes of a block's checksum, after its entries.
+const SUM: usize = 8;
 /// Bloom filter bits per key (six probes in one 512-bit block: about 1 % false positives).
 const BLOOM_BITS_PER_KEY: usize = 12;
-/// The last bytes of a durable run: this tag, then the entry count, the fence count and the
-/// Bloom block count as little-endian `u64`s.
-const MAGIC: &[u8; 8] = b"FLKEYS01";
-const FOOTER: usize = 32;
+/// The last bytes of a durable run: this tag; the entry count, the fence count and the Bloom
+/// block count as little-endian `u64`s; then the XXH3-64 of the fences, the filter and those
+/// three counts.
+const MAGIC: &[u8; 8] = b"FLKEYS02";
+const FOOTER: usize = 40;
+/// The first format: the tag and the three counts, 128-entry blocks, no checksums.
+const MAGIC_V1: &[u8; 8] = b"FLKEYS01";
+const FOOTER_V1: usize = 32;
+const BLOCK_V1: usize = 128;
 
 /// An entry of a run: a key and a fixed-size value.
 pub(super) trait Entry: Copy {
@@ -61,11 +78,27 @@ pub(super) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LakeError + '_ {
     }
 }
 
-fn corrupt(path: &Path, why: &str) -> LakeError {
-    LakeError::Parquet {
+fn damaged(path: &Path, why: &str) -> LakeError {
+    LakeError::KeyIndex {
         path: path.display().to_string(),
-        message: format!("key index: {why}"),
+        message: why.to_string(),
     }
+}
+
+/// Check a block read from disk: `count` entries, then (when `summed`) their checksum.
+fn check_block(buf: &[u8], entries: usize, summed: bool, path: &Path) -> Result<(), LakeError> {
+    if summed && XxHash3_64::oneshot(&buf[..entries]) != u64_at(buf, entries) {
+        return Err(damaged(path, "a block does not match its checksum"));
+    }
+    Ok(())
+}
+
+/// The checksum of a durable run's fences and filter (`tail`) and its counts.
+fn footer_sum(tail: &[u8], counts: &[u8]) -> u64 {
+    let mut h = XxHash3_64::default();
+    h.write(tail);
+    h.write(counts);
+    h.finish()
 }
 
 /// A blocked Bloom filter over keys that already are uniform hashes.
@@ -111,6 +144,10 @@ pub(super) struct Run<E> {
     len: usize,
     fences: Vec<u128>,
     bloom: Bloom,
+    /// Entries per block.
+    block: usize,
+    /// Whether each block ends with its checksum (all but `FLKEYS01` runs).
+    summed: bool,
     /// Removed when dropped.
     temporary: bool,
     entry: PhantomData<E>,
@@ -136,33 +173,50 @@ impl<E: Entry> Run<E> {
         let mut out = BufWriter::with_capacity(1 << 16, &file);
         let mut bloom = Bloom::new(len);
         let mut fences = Vec::with_capacity(len.div_ceil(BLOCK));
-        let mut buf = vec![0u8; E::SIZE];
+        let mut block = Vec::with_capacity(BLOCK * E::SIZE + SUM);
+        let mut end_block = |block: &mut Vec<u8>| {
+            let sum = XxHash3_64::oneshot(block);
+            block.extend_from_slice(&sum.to_le_bytes());
+            let written = out.write_all(block);
+            block.clear();
+            written
+        };
         let mut n = 0;
         for e in entries {
             let e = e?;
             let k = e.key();
             if n % BLOCK == 0 {
+                if n > 0 {
+                    end_block(&mut block).map_err(io(&path))?;
+                }
                 fences.push(k.ordinal());
             }
             bloom.add(k);
-            e.encode(&mut buf);
-            out.write_all(&buf).map_err(io(&path))?;
+            let at = block.len();
+            block.resize(at + E::SIZE, 0);
+            e.encode(&mut block[at..]);
             n += 1;
         }
+        if !block.is_empty() {
+            end_block(&mut block).map_err(io(&path))?;
+        }
         if durable {
+            let mut tail = Vec::with_capacity(fences.len() * 16 + bloom.blocks.len() * 64);
             for f in &fences {
-                out.write_all(&f.to_le_bytes()).map_err(io(&path))?;
+                tail.extend_from_slice(&f.to_le_bytes());
             }
-            for b in &bloom.blocks {
-                for w in b {
-                    out.write_all(&w.to_le_bytes()).map_err(io(&path))?;
-                }
+            for w in bloom.blocks.iter().flatten() {
+                tail.extend_from_slice(&w.to_le_bytes());
             }
+            let counts: Vec<u8> = [n, fences.len(), bloom.blocks.len()]
+                .iter()
+                .flat_map(|v| (*v as u64).to_le_bytes())
+                .collect();
+            out.write_all(&tail).map_err(io(&path))?;
             out.write_all(MAGIC).map_err(io(&path))?;
-            for v in [n, fences.len(), bloom.blocks.len()] {
-                out.write_all(&(v as u64).to_le_bytes())
-                    .map_err(io(&path))?;
-            }
+            out.write_all(&counts).map_err(io(&path))?;
+            out.write_all(&footer_sum(&tail, &counts).to_le_bytes())
+                .map_err(io(&path))?;
         }
         out.flush().map_err(io(&path))?;
         drop(out);
@@ -175,36 +229,51 @@ impl<E: Entry> Run<E> {
             len: n,
             fences,
             bloom,
+            block: BLOCK,
+            summed: true,
             temporary: !durable,
             entry: PhantomData,
         })
     }
 
-    /// Open a durable run: read its footer, fences and filter.
+    /// Open a durable run: read its footer, fences and filter, and check their sum.
+    ///
+    /// # Errors
+    /// [`LakeError::KeyIndex`] when the file is not a whole run or its footer is damaged.
     pub(super) fn open(path: PathBuf) -> Result<Self, LakeError> {
         let file = File::open(&path).map_err(io(&path))?;
         let size = file.metadata().map_err(io(&path))?.len() as usize;
-        if size < FOOTER {
-            return Err(corrupt(&path, "shorter than its footer"));
-        }
-        let mut footer = [0u8; FOOTER];
-        file.read_exact_at(&mut footer, (size - FOOTER) as u64)
+        let mut last = [0u8; FOOTER];
+        let have = size.min(FOOTER);
+        file.read_exact_at(&mut last[..have], (size - have) as u64)
             .map_err(io(&path))?;
-        if &footer[..8] != MAGIC {
-            return Err(corrupt(&path, "no footer"));
-        }
-        let [len, nf, nb] = [8, 16, 24].map(|at| u64_at(&footer, at) as usize);
-        let expected = len
-            .checked_mul(E::SIZE)
+        let last = &last[..have];
+        let (footer, block, summed) = if last.starts_with(MAGIC) && have == FOOTER {
+            (last, BLOCK, true)
+        } else if have >= FOOTER_V1 && last[have - FOOTER_V1..].starts_with(MAGIC_V1) {
+            (&last[have - FOOTER_V1..], BLOCK_V1, false)
+        } else {
+            return Err(damaged(&path, "no footer"));
+        };
+        let [len, nf, nb] = [8, 16, 24].map(|at| u64_at(footer, at) as usize);
+        let sums = if summed { nf.checked_mul(SUM) } else { Some(0) };
+        let body = len.checked_mul(E::SIZE).zip(sums).map(|(e, s)| e + s);
+        let expected = body
             .and_then(|v| v.checked_add(nf.checked_mul(16)?))
             .and_then(|v| v.checked_add(nb.checked_mul(64)?))
-            .and_then(|v| v.checked_add(FOOTER));
-        if expected != Some(size) || nf != len.div_ceil(BLOCK) || nb == 0 {
-            return Err(corrupt(&path, "sizes do not add up"));
+            .and_then(|v| v.checked_add(footer.len()));
+        let (Some(body), true) = (body, expected == Some(size)) else {
+            return Err(damaged(&path, "sizes do not add up"));
+        };
+        if nf != len.div_ceil(block) || nb == 0 {
+            return Err(damaged(&path, "sizes do not add up"));
         }
         let mut tail = vec![0u8; nf * 16 + nb * 64];
-        file.read_exact_at(&mut tail, (len * E::SIZE) as u64)
+        file.read_exact_at(&mut tail, body as u64)
             .map_err(io(&path))?;
+        if summed && footer_sum(&tail, &footer[8..32]) != u64_at(footer, 32) {
+            return Err(damaged(&path, "the footer does not match its checksum"));
+        }
         let (f, b) = tail.split_at(nf * 16);
         let fences = f
             .chunks_exact(16)
@@ -220,9 +289,16 @@ impl<E: Entry> Run<E> {
             len,
             fences,
             bloom: Bloom { blocks },
+            block,
+            summed,
             temporary: false,
             entry: PhantomData,
         })
+    }
+
+    /// Bytes a full block takes on disk, its checksum included.
+    fn stride(&self) -> usize {
+        self.block * E::SIZE + if self.summed { SUM } else { 0 }
     }
 
     /// Entries in the run.
@@ -231,6 +307,9 @@ impl<E: Entry> Run<E> {
     }
 
     /// The run's entry for `k`.
+    ///
+    /// # Errors
+    /// When the block cannot be read, or [`LakeError::KeyIndex`] when it is damaged.
     pub(super) fn get(&self, k: Key) -> Result<Option<E>, LakeError> {
         if !self.bloom.may_hold(k) {
             return Ok(None);
@@ -240,12 +319,13 @@ impl<E: Entry> Run<E> {
             0 => return Ok(None),
             b => b - 1,
         };
-        let first = block * BLOCK;
-        let count = BLOCK.min(self.len - first);
-        let mut buf = vec![0u8; count * E::SIZE];
+        let count = self.block.min(self.len - block * self.block);
+        let bytes = count * E::SIZE;
+        let mut buf = vec![0u8; bytes + if self.summed { SUM } else { 0 }];
         self.file
-            .read_exact_at(&mut buf, (first * E::SIZE) as u64)
+            .read_exact_at(&mut buf, (block * self.stride()) as u64)
             .map_err(io(&self.path))?;
+        check_block(&buf, bytes, self.summed, &self.path)?;
         let (mut lo, mut hi) = (0, count);
         while lo < hi {
             let mid = (lo + hi) / 2;
@@ -259,17 +339,35 @@ impl<E: Entry> Run<E> {
         Ok(None)
     }
 
-    /// Every entry, in key order.
+    /// Every entry, in key order; each block's checksum is checked as it is read (the items
+    /// end at the first error).
     pub(super) fn entries(
         &self,
     ) -> Result<impl Iterator<Item = Result<E, LakeError>> + use<'_, E>, LakeError> {
         let file = File::open(&self.path).map_err(io(&self.path))?;
         let mut r = BufReader::with_capacity(1 << 16, file);
-        let path = &self.path;
-        let mut buf = vec![0u8; E::SIZE];
-        Ok((0..self.len).map(move |_| {
-            r.read_exact(&mut buf).map_err(io(path))?;
-            Ok(E::decode(&buf))
+        let (path, len, block, summed) = (&self.path, self.len, self.block, self.summed);
+        let mut buf = Vec::with_capacity(self.stride());
+        let (mut done, mut at, mut held) = (0, 0, 0);
+        Ok(std::iter::from_fn(move || {
+            if done == len {
+                return None;
+            }
+            if at == held {
+                held = block.min(len - done);
+                buf.resize(held * E::SIZE + if summed { SUM } else { 0 }, 0);
+                let read = r.read_exact(&mut buf).map_err(io(path));
+                if let Err(e) = read.and_then(|()| check_block(&buf, held * E::SIZE, summed, path))
+                {
+                    done = len;
+                    return Some(Err(e));
+                }
+                at = 0;
+            }
+            let e = E::decode(&buf[at * E::SIZE..(at + 1) * E::SIZE]);
+            at += 1;
+            done += 1;
+            Some(Ok(e))
         }))
     }
 }
@@ -387,5 +485,101 @@ mod tests {
         assert!(Run::<E>::open(path.clone()).is_err());
         std::fs::write(&path, b"").unwrap();
         assert!(Run::<E>::open(path).is_err());
+    }
+
+    fn is_damaged<T>(r: Result<T, LakeError>) -> bool {
+        matches!(r, Err(LakeError::KeyIndex { .. }))
+    }
+
+    /// One changed byte anywhere in a durable run is found: in an entry (by the lookups and the
+    /// full read of that block, which give no answer from it), in the fences, the filter or
+    /// the counts (by `open`).
+    #[test]
+    fn a_changed_byte_is_an_error_not_an_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut entries: Vec<E> = (0..1000).map(entry).collect();
+        entries.sort_by_key(|e| e.0.ordinal());
+        let path = dir.path().join("r.keys");
+        drop(Run::write(path.clone(), 1000, entries.iter().copied().map(Ok), true).unwrap());
+        let clean = std::fs::read(&path).unwrap();
+        let stride = BLOCK * 24 + SUM;
+        // Byte 5 of the entry at index 3 of block 2: its key's low half.
+        let hit = 2 * stride + 3 * 24 + 5;
+        let mut bytes = clean.clone();
+        bytes[hit] ^= 0x10;
+        std::fs::write(&path, &bytes).unwrap();
+        let run = Run::<E>::open(path.clone()).unwrap();
+        for (i, e) in entries.iter().enumerate() {
+            let got = run.get(e.0);
+            if i / BLOCK == 2 {
+                assert!(is_damaged(got), "entry {i} of the damaged block");
+            } else {
+                assert_eq!(got.unwrap(), Some(*e), "entry {i} of a sound block");
+            }
+        }
+        let read: Vec<_> = run.entries().unwrap().collect();
+        assert_eq!(
+            read.len(),
+            2 * BLOCK + 1,
+            "the entries end at the damaged block"
+        );
+        assert!(is_damaged(read.into_iter().last().unwrap()));
+        drop(run);
+        let body = 1000 * 24 + 1000usize.div_ceil(BLOCK) * SUM;
+        for (what, at) in [
+            ("a block's checksum", stride - 1),
+            ("a fence", body + 20),
+            ("the filter", clean.len() - FOOTER - 70),
+            ("the entry count", clean.len() - FOOTER + 8),
+            ("the footer's checksum", clean.len() - 1),
+        ] {
+            let mut bytes = clean.clone();
+            bytes[at] ^= 0x01;
+            std::fs::write(&path, &bytes).unwrap();
+            let found = match Run::<E>::open(path.clone()) {
+                Err(e) => matches!(e, LakeError::KeyIndex { .. }),
+                Ok(run) => run.entries().unwrap().any(is_damaged),
+            };
+            assert!(found, "a changed byte in {what} went unnoticed");
+        }
+    }
+
+    /// A run written before checksums (`FLKEYS01`) is still read.
+    #[test]
+    fn runs_of_the_first_format_are_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut entries: Vec<E> = (0..300).map(entry).collect();
+        entries.sort_by_key(|e| e.0.ordinal());
+        let mut bloom = Bloom::new(300);
+        let mut bytes = Vec::new();
+        let mut fences = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            if i % BLOCK_V1 == 0 {
+                fences.push(e.0.ordinal());
+            }
+            bloom.add(e.0);
+            let mut b = [0u8; 24];
+            e.encode(&mut b);
+            bytes.extend_from_slice(&b);
+        }
+        for f in &fences {
+            bytes.extend_from_slice(&f.to_le_bytes());
+        }
+        for w in bloom.blocks.iter().flatten() {
+            bytes.extend_from_slice(&w.to_le_bytes());
+        }
+        bytes.extend_from_slice(MAGIC_V1);
+        for v in [300, fences.len(), bloom.blocks.len()] {
+            bytes.extend_from_slice(&(v as u64).to_le_bytes());
+        }
+        let path = dir.path().join("old.keys");
+        std::fs::write(&path, &bytes).unwrap();
+        let run = Run::<E>::open(path).unwrap();
+        for e in &entries {
+            assert_eq!(run.get(e.0).unwrap(), Some(*e));
+        }
+        assert_eq!(run.get(key(5000)).unwrap(), None);
+        let all: Vec<E> = run.entries().unwrap().map(Result::unwrap).collect();
+        assert_eq!(all, entries);
     }
 }

@@ -19,7 +19,7 @@ use mapper::lake::{legacy_hash, Prepared};
 use mapper::Json;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    crate::manifest_dir().join("../..")
 }
 
 fn read(path: &Path, mappings: &[Arc<Mapping>]) -> Vec<SourceRecord> {
@@ -402,7 +402,7 @@ fn c4bb_output_is_pinned() {
             }
         }
     }
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/c4bb.txt");
+    let path = crate::manifest_dir().join("tests/golden/c4bb.txt");
     if std::env::var_os("BLESS").is_some() {
         std::fs::write(&path, &out).expect("write golden");
         return;

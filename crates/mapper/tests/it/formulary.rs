@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use ingest::formulary::{FormularyXmlReader, QhpReader};
 use ingest::{Reader, SourceRecord};
@@ -21,13 +21,13 @@ use mapper::Resource;
 use serde_json::Value;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    crate::manifest_dir()
         .join("../ingest/tests/fixtures/formulary")
         .join(name)
 }
 
 fn golden_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/formulary")
+    crate::manifest_dir().join("tests/golden/formulary")
 }
 
 #[derive(Default)]

@@ -3,7 +3,7 @@
 //! [`map_drug`], checked with the PDex profile checks of the formulary golden tests.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use ingest::delimited::DelimitedReader;
@@ -20,7 +20,7 @@ use serde_json::Value;
 use crate::formulary::{pdex_violations, references, valid_id};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    crate::manifest_dir().join("../..")
 }
 
 fn drugs(rel: &str) -> Vec<FormularyDrug> {
