@@ -594,7 +594,8 @@ fn damage_index_run(lake: &Path, t: &str, which: impl Fn(&[String]) -> &String) 
 /// A damaged key index is never believed: its checksums catch the change, `verify_key_index`
 /// reports it, and the next run rebuilds the type's index from the table — whether the damage
 /// is met by a lookup or only when the run merges index runs — and writes the same lake as
-/// runs on an undamaged one.
+/// runs on an undamaged one. An index that is whole but wrong makes a run fail rather than
+/// drop another resource's row, and the run after it rebuilds the index.
 #[test]
 fn a_damaged_key_index_is_rebuilt_from_the_table_not_believed() {
     let work = tempfile::tempdir().unwrap();
@@ -683,4 +684,44 @@ fn a_damaged_key_index_is_rebuilt_from_the_table_not_believed() {
     );
     let (checked, _) = mapper::pipeline::verify_key_index(&damaged).unwrap();
     assert_eq!(checked, b.tables.values().sum::<u64>());
+
+    // An index with sound checksums that places an id in a row holding another, or in a row
+    // the file does not have (here: two table files traded contents), drops no row: the run fails before it
+    // publishes, and the next one rebuilds the index from the table.
+    let claim = &ids[6];
+    let sizes = files(&damaged, eob);
+    let holder = sizes
+        .keys()
+        .find(|f| {
+            let rows = mapper::lake::read_rows(&damaged.join(f)).unwrap();
+            rows.iter().any(|r| r.id.ends_with(&format!("-{claim}")))
+        })
+        .unwrap()
+        .clone();
+    let other = sizes.keys().find(|f| **f != holder).unwrap();
+    let (x, y) = (damaged.join(&holder), damaged.join(other));
+    let (bx, by) = (std::fs::read(&x).unwrap(), std::fs::read(&y).unwrap());
+    std::fs::write(&x, by).unwrap();
+    std::fs::write(&y, bx).unwrap();
+    let l = Lake::new(&damaged);
+    let current = l.current_name().unwrap();
+    let err = run(&[delta(6, false)], &options(&damaged, 40)).unwrap_err();
+    assert!(err.to_string().contains("key index"), "{err}");
+    assert_eq!(l.current_name().unwrap(), current, "nothing published");
+    let marker = l.rebuild_marker(eob);
+    assert!(marker.exists());
+    let (a, b) = both(&[delta(6, false)]);
+    assert!(b.merge[eob].key_index_built, "the wrong index was rebuilt");
+    assert_eq!(
+        b.merge[eob],
+        mapper::lake::MergeStats {
+            key_index_built: true,
+            ..a.merge[eob]
+        }
+    );
+    assert!(
+        !marker.exists(),
+        "the marker goes once the rebuilt index is published"
+    );
+    mapper::pipeline::verify_key_index(&damaged).unwrap();
 }

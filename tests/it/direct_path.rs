@@ -344,15 +344,15 @@ fn split(file: &Path, t: &str, out: &Path, mode: &str, parts: usize) -> Vec<Path
     let per = n.div_ceil(parts).max(1);
     let mut paths = Vec::new();
     for g in 0..parts {
-        let dead: std::collections::HashSet<u32> = (0..n)
+        let dead: std::collections::HashMap<u32, ()> = (0..n)
             .filter(|i| if mode == "runs" { i / per } else { i % parts } != g)
-            .map(|i| i as u32)
+            .map(|i| (i as u32, ()))
             .collect();
         if dead.len() == n {
             continue;
         }
         let p = out.join(format!("{t}-{g}.parquet"));
-        copy_without(file, &p, t, &dead).expect("write");
+        copy_without(file, &p, t, &dead, |(), _| true).expect("write");
         paths.push(p);
     }
     paths

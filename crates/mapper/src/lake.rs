@@ -897,29 +897,59 @@ pub fn list_column(path: &Path, column: &str) -> Result<Vec<(String, Vec<String>
     Ok(out)
 }
 
-/// Copy a table file without the rows whose positions are in `dead`, and fsync the copy.
-/// Returns the number of rows kept.
+/// Copy a table file without the rows whose positions are keys of `dead`, and fsync the copy.
+/// Each dropped row must hold the id its entry stands for (`holds(entry, id)`), and be in the
+/// file: a row is only ever dropped for the id the run meant to retire. Returns the number of
+/// rows kept.
 ///
 /// # Errors
-/// On I/O or Parquet errors.
-pub fn copy_without(
+/// On I/O or Parquet errors; [`LakeError::KeyIndex`] when a row to drop holds another id or
+/// is past the file's end.
+pub fn copy_without<K>(
     src: &Path,
     dst: &Path,
     resource_type: &str,
-    dead: &std::collections::HashSet<u32>,
+    dead: &std::collections::HashMap<u32, K>,
+    holds: impl Fn(&K, &str) -> bool,
 ) -> Result<u64, LakeError> {
     let mut w = TableWriter::create(dst, resource_type)?;
-    let mut row = 0u32;
+    let (mut row, mut dropped) = (0u32, 0);
     for b in open_batches(src, &[])? {
         let b = b.map_err(|e| pq_err(src, e))?;
-        let keep: arrow::array::BooleanArray = (0..b.num_rows())
-            .map(|i| Some(!dead.contains(&(row + i as u32))))
-            .collect();
+        let ids = b
+            .column_by_name("id")
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .ok_or_else(|| pq_err(src, "no id column"))?;
+        let mut keep = Vec::with_capacity(b.num_rows());
+        for i in 0..b.num_rows() {
+            let at = row + i as u32;
+            match dead.get(&at) {
+                None => keep.push(Some(true)),
+                Some(k) if holds(k, ids.value(i)) => keep.push(Some(false)),
+                Some(_) => {
+                    // The row is named, the id is not (it may name a member).
+                    return Err(LakeError::KeyIndex {
+                        path: src.display().to_string(),
+                        message: format!(
+                            "row {at} does not hold the id the key index places there"
+                        ),
+                    });
+                }
+            }
+        }
         row += b.num_rows() as u32;
+        dropped += keep.iter().filter(|k| **k == Some(false)).count();
+        let keep = arrow::array::BooleanArray::from(keep);
         let kept = arrow::compute::filter_record_batch(&b, &keep).map_err(|e| pq_err(src, e))?;
         if kept.num_rows() > 0 {
             w.write(&kept)?;
         }
+    }
+    if dropped != dead.len() {
+        return Err(LakeError::KeyIndex {
+            path: src.display().to_string(),
+            message: format!("the key index places ids past its last row ({row})"),
+        });
     }
     w.finish()
 }
@@ -1029,6 +1059,15 @@ impl Lake {
     /// The directory of a type's key index runs.
     pub fn keys_dir(&self, resource_type: &str) -> PathBuf {
         self.root.join("keys").join(resource_type)
+    }
+
+    /// `keys/<Type>.rebuild`: left by a run that found a type's key index placing an id in a
+    /// row holding another, it makes the next run that touches the type build the index from
+    /// the table; that run removes it once its snapshot is published.
+    pub fn rebuild_marker(&self, resource_type: &str) -> PathBuf {
+        self.root
+            .join("keys")
+            .join(format!("{resource_type}.rebuild"))
     }
 
     /// Take the writer lock, or fail when another run holds it.

@@ -960,9 +960,9 @@ struct TypeTable {
     flushed: Vec<Flushed>,
     /// Where [`Flushed`]'s lists are kept.
     lists: fates::Lists,
-    dead_in_run: BTreeMap<u32, HashSet<u32>>,
+    dead_in_run: BTreeMap<u32, HashMap<u32, Key>>,
     /// Rows of the previous snapshot's files (by position in `prev_files`) this run retires.
-    dead_prev: BTreeMap<u32, HashSet<u32>>,
+    dead_prev: BTreeMap<u32, HashMap<u32, Key>>,
     /// Ids of the previous snapshot this run removes: tombstones in the key index.
     gone: HashSet<Key>,
     /// Position in `prev_files` of each file number (set when the index is opened).
@@ -1046,7 +1046,10 @@ impl TypeTable {
             let numbered = self.prev_files.iter().all(|f| f.number != 0);
             let opened = if self.prev_files.is_empty() {
                 Some(index::Index::empty(root, t, snapshot))
-            } else if numbered && !self.prev_keys.is_empty() {
+            } else if numbered
+                && !self.prev_keys.is_empty()
+                && !Lake::new(root).rebuild_marker(t).exists()
+            {
                 // A damaged index is rebuilt from the table rather than failing the run.
                 index::Index::open(root, &self.prev_keys, t, snapshot)
                     .inspect_err(|e| tracing::warn!(resource_type = t, error = %e, "key index unreadable; rebuilding it from the table"))
@@ -1125,7 +1128,7 @@ impl TypeTable {
         };
         let dead = self.dead_prev.entry(fi).or_default();
         if add {
-            dead.insert(old.row);
+            dead.insert(old.row, k);
         } else {
             dead.remove(&old.row);
         }
@@ -1165,7 +1168,7 @@ impl TypeTable {
     }
 
     /// Forget this run's earlier row of an id (a later record replaced it).
-    fn kill(&mut self, fate: Fate) -> Result<(), LakeError> {
+    fn kill(&mut self, k: Key, fate: Fate) -> Result<(), LakeError> {
         let Fate { generation, index } = fate;
         if !fate.is_new() {
             return Ok(());
@@ -1176,7 +1179,10 @@ impl TypeTable {
             }
         } else if let Some(f) = self.flushed.get(generation as usize) {
             if let Some(pos) = self.lists.get(&f.position, index)? {
-                self.dead_in_run.entry(generation).or_default().insert(pos);
+                self.dead_in_run
+                    .entry(generation)
+                    .or_default()
+                    .insert(pos, k);
             }
         }
         Ok(())
@@ -1277,7 +1283,7 @@ impl<'a> Tables<'a> {
                         // Written by `spill`, which writes no id the previous snapshot holds.
                         table.fates.remove(&k)?;
                         table.account(k, fate, None, false)?;
-                        table.kill(fate)?;
+                        table.kill(k, fate)?;
                     }
                 }
             }
@@ -1303,7 +1309,7 @@ impl<'a> Tables<'a> {
         let prev = table.lookup(k)?;
         if let Some(fate) = table.fates.get(&k)? {
             table.account(k, fate, prev, false)?;
-            table.kill(fate)?;
+            table.kill(k, fate)?;
         }
         let fate = if p.resource.deleted {
             Fate::DELETED
@@ -1469,7 +1475,9 @@ impl<'a> Tables<'a> {
                     for (row, (id, refs)) in rows.iter().enumerate() {
                         if refs.iter().any(|r| full.contains(r))
                             && table.fates.get(&Key::of(id))?.is_none()
-                            && (table.dead_prev.entry(fi as u32).or_default()).insert(row as u32)
+                            && (table.dead_prev.entry(fi as u32).or_default())
+                                .insert(row as u32, Key::of(id))
+                                .is_none()
                         {
                             table.stats.deleted += 1;
                             table.gone.insert(Key::of(id));
@@ -1494,7 +1502,7 @@ impl<'a> Tables<'a> {
             let mut list = Vec::new();
             // The files this run wrote: the key index gets a run of their rows.
             let mut written = Vec::new();
-            let mut copies: Vec<(lake::TableFile, HashSet<u32>)> = Vec::new();
+            let mut copies: Vec<(lake::TableFile, HashMap<u32, Key>)> = Vec::new();
             for (fi, f) in std::mem::take(&mut table.prev_files)
                 .into_iter()
                 .enumerate()
@@ -1503,7 +1511,7 @@ impl<'a> Tables<'a> {
                     Some(d) if !d.is_empty() => copies.push((f, d.clone())),
                     // A table of a snapshot from before file lists lives in that snapshot's
                     // directory, which pruning removes: copy it into data/.
-                    _ if !f.path.starts_with("data/") => copies.push((f, HashSet::new())),
+                    _ if !f.path.starts_with("data/") => copies.push((f, HashMap::new())),
                     _ => list.push(f),
                 }
             }
@@ -1527,7 +1535,8 @@ impl<'a> Tables<'a> {
                 .par_iter()
                 .zip(names)
                 .map(|((f, d), (rel, number))| {
-                    let rows = lake::copy_without(&root.join(&f.path), &root.join(&rel), t, d)?;
+                    let (src, dst) = (root.join(&f.path), root.join(&rel));
+                    let rows = lake::copy_without(&src, &dst, t, d, |k, id| *k == Key::of(id))?;
                     Ok(lake::TableFile {
                         path: rel,
                         rows,
@@ -1536,7 +1545,27 @@ impl<'a> Tables<'a> {
                 })
                 .collect();
             for c in copied {
-                let c = c?;
+                let c = match c {
+                    Err(LakeError::KeyIndex { path, message }) => {
+                        // The index placed an id in a row that holds another one: the run
+                        // drops nothing and fails, and the next run rebuilds this type's index
+                        // from its table.
+                        let marker = Lake::new(&root).rebuild_marker(t);
+                        std::fs::create_dir_all(root.join("keys"))
+                            .and_then(|()| {
+                                std::fs::write(&marker, "the key index disagreed with the table\n")
+                            })
+                            .map_err(runs::io(&marker))?;
+                        return Err(LakeError::KeyIndex {
+                            path,
+                            message: format!(
+                                "{message}; nothing was published, and the next run rebuilds \
+                                 the {t} key index from the table"
+                            ),
+                        });
+                    }
+                    c => c?,
+                };
                 if c.rows > 0 {
                     written.push(c);
                 } else {
@@ -1750,5 +1779,9 @@ pub fn run(paths: &[PathBuf], opts: &Options) -> Result<RunReport, RunError> {
         source,
     })?;
     staged.publish(report.tables.clone(), files_by_type, keys)?;
+    // The indexes this run rebuilt are published: a marker asking for that is done with.
+    for (t, _) in report.merge.iter().filter(|(_, s)| s.key_index_built) {
+        let _ = std::fs::remove_file(lake.rebuild_marker(t));
+    }
     Ok(report)
 }
