@@ -234,7 +234,7 @@ struct SnapshotArgs {
     #[arg(long)]
     keep: Option<usize>,
     /// Check the current snapshot's key index against its tables (exit status 1 when they
-    /// disagree).
+    /// disagree; the next run that touches that type then rebuilds its index from the table).
     #[arg(long)]
     verify: bool,
 }
@@ -664,6 +664,19 @@ fn snapshots(a: &SnapshotArgs) -> Result<ExitCode> {
             }
             Err(why) => {
                 eprintln!("the key index of {current} disagrees with its tables: {why}");
+                if let Some(t) = &why.resource_type {
+                    // The next run that touches the type rebuilds its index from the table.
+                    let marker = lake.rebuild_marker(t);
+                    match std::fs::write(
+                        &marker,
+                        "fhirlake snapshots --verify found the key index wrong\n",
+                    ) {
+                        Ok(()) => eprintln!(
+                            "the next run that touches {t} rebuilds its key index from the table"
+                        ),
+                        Err(e) => eprintln!("cannot write {}: {e}", marker.display()),
+                    }
+                }
                 ExitCode::from(1)
             }
         });

@@ -248,4 +248,19 @@ fn snapshots_are_listed_rolled_back_and_pruned() {
         let id = r["id"].as_str().unwrap();
         assert!(!err.contains(&format!("/{id}")), "{err}");
     }
+    // It leaves word for the next run, which rebuilds that index and takes the word back.
+    assert!(
+        err.contains("the next run that touches Patient rebuilds"),
+        "{err}"
+    );
+    let marker = l.rebuild_marker("Patient");
+    assert!(marker.exists());
+    let (code, said) = ingest(lake.path(), &["samples/rif"]);
+    assert_eq!(code, 0);
+    assert!(
+        said.contains("key index built from the tables of: Patient"),
+        "{said}"
+    );
+    assert!(!marker.exists());
+    assert!(verify().status.success());
 }

@@ -29,7 +29,7 @@ use crate::{MapError, Resource};
 
 mod fates;
 mod index;
-pub use index::verify_key_index;
+pub use index::{verify_key_index, Disagreement};
 mod keys;
 mod runs;
 

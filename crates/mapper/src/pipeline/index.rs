@@ -314,59 +314,97 @@ fn hex128(s: &str) -> u128 {
     u128::from_str_radix(s, 16).unwrap_or(0)
 }
 
+/// Where the current snapshot's key index and its tables disagree (no id in it: ids may name
+/// members).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disagreement {
+    /// The type whose index disagrees; `None` when the snapshot itself could not be read.
+    pub resource_type: Option<String>,
+    /// What disagrees.
+    pub message: String,
+}
+
+impl std::fmt::Display for Disagreement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.resource_type {
+            Some(t) => write!(f, "{t}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
 /// Check the current snapshot's key index against its tables: every row is found where it is,
 /// with its version and content hash, and the index holds no other id. Returns the rows
 /// checked and the most index runs a type has. Types without an index (lakes written before
 /// key indexes) are skipped.
 ///
 /// # Errors
-/// A description of the first disagreement, or of a file that cannot be read.
-pub fn verify_key_index(lake: &Path) -> Result<(u64, usize), String> {
+/// The first disagreement, or a file that cannot be read.
+pub fn verify_key_index(lake: &Path) -> Result<(u64, usize), Disagreement> {
+    let whole = |message: String| Disagreement {
+        resource_type: None,
+        message,
+    };
     let l = Lake::new(lake);
     let name = l
         .current_name()
-        .map_err(|e| e.to_string())?
-        .ok_or("empty lake")?;
-    let m = l.manifest(&name).map_err(|e| e.to_string())?;
+        .map_err(|e| whole(e.to_string()))?
+        .ok_or_else(|| whole("empty lake".into()))?;
+    let m = l.manifest(&name).map_err(|e| whole(e.to_string()))?;
     let (mut checked, mut most_runs) = (0, 0);
     for (t, runs) in &m.keys {
-        let index = Index::open(l.root(), runs, t, &name).map_err(|e| e.to_string())?;
-        most_runs = most_runs.max(index.runs());
-        let mut rows = 0;
-        for f in m.files.get(t).into_iter().flatten() {
-            let mut wrong = None;
-            lake::for_each_key(&l.root().join(&f.path), |row, id, version, hash| {
-                rows += 1;
-                let want = Located {
-                    file: f.number,
-                    row,
-                    version,
-                    hash: hex128(hash),
-                };
-                match index.get(Key::of(id)) {
-                    Ok(Some(got)) if got == want => {}
-                    Err(e) if wrong.is_none() => wrong = Some(format!("{t}: {e}")),
-                    got if wrong.is_none() => {
-                        // The id stays out of the message (it may name a member).
-                        wrong = Some(format!("{t}: index has {got:?}, table {want:?}"));
-                    }
-                    _ => {}
-                }
-            })
-            .map_err(|e| e.to_string())?;
-            if let Some(w) = wrong {
-                return Err(w);
-            }
-        }
-        let live = index.live().map_err(|e| e.to_string())?;
-        if live != rows {
-            return Err(format!(
-                "{t}: the index holds {live} ids, the table {rows} rows"
-            ));
-        }
+        let files = m.files.get(t).map(Vec::as_slice).unwrap_or_default();
+        let (rows, n) =
+            verify_type(l.root(), &name, t, runs, files).map_err(|message| Disagreement {
+                resource_type: Some(t.clone()),
+                message,
+            })?;
         checked += rows;
+        most_runs = most_runs.max(n);
     }
     Ok((checked, most_runs))
+}
+
+/// [`verify_key_index`] for one type: its rows and index runs.
+fn verify_type(
+    root: &Path,
+    snapshot: &str,
+    t: &str,
+    runs: &[String],
+    files: &[TableFile],
+) -> Result<(u64, usize), String> {
+    let index = Index::open(root, runs, t, snapshot).map_err(|e| e.to_string())?;
+    let mut rows = 0;
+    for f in files {
+        let mut wrong = None;
+        lake::for_each_key(&root.join(&f.path), |row, id, version, hash| {
+            rows += 1;
+            let want = Located {
+                file: f.number,
+                row,
+                version,
+                hash: hex128(hash),
+            };
+            match index.get(Key::of(id)) {
+                Ok(Some(got)) if got == want => {}
+                Err(e) if wrong.is_none() => wrong = Some(e.to_string()),
+                got if wrong.is_none() => {
+                    // The id stays out of the message (it may name a member).
+                    wrong = Some(format!("index has {got:?}, table {want:?}"));
+                }
+                _ => {}
+            }
+        })
+        .map_err(|e| e.to_string())?;
+        if let Some(w) = wrong {
+            return Err(w);
+        }
+    }
+    let live = index.live().map_err(|e| e.to_string())?;
+    if live != rows {
+        return Err(format!("the index holds {live} ids, the table {rows} rows"));
+    }
+    Ok((rows, index.runs()))
 }
 
 #[cfg(test)]
