@@ -1062,8 +1062,9 @@ impl Lake {
     }
 
     /// `keys/<Type>.rebuild`: left by a run that found a type's key index placing an id in a
-    /// row holding another, it makes the next run that touches the type build the index from
-    /// the table; that run removes it once its snapshot is published.
+    /// row holding another, or by `fhirlake snapshots --verify` finding it wrong, it makes the
+    /// next run that touches the type build the index from the table; that run removes it once
+    /// its snapshot is published.
     pub fn rebuild_marker(&self, resource_type: &str) -> PathBuf {
         self.root
             .join("keys")

@@ -960,9 +960,12 @@ struct TypeTable {
     flushed: Vec<Flushed>,
     /// Where [`Flushed`]'s lists are kept.
     lists: fates::Lists,
-    dead_in_run: BTreeMap<u32, HashMap<u32, Key>>,
-    /// Rows of the previous snapshot's files (by position in `prev_files`) this run retires.
-    dead_prev: BTreeMap<u32, HashMap<u32, Key>>,
+    /// Rows of this run's flushed files (by generation) a later record replaced, with the
+    /// [`Key::fingerprint`] of the id each must hold.
+    dead_in_run: BTreeMap<u32, HashMap<u32, u32>>,
+    /// Rows of the previous snapshot's files (by position in `prev_files`) this run retires,
+    /// with the [`Key::fingerprint`] of the id each must hold.
+    dead_prev: BTreeMap<u32, HashMap<u32, u32>>,
     /// Ids of the previous snapshot this run removes: tombstones in the key index.
     gone: HashSet<Key>,
     /// Position in `prev_files` of each file number (set when the index is opened).
@@ -1128,7 +1131,7 @@ impl TypeTable {
         };
         let dead = self.dead_prev.entry(fi).or_default();
         if add {
-            dead.insert(old.row, k);
+            dead.insert(old.row, k.fingerprint());
         } else {
             dead.remove(&old.row);
         }
@@ -1182,7 +1185,7 @@ impl TypeTable {
                 self.dead_in_run
                     .entry(generation)
                     .or_default()
-                    .insert(pos, k);
+                    .insert(pos, k.fingerprint());
             }
         }
         Ok(())
@@ -1476,7 +1479,7 @@ impl<'a> Tables<'a> {
                         if refs.iter().any(|r| full.contains(r))
                             && table.fates.get(&Key::of(id))?.is_none()
                             && (table.dead_prev.entry(fi as u32).or_default())
-                                .insert(row as u32, Key::of(id))
+                                .insert(row as u32, Key::of(id).fingerprint())
                                 .is_none()
                         {
                             table.stats.deleted += 1;
@@ -1502,7 +1505,7 @@ impl<'a> Tables<'a> {
             let mut list = Vec::new();
             // The files this run wrote: the key index gets a run of their rows.
             let mut written = Vec::new();
-            let mut copies: Vec<(lake::TableFile, HashMap<u32, Key>)> = Vec::new();
+            let mut copies: Vec<(lake::TableFile, HashMap<u32, u32>)> = Vec::new();
             for (fi, f) in std::mem::take(&mut table.prev_files)
                 .into_iter()
                 .enumerate()
@@ -1536,7 +1539,9 @@ impl<'a> Tables<'a> {
                 .zip(names)
                 .map(|((f, d), (rel, number))| {
                     let (src, dst) = (root.join(&f.path), root.join(&rel));
-                    let rows = lake::copy_without(&src, &dst, t, d, |k, id| *k == Key::of(id))?;
+                    let rows = lake::copy_without(&src, &dst, t, d, |fp, id| {
+                        *fp == Key::of(id).fingerprint()
+                    })?;
                     Ok(lake::TableFile {
                         path: rel,
                         rows,

@@ -45,6 +45,12 @@ impl Key {
         (self.lo, self.hi)
     }
 
+    /// 32 bits of the key: enough to check that a row holds the id it is meant to (a wrong
+    /// row passes once in 2^32), in a quarter of the memory.
+    pub(super) fn fingerprint(self) -> u32 {
+        self.lo as u32
+    }
+
     /// The key as one number: the order of sorted runs.
     pub(super) fn ordinal(self) -> u128 {
         (u128::from(self.hi) << 64) | u128::from(self.lo)
