@@ -85,9 +85,9 @@ fn damaged(path: &Path, why: &str) -> LakeError {
     }
 }
 
-/// Check a block read from disk: `count` entries, then (when `summed`) their checksum.
-fn check_block(buf: &[u8], entries: usize, summed: bool, path: &Path) -> Result<(), LakeError> {
-    if summed && XxHash3_64::oneshot(&buf[..entries]) != u64_at(buf, entries) {
+/// Check a block read from disk: its entries' `bytes`, then (when `summed`) their checksum.
+fn check_block(buf: &[u8], bytes: usize, summed: bool, path: &Path) -> Result<(), LakeError> {
+    if summed && XxHash3_64::oneshot(&buf[..bytes]) != u64_at(buf, bytes) {
         return Err(damaged(path, "a block does not match its checksum"));
     }
     Ok(())
