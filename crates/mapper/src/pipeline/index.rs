@@ -17,6 +17,9 @@
 //!
 //! A type of a lake written before key indexes has none; the first run that touches it builds
 //! one from the table (numbering its files), which costs that run what every run used to cost.
+//! The same happens to an index found damaged (its runs' checksums, see [`super::runs`]) or
+//! marked wrong (`keys/<Type>.rebuild`, left when a copied file's row did not hold the id the
+//! index placed there, or by [`verify_key_index`] through `fhirlake snapshots --verify`).
 
 use std::path::{Path, PathBuf};
 
