@@ -662,15 +662,16 @@ fn snapshots(a: &SnapshotArgs) -> Result<ExitCode> {
                 );
                 ExitCode::SUCCESS
             }
-            Err(why) => {
-                eprintln!("the key index of {current} disagrees with its tables: {why}");
-                if let Some(t) = &why.resource_type {
+            Err(wrong) => {
+                for why in &wrong {
+                    eprintln!("the key index of {current} disagrees with its tables: {why}");
+                    let Some(t) = &why.resource_type else {
+                        continue;
+                    };
                     // The next run that touches the type rebuilds its index from the table.
                     let marker = lake.rebuild_marker(t);
-                    match std::fs::write(
-                        &marker,
-                        "fhirlake snapshots --verify found the key index wrong\n",
-                    ) {
+                    let said = "fhirlake snapshots --verify found the key index wrong\n";
+                    match std::fs::write(&marker, said) {
                         Ok(()) => eprintln!(
                             "the next run that touches {t} rebuilds its key index from the table"
                         ),

@@ -642,9 +642,10 @@ fn a_damaged_key_index_is_rebuilt_from_the_table_not_believed() {
 
     // Met by the lookups: every block of the one run is damaged.
     damage_index_run(&damaged, eob, |runs| runs.last().unwrap());
-    let err = mapper::pipeline::verify_key_index(&damaged).unwrap_err();
-    assert_eq!(err.resource_type.as_deref(), Some(eob));
-    assert!(err.message.contains("checksum"), "{err}");
+    let wrong = mapper::pipeline::verify_key_index(&damaged).unwrap_err();
+    assert_eq!(wrong.len(), 1, "{wrong:?}");
+    assert_eq!(wrong[0].resource_type.as_deref(), Some(eob));
+    assert!(wrong[0].message.contains("checksum"), "{}", wrong[0]);
     let (a, b) = both(&[delta(4, false)]);
     assert!(!a.merge[eob].key_index_built);
     assert!(

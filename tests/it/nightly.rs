@@ -232,10 +232,13 @@ fn snapshots_are_listed_rolled_back_and_pruned() {
     assert!(said.contains(&format!(": {rows} rows")), "{said}");
     let l = mapper::lake::Lake::new(lake.path());
     let m = l.manifest(first.trim()).unwrap();
-    let run = lake.path().join(&m.keys["Patient"][0]);
-    let mut bytes = std::fs::read(&run).unwrap();
-    bytes[32] ^= 1; // the first entry's version
-    std::fs::write(&run, bytes).unwrap();
+    // Two types damaged: both are reported and marked.
+    for t in ["Patient", "ExplanationOfBenefit"] {
+        let run = lake.path().join(&m.keys[t][0]);
+        let mut bytes = std::fs::read(&run).unwrap();
+        bytes[32] ^= 1; // the first entry's version
+        std::fs::write(&run, bytes).unwrap();
+    }
     let out = verify();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -248,19 +251,25 @@ fn snapshots_are_listed_rolled_back_and_pruned() {
         let id = r["id"].as_str().unwrap();
         assert!(!err.contains(&format!("/{id}")), "{err}");
     }
-    // It leaves word for the next run, which rebuilds that index and takes the word back.
-    assert!(
-        err.contains("the next run that touches Patient rebuilds"),
-        "{err}"
-    );
-    let marker = l.rebuild_marker("Patient");
-    assert!(marker.exists());
+    assert!(err.contains("ExplanationOfBenefit: "), "{err}");
+    // It leaves word for the next run, which rebuilds those indexes and takes the word back.
+    for t in ["Patient", "ExplanationOfBenefit"] {
+        let said = format!("the next run that touches {t} rebuilds");
+        assert!(err.contains(&said), "{err}");
+        assert!(l.rebuild_marker(t).exists(), "{t}");
+    }
     let (code, said) = ingest(lake.path(), &["samples/rif"]);
     assert_eq!(code, 0);
+    let built = said
+        .lines()
+        .find(|l| l.starts_with("key index built"))
+        .unwrap_or_default();
     assert!(
-        said.contains("key index built from the tables of: Patient"),
+        built.contains("Patient") && built.contains("ExplanationOfBenefit"),
         "{said}"
     );
-    assert!(!marker.exists());
+    for t in ["Patient", "ExplanationOfBenefit"] {
+        assert!(!l.rebuild_marker(t).exists(), "{t}");
+    }
     assert!(verify().status.success());
 }

@@ -342,11 +342,14 @@ impl std::fmt::Display for Disagreement {
 /// key indexes) are skipped.
 ///
 /// # Errors
-/// The first disagreement, or a file that cannot be read.
-pub fn verify_key_index(lake: &Path) -> Result<(u64, usize), Disagreement> {
-    let whole = |message: String| Disagreement {
-        resource_type: None,
-        message,
+/// Each type whose index disagrees (its first disagreement), or the snapshot that cannot be
+/// read.
+pub fn verify_key_index(lake: &Path) -> Result<(u64, usize), Vec<Disagreement>> {
+    let whole = |message: String| {
+        vec![Disagreement {
+            resource_type: None,
+            message,
+        }]
     };
     let l = Lake::new(lake);
     let name = l
@@ -354,18 +357,25 @@ pub fn verify_key_index(lake: &Path) -> Result<(u64, usize), Disagreement> {
         .map_err(|e| whole(e.to_string()))?
         .ok_or_else(|| whole("empty lake".into()))?;
     let m = l.manifest(&name).map_err(|e| whole(e.to_string()))?;
-    let (mut checked, mut most_runs) = (0, 0);
+    let (mut checked, mut most_runs, mut wrong) = (0, 0, Vec::new());
     for (t, runs) in &m.keys {
         let files = m.files.get(t).map(Vec::as_slice).unwrap_or_default();
-        let (rows, n) =
-            verify_type(l.root(), &name, t, runs, files).map_err(|message| Disagreement {
+        match verify_type(l.root(), &name, t, runs, files) {
+            Ok((rows, n)) => {
+                checked += rows;
+                most_runs = most_runs.max(n);
+            }
+            Err(message) => wrong.push(Disagreement {
                 resource_type: Some(t.clone()),
                 message,
-            })?;
-        checked += rows;
-        most_runs = most_runs.max(n);
+            }),
+        }
     }
-    Ok((checked, most_runs))
+    if wrong.is_empty() {
+        Ok((checked, most_runs))
+    } else {
+        Err(wrong)
+    }
 }
 
 /// [`verify_key_index`] for one type: its rows and index runs.
