@@ -669,13 +669,11 @@ fn snapshots(a: &SnapshotArgs) -> Result<ExitCode> {
                         continue;
                     };
                     // The next run that touches the type rebuilds its index from the table.
-                    let marker = lake.rebuild_marker(t);
-                    let said = "fhirlake snapshots --verify found the key index wrong\n";
-                    match std::fs::write(&marker, said) {
+                    match lake.mark_key_index_wrong(t, "fhirlake snapshots --verify") {
                         Ok(()) => eprintln!(
                             "the next run that touches {t} rebuilds its key index from the table"
                         ),
-                        Err(e) => eprintln!("cannot write {}: {e}", marker.display()),
+                        Err(e) => eprintln!("cannot leave the rebuild marker: {e}"),
                     }
                 }
                 ExitCode::from(1)

@@ -83,10 +83,47 @@ fn claim_lines(claims: &Path, claim_id: &str) -> (String, Vec<String>) {
     (header, rows)
 }
 
-fn first_claim_id(claims: &Path) -> String {
-    let text = std::fs::read_to_string(claims).unwrap();
-    let line = text.lines().nth(1).unwrap();
-    line.split(',').next().unwrap().to_string()
+/// Every claim id of a plain claims file, once each, in file order.
+fn claim_ids(claims: &Path) -> Vec<String> {
+    let mut ids: Vec<String> = Vec::new();
+    for l in std::fs::read_to_string(claims).unwrap().lines().skip(1) {
+        let id = l.split(',').next().unwrap();
+        if ids.last().map(String::as_str) != Some(id) {
+            ids.push(id.to_string());
+        }
+    }
+    ids
+}
+
+/// A claim's lines sent again as an adjustment billing `amount`.
+fn adjusted(lines: &[String], amount: &str) -> Vec<String> {
+    let adjust = |l: &String| with_billed(&l.replace(",ORIGINAL,", ",ADJUSTED,"), amount);
+    lines.iter().map(adjust).collect()
+}
+
+/// A claim's lines sent again as a void.
+fn voided(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .map(|l| l.replace(",ORIGINAL,", ",VOID,"))
+        .collect()
+}
+
+/// A claim's lines under the claim id `to` instead of `from`.
+fn renamed(lines: &[String], from: &str, to: &str) -> Vec<String> {
+    let (from, to) = (format!("{from},"), format!("{to},"));
+    lines.iter().map(|l| l.replacen(&from, &to, 1)).collect()
+}
+
+/// A delta file at `path`: `header`, then `lines`.
+fn write_delta(path: PathBuf, header: &str, lines: &[String]) -> PathBuf {
+    let mut text = format!("{header}\n");
+    for l in lines {
+        text.push_str(l);
+        text.push('\n');
+    }
+    std::fs::write(&path, text).unwrap();
+    path
 }
 
 /// Change a claim line's billed amount (column 24, after the quoted names are accounted for
@@ -144,24 +181,12 @@ fn a_delta_run_writes_only_the_rows_and_files_it_touches() {
     let before_resources = resources(&lake);
 
     // The delta: one claim adjusted (new billed amount), one brand-new claim.
-    let id = first_claim_id(&claims);
+    let id = claim_ids(&claims)[0].clone();
     let (header, lines) = claim_lines(&claims, &id);
-    let adjusted: Vec<String> = lines
-        .iter()
-        .map(|l| with_billed(&l.replace(",ORIGINAL,", ",ADJUSTED,"), "4321.00"))
-        .collect();
     let new_id = "P-DELTA-1";
-    let fresh: Vec<String> = lines
-        .iter()
-        .map(|l| l.replacen(&format!("{id},"), &format!("{new_id},"), 1))
-        .collect();
-    let delta = work.path().join("delta.csv");
-    let mut text = header + "\n";
-    for l in adjusted.iter().chain(&fresh) {
-        text.push_str(l);
-        text.push('\n');
-    }
-    std::fs::write(&delta, text).unwrap();
+    let mut sent = adjusted(&lines, "4321.00");
+    sent.extend(renamed(&lines, &id, new_id));
+    let delta = write_delta(work.path().join("delta.csv"), &header, &sent);
     let report = run(&[delta], &options(&lake, 100)).unwrap();
 
     let stats = report.merge["ExplanationOfBenefit"];
@@ -222,7 +247,7 @@ fn a_delta_run_writes_only_the_rows_and_files_it_touches() {
 fn a_claim_repeated_later_in_a_run_keeps_only_its_last_version() {
     let work = tempfile::tempdir().unwrap();
     let (members, claims) = generated(work.path(), 40, 10);
-    let id = first_claim_id(&claims);
+    let id = claim_ids(&claims)[0].clone();
     let (_, lines) = claim_lines(&claims, &id);
     // The same claim again at the end of the file, adjusted: by then its first version has
     // long been written out to a table file (20 rows per file).
@@ -494,32 +519,15 @@ fn the_key_index_stays_true_over_many_deltas() {
     let (checked, runs) = mapper::pipeline::verify_key_index(&lake).unwrap();
     assert_eq!((checked, runs), (total(&base), 1));
 
-    let text = std::fs::read_to_string(&claims).unwrap();
-    let mut ids: Vec<String> = Vec::new();
-    for l in text.lines().skip(1) {
-        let id = l.split(',').next().unwrap().to_string();
-        if ids.last() != Some(&id) {
-            ids.push(id);
-        }
-    }
+    let ids = claim_ids(&claims);
+    // Delta `n`: claim `2n` adjusted and again under a new id, claim `2n + 1` voided.
     let delta = |n: usize| -> PathBuf {
         let (header, adjust) = claim_lines(&claims, &ids[2 * n]);
         let (_, void) = claim_lines(&claims, &ids[2 * n + 1]);
-        let mut out = header + "\n";
-        for l in &adjust {
-            let l = l.replace(",ORIGINAL,", ",ADJUSTED,");
-            out += &with_billed(&l, &format!("{}.25", 100 + n));
-            out += "\n";
-            out += &l.replacen(&format!("{},", ids[2 * n]), &format!("P-NEW-{n},"), 1);
-            out += "\n";
-        }
-        for l in &void {
-            out += &l.replace(",ORIGINAL,", ",VOID,");
-            out += "\n";
-        }
-        let p = work.path().join(format!("delta-{n}.csv"));
-        std::fs::write(&p, out).unwrap();
-        p
+        let mut sent = adjusted(&adjust, &format!("{}.25", 100 + n));
+        sent.extend(renamed(&adjust, &ids[2 * n], &format!("P-NEW-{n}")));
+        sent.extend(voided(&void));
+        write_delta(work.path().join(format!("delta-{n}.csv")), &header, &sent)
     };
     let mut most = 0;
     for n in 0..9 {
@@ -601,35 +609,23 @@ fn a_damaged_key_index_is_rebuilt_from_the_table_not_believed() {
     let work = tempfile::tempdir().unwrap();
     let (members, claims) = generated(work.path(), 30, 6);
     let (sound, damaged) = (work.path().join("sound"), work.path().join("damaged"));
-    let mut ids: Vec<String> = Vec::new();
-    for l in std::fs::read_to_string(&claims).unwrap().lines().skip(1) {
-        let id = l.split(',').next().unwrap().to_string();
-        if ids.last() != Some(&id) {
-            ids.push(id);
-        }
-    }
+    let ids = claim_ids(&claims);
     // A delta adjusting claim `n` and voiding claim `n + 1`, or (`fresh`) bringing claim `n`
     // again under a new id.
     let delta = |n: usize, fresh: bool| -> PathBuf {
         let (header, lines) = claim_lines(&claims, &ids[n]);
-        let mut out = header + "\n";
-        for l in &lines {
-            out += &if fresh {
-                l.replacen(&format!("{},", ids[n]), &format!("N-{n},"), 1)
-            } else {
-                with_billed(&l.replace(",ORIGINAL,", ",ADJUSTED,"), "123.45")
-            };
-            out += "\n";
-        }
-        if !fresh {
-            for l in claim_lines(&claims, &ids[n + 1]).1 {
-                out += &l.replace(",ORIGINAL,", ",VOID,");
-                out += "\n";
-            }
-        }
-        let p = work.path().join(format!("delta-{n}-{fresh}.csv"));
-        std::fs::write(&p, out).unwrap();
-        p
+        let sent = if fresh {
+            renamed(&lines, &ids[n], &format!("N-{n}"))
+        } else {
+            let mut sent = adjusted(&lines, "123.45");
+            sent.extend(voided(&claim_lines(&claims, &ids[n + 1]).1));
+            sent
+        };
+        write_delta(
+            work.path().join(format!("delta-{n}-{fresh}.csv")),
+            &header,
+            &sent,
+        )
     };
     let both = |input: &[PathBuf]| {
         let a = run(input, &options(&sound, 40)).unwrap();

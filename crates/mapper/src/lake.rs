@@ -69,11 +69,12 @@ pub enum LakeError {
         /// The error.
         message: String,
     },
-    /// A key index file is damaged (a checksum or its sizes do not match); a run rebuilds
-    /// that type's index from its table.
+    /// A key index file is damaged (a checksum or its sizes do not match), or the index
+    /// places an id in a row of a table file that does not hold it; the type's index is
+    /// rebuilt from its table (by this run, or by the next one).
     #[error("key index {path}: {message}")]
     KeyIndex {
-        /// The index file.
+        /// The index file, or the table file it disagrees with.
         path: String,
         /// What is wrong with it.
         message: String,
@@ -925,7 +926,10 @@ pub fn copy_without<K>(
             let at = row + i as u32;
             match dead.get(&at) {
                 None => keep.push(Some(true)),
-                Some(k) if holds(k, ids.value(i)) => keep.push(Some(false)),
+                Some(k) if holds(k, ids.value(i)) => {
+                    keep.push(Some(false));
+                    dropped += 1;
+                }
                 Some(_) => {
                     // The row is named, the id is not (it may name a member).
                     return Err(LakeError::KeyIndex {
@@ -938,7 +942,6 @@ pub fn copy_without<K>(
             }
         }
         row += b.num_rows() as u32;
-        dropped += keep.iter().filter(|k| **k == Some(false)).count();
         let keep = arrow::array::BooleanArray::from(keep);
         let kept = arrow::compute::filter_record_batch(&b, &keep).map_err(|e| pq_err(src, e))?;
         if kept.num_rows() > 0 {
@@ -1069,6 +1072,21 @@ impl Lake {
         self.root
             .join("keys")
             .join(format!("{resource_type}.rebuild"))
+    }
+
+    /// Leave the [`Lake::rebuild_marker`] of a type, saying who found its index wrong.
+    ///
+    /// # Errors
+    /// When the marker cannot be written.
+    pub fn mark_key_index_wrong(
+        &self,
+        resource_type: &str,
+        found_by: &str,
+    ) -> Result<(), LakeError> {
+        let marker = self.rebuild_marker(resource_type);
+        fs::create_dir_all(self.root.join("keys"))
+            .and_then(|()| fs::write(&marker, format!("{found_by} found the key index wrong\n")))
+            .map_err(io_err(&marker))
     }
 
     /// Take the writer lock, or fail when another run holds it.
@@ -1366,7 +1384,7 @@ pub struct MergeStats {
     /// Resources removed.
     pub deleted: u64,
     /// The run built the type's key index from its table (a lake written before key indexes,
-    /// or an index that could not be read).
+    /// an index that could not be read or was found damaged, or one marked wrong).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub key_index_built: bool,
 }

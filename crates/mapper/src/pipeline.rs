@@ -1003,14 +1003,17 @@ struct Tables<'a> {
 }
 
 impl TypeTable {
+    /// The table of `resource_type`, on the previous snapshot's files and key index runs;
+    /// `key_limit` keys in memory, the rest under `place.scratch`.
     fn new(
         resource_type: &'static str,
         place: std::sync::Arc<IndexPlace>,
         prev_files: Vec<lake::TableFile>,
         prev_keys: Vec<String>,
-        fates: fates::Fates,
-        lists: fates::Lists,
+        key_limit: usize,
     ) -> Self {
+        let fates = fates::Fates::new(&place.scratch, resource_type, key_limit);
+        let lists = fates::Lists::new(&place.scratch, resource_type, key_limit);
         // Past every number the files have, and past 1..=n, which they get when their index
         // is built from the table (a lake from before key indexes, or an unreadable index).
         let next_number = (prev_files.iter().map(|f| f.number).max().unwrap_or(0))
@@ -1236,15 +1239,14 @@ fn weight(p: &lake::Prepared) -> usize {
 
 impl<'a> Tables<'a> {
     fn table(&mut self, t: &'static str) -> &mut TypeTable {
-        let (dir, limit, place) = (&self.place.scratch, self.key_limit, &self.place);
+        let (limit, place) = (self.key_limit, &self.place);
         self.types.entry(t).or_insert_with(|| {
             TypeTable::new(
                 t,
                 std::sync::Arc::clone(place),
                 Vec::new(),
                 Vec::new(),
-                fates::Fates::new(dir, t, limit),
-                fates::Lists::new(dir, t, limit),
+                limit,
             )
         })
     }
@@ -1344,8 +1346,8 @@ impl<'a> Tables<'a> {
         for p in side {
             let table = self.table(t);
             let k = Key::of(&p.id);
-            let in_prev = table.lookup(k)?.is_some();
-            if in_prev || table.fates.get(&k)?.is_some() {
+            // The run's own fates first: mostly in memory, where the index is a disk read.
+            if table.fates.get(&k)?.is_some() || table.lookup(k)?.is_some() {
                 continue;
             }
             let len = u32::try_from(p.text.len()).unwrap_or(u32::MAX).max(1);
@@ -1476,14 +1478,17 @@ impl<'a> Tables<'a> {
                 for (fi, f) in table.prev_files.iter().enumerate() {
                     let rows = lake::list_column(&root.join(&f.path), &column)?;
                     for (row, (id, refs)) in rows.iter().enumerate() {
-                        if refs.iter().any(|r| full.contains(r))
-                            && table.fates.get(&Key::of(id))?.is_none()
+                        if !refs.iter().any(|r| full.contains(r)) {
+                            continue;
+                        }
+                        let k = Key::of(id);
+                        if table.fates.get(&k)?.is_none()
                             && (table.dead_prev.entry(fi as u32).or_default())
-                                .insert(row as u32, Key::of(id).fingerprint())
+                                .insert(row as u32, k.fingerprint())
                                 .is_none()
                         {
                             table.stats.deleted += 1;
-                            table.gone.insert(Key::of(id));
+                            table.gone.insert(k);
                         }
                     }
                 }
@@ -1555,12 +1560,7 @@ impl<'a> Tables<'a> {
                         // The index placed an id in a row that holds another one: the run
                         // drops nothing and fails, and the next run rebuilds this type's index
                         // from its table.
-                        let marker = Lake::new(&root).rebuild_marker(t);
-                        std::fs::create_dir_all(root.join("keys"))
-                            .and_then(|()| {
-                                std::fs::write(&marker, "the key index disagreed with the table\n")
-                            })
-                            .map_err(runs::io(&marker))?;
+                        Lake::new(&root).mark_key_index_wrong(t, "a run")?;
                         return Err(LakeError::KeyIndex {
                             path,
                             message: format!(
@@ -1603,7 +1603,7 @@ impl<'a> Tables<'a> {
         let indexed: Vec<Result<(&str, Vec<String>, bool), LakeError>> = indexing
             .into_par_iter()
             .map(|(t, mut index, written, gone, mut all)| {
-                match index.add_run(&root, &written, gone, scratch) {
+                match index.add_run(&written, gone, scratch) {
                     // An older run was found damaged while merging runs: index the whole
                     // table of the new snapshot instead.
                     Err(e @ LakeError::KeyIndex { .. }) => {
@@ -1677,11 +1677,9 @@ pub fn run(paths: &[PathBuf], opts: &Options) -> Result<RunReport, RunError> {
                     })
                 })
                 .collect();
-            let fates = fates::Fates::new(&keys_dir, t, key_limit);
-            let lists = fates::Lists::new(&keys_dir, t, key_limit);
             let prev_keys = m.keys.get(t).cloned().unwrap_or_default();
             let place = std::sync::Arc::clone(&place);
-            types.insert(t, TypeTable::new(t, place, list, prev_keys, fates, lists));
+            types.insert(t, TypeTable::new(t, place, list, prev_keys, key_limit));
         }
     }
     let mut report = RunReport {

@@ -446,6 +446,21 @@ mod tests {
         (key(i), fate)
     }
 
+    /// The entries of keys `0..n`, in key order.
+    fn sorted(n: u64) -> Vec<E> {
+        let mut entries: Vec<E> = (0..n).map(entry).collect();
+        entries.sort_by_key(|e| e.0.ordinal());
+        entries
+    }
+
+    /// A durable run of `entries` written (and closed) at `dir/r.keys`.
+    fn durable(dir: &Path, entries: &[E]) -> PathBuf {
+        let path = dir.join("r.keys");
+        let n = entries.len();
+        drop(Run::write(path.clone(), n, entries.iter().copied().map(Ok), true).unwrap());
+        path
+    }
+
     #[test]
     fn bloom_filters_hold_every_key_and_few_others() {
         let mut b = Bloom::new(10_000);
@@ -464,12 +479,8 @@ mod tests {
     #[test]
     fn durable_runs_reopen_with_their_fences_and_filter() {
         let dir = tempfile::tempdir().unwrap();
-        let mut entries: Vec<E> = (0..1000).map(entry).collect();
-        entries.sort_by_key(|e| e.0.ordinal());
-        let path = dir.path().join("r.keys");
-        let written =
-            Run::write(path.clone(), 1000, entries.iter().copied().map(Ok), true).unwrap();
-        drop(written);
+        let entries = sorted(1000);
+        let path = durable(dir.path(), &entries);
         let run = Run::<E>::open(path.clone()).unwrap();
         assert_eq!(run.len(), 1000);
         for i in 0..1200 {
@@ -497,10 +508,8 @@ mod tests {
     #[test]
     fn a_changed_byte_is_an_error_not_an_answer() {
         let dir = tempfile::tempdir().unwrap();
-        let mut entries: Vec<E> = (0..1000).map(entry).collect();
-        entries.sort_by_key(|e| e.0.ordinal());
-        let path = dir.path().join("r.keys");
-        drop(Run::write(path.clone(), 1000, entries.iter().copied().map(Ok), true).unwrap());
+        let entries = sorted(1000);
+        let path = durable(dir.path(), &entries);
         let clean = std::fs::read(&path).unwrap();
         let stride = BLOCK * 24 + SUM;
         // Byte 5 of the entry at index 3 of block 2: its key's low half.
@@ -548,8 +557,7 @@ mod tests {
     #[test]
     fn runs_of_the_first_format_are_still_read() {
         let dir = tempfile::tempdir().unwrap();
-        let mut entries: Vec<E> = (0..300).map(entry).collect();
-        entries.sort_by_key(|e| e.0.ordinal());
+        let entries = sorted(300);
         let mut bloom = Bloom::new(300);
         let mut bytes = Vec::new();
         let mut fences = Vec::new();
