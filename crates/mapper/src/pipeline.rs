@@ -1124,13 +1124,9 @@ impl TypeTable {
             return Ok(());
         };
         let Some(&fi) = self.prev_position.get(&old.file) else {
-            return Err(LakeError::Parquet {
-                path: format!("keys/{}", self.resource_type),
-                message: format!(
-                    "the key index names file {} the snapshot does not list",
-                    old.file
-                ),
-            });
+            let t = self.resource_type;
+            let why = format!("names file {} the snapshot does not list", old.file);
+            return Err(index_wrong(&self.place.root, t, format!("keys/{t}"), &why));
         };
         let dead = self.dead_prev.entry(fi).or_default();
         if add {
@@ -1216,6 +1212,22 @@ impl TypeTable {
     /// Bytes held in memory for the run: the buffer and the waiting side products.
     fn held(&self) -> usize {
         self.buf_bytes + self.side_bytes
+    }
+}
+
+/// The error of a run that found the key index of `t` whole but wrong (`path`, `message`: where
+/// and how): the run publishes nothing, and leaves the marker that makes the next run rebuild
+/// that index from the table ([`Lake::rebuild_marker`]).
+fn index_wrong(root: &Path, t: &str, path: String, message: &str) -> LakeError {
+    if let Err(e) = Lake::new(root).mark_key_index_wrong(t, "a run") {
+        return e;
+    }
+    LakeError::KeyIndex {
+        path,
+        message: format!(
+            "{message}; nothing was published, and the next run rebuilds the {t} key index \
+             from the table"
+        ),
     }
 }
 
@@ -1556,18 +1568,9 @@ impl<'a> Tables<'a> {
                 .collect();
             for c in copied {
                 let c = match c {
+                    // The index placed an id in a row that holds another one.
                     Err(LakeError::KeyIndex { path, message }) => {
-                        // The index placed an id in a row that holds another one: the run
-                        // drops nothing and fails, and the next run rebuilds this type's index
-                        // from its table.
-                        Lake::new(&root).mark_key_index_wrong(t, "a run")?;
-                        return Err(LakeError::KeyIndex {
-                            path,
-                            message: format!(
-                                "{message}; nothing was published, and the next run rebuilds \
-                                 the {t} key index from the table"
-                            ),
-                        });
+                        return Err(index_wrong(&root, t, path, &message))
                     }
                     c => c?,
                 };
