@@ -260,6 +260,10 @@ struct GenerateArgs {
     /// 837I (institutional) instead of 837P.
     #[arg(long)]
     institutional: bool,
+    /// Put every claim in one interchange and one functional group, in transaction sets of
+    /// 5,000 claims, as large production files come (default: interchanges of 1,200 claims).
+    #[arg(long)]
+    single_interchange: bool,
     /// Write a formulary XML extract of this many formularies instead of claims.
     #[arg(long)]
     formularies: Option<u32>,
@@ -335,7 +339,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
                 return Ok(ExitCode::SUCCESS);
             }
-            let n = ingest::x12::generate_837(&mut w, !a.institutional, a.claims, a.seed)?;
+            let shape = if a.single_interchange {
+                ingest::x12::Shape::single_interchange()
+            } else {
+                ingest::x12::Shape::default()
+            };
+            let n = ingest::x12::generate_837_shaped(
+                &mut w,
+                !a.institutional,
+                a.claims,
+                a.seed,
+                shape,
+            )?;
             println!("wrote {} ({n} bytes, {} claims)", out.display(), a.claims);
             Ok(ExitCode::SUCCESS)
         }

@@ -1,13 +1,15 @@
 //! X12 837P throughput, parse-only and parse+map, against a plain memchr scan, at one and two
-//! threads: `cargo run --release -p mapper --example x12_map_bench -- [SIZE_MB] [REPS]`
+//! threads: `cargo run --release -p mapper --example x12_map_bench -- [SIZE_MB] [REPS] [single]`
 //!
-//! Generates a SIZE_MB (default 1100) 837P file in a temp dir (deterministic, seed 7), then
+//! Generates a SIZE_MB (default 1100) 837P file in a temp dir (deterministic, seed 7; with
+//! `single`, the whole file in one interchange and one group, sets of 5,000 claims), then
 //! reports, in the same run, MB/s and claims/s of:
 //! - (a) a `memchr` count of the segment terminators over the same buffered reads (the
 //!   ceiling);
 //! - (b) parse-only on one core: `X12Reader`, each claim built and dropped;
 //! - (c) parse+map on a rayon pool of 1 and of 2 threads: `x12::read_parallel` (the file cut
-//!   at interchange boundaries, pieces read and mapped in parallel, results in file order),
+//!   between interchanges or transaction sets, pieces read and mapped in parallel, results in
+//!   file order),
 //!   each record mapped with `mapper::pipeline::map_record` and the resources dropped;
 //! - (d) parse-only through `read_parallel` on 2 threads.
 //!
@@ -21,7 +23,7 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::time::Instant;
 
-use ingest::x12::{generate_837, read_parallel, X12Reader};
+use ingest::x12::{generate_837, generate_837_shaped, read_parallel, Shape, X12Reader};
 use ingest::{Reader, SourceRecord};
 use mapper::c4bb::Systems;
 use mapper::pipeline::map_record;
@@ -112,6 +114,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let size_mb: f64 = args.next().map_or(Ok(1100.0), |s| s.parse())?;
     let reps: usize = args.next().map_or(Ok(1), |s| s.parse())?;
     let reps = reps.max(1);
+    let single = args.next().as_deref() == Some("single");
+    let shape = if single {
+        Shape::single_interchange()
+    } else {
+        Shape::default()
+    };
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("bench.837");
     let mut probe = Vec::new();
@@ -119,7 +127,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let claims = ((size_mb * 1e6) / per_claim).ceil() as usize;
     let t = Instant::now();
     let mut w = BufWriter::new(File::create(&path)?);
-    let bytes = generate_837(&mut w, true, claims, 7)?;
+    let bytes = generate_837_shaped(&mut w, true, claims, 7, shape)?;
     w.flush()?;
     drop(w);
     let mb = bytes as f64 / 1e6;
@@ -127,7 +135,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../mappings/fhir/identifier-systems.toml");
     let systems = Systems::parse(&std::fs::read_to_string(systems_file)?)?;
     println!(
-        "generated {mb:.1} MB, {claims} claims (837P) in {:.1?}; allocator mimalloc; load average before: {}",
+        "generated {mb:.1} MB, {claims} claims (837P{}) in {:.1?}; allocator mimalloc; load average before: {}",
+        if single { ", one interchange" } else { "" },
         t.elapsed(),
         load_average()
     );

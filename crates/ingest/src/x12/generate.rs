@@ -8,12 +8,41 @@
 
 use std::io::{self, Write};
 
-/// Claims per transaction set.
-const CLAIMS_PER_SET: usize = 200;
-/// Transaction sets per functional group.
-const SETS_PER_GROUP: usize = 3;
-/// Functional groups per interchange.
-const GROUPS_PER_INTERCHANGE: usize = 2;
+/// How a generated file is enveloped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Claims per transaction set (ST/SE).
+    pub claims_per_set: usize,
+    /// Transaction sets per functional group (GS/GE).
+    pub sets_per_group: usize,
+    /// Functional groups per interchange (ISA/IEA).
+    pub groups_per_interchange: usize,
+}
+
+impl Default for Shape {
+    /// Many small interchanges (200 claims a set, 3 sets a group, 2 groups an interchange),
+    /// rotating through the delimiter sets.
+    fn default() -> Self {
+        Self {
+            claims_per_set: 200,
+            sets_per_group: 3,
+            groups_per_interchange: 2,
+        }
+    }
+}
+
+impl Shape {
+    /// The whole file in one interchange and one functional group, in transaction sets of
+    /// 5,000 claims (the most the 837 implementation guides recommend a set to hold): the
+    /// shape of a large production file.
+    pub fn single_interchange() -> Self {
+        Self {
+            claims_per_set: 5_000,
+            sets_per_group: usize::MAX,
+            groups_per_interchange: 1,
+        }
+    }
+}
 
 /// (element, component, repetition, segment terminator, newline after terminator)
 const DELIMS: [(u8, u8, u8, u8, bool); 3] = [
@@ -117,6 +146,20 @@ pub fn generate_837(
     claims: usize,
     seed: u64,
 ) -> io::Result<u64> {
+    generate_837_shaped(w, professional, claims, seed, Shape::default())
+}
+
+/// [`generate_837`] with the envelopes of `shape`.
+///
+/// # Errors
+/// Only the writer's I/O errors.
+pub fn generate_837_shaped(
+    w: &mut impl Write,
+    professional: bool,
+    claims: usize,
+    seed: u64,
+    shape: Shape,
+) -> io::Result<u64> {
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut written = 0u64;
     let mut claim_no = 0usize;
@@ -165,7 +208,7 @@ pub fn generate_837(
             wr.buf.push(b'\n');
         }
         let mut groups = 0;
-        for g in 0..GROUPS_PER_INTERCHANGE {
+        for g in 0..shape.groups_per_interchange.max(1) {
             if claim_no >= claims && g > 0 {
                 break;
             }
@@ -183,13 +226,16 @@ pub fn generate_837(
                 version,
             ]);
             let mut sets = 0;
-            for s in 0..SETS_PER_GROUP {
+            for s in 0..shape.sets_per_group.max(1) {
                 if claim_no >= claims && s > 0 {
                     break;
                 }
                 sets += 1;
                 let st02 = format!("{:04}", s + 1);
-                let n = CLAIMS_PER_SET.min(claims - claim_no.min(claims));
+                let n = shape
+                    .claims_per_set
+                    .max(1)
+                    .min(claims - claim_no.min(claims));
                 wr.count = 0;
                 write_set(
                     &mut wr,

@@ -13,6 +13,10 @@
 //!   are tolerated.
 //! - **Streaming**: the input is read through one reusable buffer; memory grows with the
 //!   longest segment (capped at 1 MiB) and with one claim, never with the file.
+//! - **Parallel**: [`read_parallel`] cuts a file between interchanges and between the
+//!   transaction sets of an interchange ([`Piece`] carries the envelope a piece starts
+//!   under), so a file that is one interchange of many sets is read on every core, with the
+//!   same records, rejects, notices and positions as a sequential read.
 //! - **Claim kind**: 005010X222 → professional. 005010X223 → inpatient when the facility type
 //!   code (CLM05-1, a leading `0` dropped) is 11 or 12 (hospital inpatient), 18 (swing bed),
 //!   21 (skilled nursing inpatient) or 41 (religious non-medical inpatient); outpatient
@@ -45,17 +49,16 @@
 //!   [`crate::Notice`]s in the file summary.
 
 mod generate;
+mod parallel;
 mod parse;
 mod token;
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::path::Path;
 
-use rayon::prelude::*;
-
-pub use generate::generate_837;
-pub use parse::Piece;
+pub use generate::{generate_837, generate_837_shaped, Shape};
+pub use parse::{Envelope, GroupEnvelope, Piece};
 pub use token::Delimiters;
 
 use crate::{Error, FileSummary, Item, Reader};
@@ -97,8 +100,9 @@ pub fn read_stream<R: Read>(
     parse::run(name, rdr, emit)
 }
 
-/// Size of the pieces [`read_parallel`] cuts a large file into (they end at the first
-/// interchange boundary past this size).
+/// Size of the pieces [`read_parallel`] cuts a large file into (they end at the first place
+/// past this size where a piece may start: an ISA after a closed interchange, or an ST right
+/// after the SE that closed the previous set).
 pub const PIECE_BYTES: u64 = 256 << 10;
 
 /// Cut an X12 stream into pieces of about `target` bytes that read on their own (see
@@ -130,15 +134,16 @@ pub fn read_piece<R: Read>(
     parse::run_piece(name, rdr, piece, emit)
 }
 
-/// Read an X12 file on the current rayon pool, cut at interchange boundaries into pieces of
-/// about [`PIECE_BYTES`] that are read — and passed through `map` — in parallel. `emit` gets
-/// the mapped items in file order, exactly as a sequential read followed by `map` would give
-/// them, positions included; it takes one window's items while the next window is read and
-/// mapped, and the pieces after that are found.
+/// Read an X12 file on as many threads as the current rayon pool has, cut between
+/// interchanges or between the transaction sets of one (see [`Piece`]) into pieces of about
+/// [`PIECE_BYTES`] that are read — and passed through `map` — in parallel. `emit` gets the
+/// mapped items in file order on the calling thread, exactly as a sequential read followed by
+/// `map` would give them, positions included, while the pieces after them are read.
 ///
-/// Memory stays bounded: the results of two windows of pieces (each twice as many pieces as
-/// the pool has threads) are held at once. A file smaller than two pieces, or a pool of one
-/// thread, is read sequentially.
+/// Memory stays bounded whatever the size of a piece: the piece `emit` is at streams through
+/// to it, and each piece further on holds at most a thousand mapped items until `emit` gets to
+/// it, with the pool's thread count plus two pieces under way at once. A file smaller than two
+/// pieces, or a pool of one thread, is read sequentially.
 ///
 /// # Errors
 /// Only when the file cannot be read.
@@ -158,58 +163,8 @@ pub fn read_parallel<T: Send>(
         let file = File::open(path).map_err(io)?;
         return read_stream(&name, file, &mut |item| emit(map(item))).map_err(io);
     }
-    let mut splitter = parse::Splitter::new(File::open(path).map_err(io)?, PIECE_BYTES);
-    let window = threads * 2;
-    let take = |s: &mut parse::Splitter<File>| -> std::io::Result<Vec<Piece>> {
-        let mut v = Vec::with_capacity(window);
-        while v.len() < window {
-            match s.next_piece()? {
-                Some(p) => v.push(p),
-                None => break,
-            }
-        }
-        Ok(v)
-    };
-    let read_one = |piece: Piece| -> std::io::Result<(FileSummary, Vec<T>)> {
-        let mut f = File::open(path)?;
-        f.seek(SeekFrom::Start(piece.start))?;
-        let mut out = Vec::new();
-        let summary =
-            parse::run_piece(&name, f.take(piece.end - piece.start), piece, &mut |item| {
-                out.push(map(item))
-            })?;
-        Ok((summary, out))
-    };
-    let mut summary = FileSummary::default();
-    // Hand a window's results to `emit`, in order.
-    let mut give = |results: Vec<std::io::Result<(FileSummary, Vec<T>)>>| -> std::io::Result<()> {
-        for r in results {
-            let (s, items) = r?;
-            summary.bytes += s.bytes;
-            summary.units += s.units;
-            summary.notices.extend(s.notices);
-            for t in items {
-                emit(t);
-            }
-        }
-        Ok(())
-    };
-    let mut next = take(&mut splitter).map_err(io)?;
-    let mut done = Vec::new();
-    while !next.is_empty() {
-        let current = std::mem::take(&mut next);
-        let previous = std::mem::take(&mut done);
-        // Emit the previous window and find the next one while this one is read.
-        let ((found, given), results) = rayon::join(
-            || (take(&mut splitter), give(previous)),
-            || current.par_iter().map(|p| read_one(*p)).collect::<Vec<_>>(),
-        );
-        given.map_err(io)?;
-        next = found.map_err(io)?;
-        done = results;
-    }
-    give(done).map_err(io)?;
-    Ok(summary)
+    let splitter = parse::Splitter::new(File::open(path).map_err(io)?, PIECE_BYTES);
+    parallel::read(path, &name, splitter, threads, map, emit).map_err(io)
 }
 
 /// Read X12 bytes held in memory (tests, fuzzing). Never fails and never panics.

@@ -83,11 +83,17 @@ pub(crate) fn run<R: Read>(
     run_piece(file, rdr, Piece::default(), emit)
 }
 
-/// One part of an X12 file that reads on its own: it starts at the start of the file or right
-/// where the whole-file reader is between interchanges (nothing open, only the segment count
-/// carried), so reading the pieces one after another gives exactly what reading the file
-/// gives, positions included.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// One part of an X12 file that reads on its own: reading the pieces one after another gives
+/// exactly what reading the file gives, positions included.
+///
+/// A piece starts at the start of the file, where the whole-file reader is between
+/// interchanges (nothing open, only the segment count carried), or right before a transaction
+/// set (`ST`) inside an interchange, where the reader has closed the previous set with its
+/// `SE` and holds only the envelope: the interchange's delimiters, control number and group
+/// count, and the open group's control number, version and set count. Such a piece carries
+/// that envelope in `resume`, and the piece before it has `open_end`: it ends inside the
+/// interchange, so the end of its bytes is not a missing `GE`/`IEA`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Piece {
     /// Byte offset of the piece's first byte in the file.
     pub start: u64,
@@ -95,19 +101,67 @@ pub struct Piece {
     pub end: u64,
     /// Segments (ISA included) in the file before the piece.
     pub segments_before: u64,
+    /// The envelope open where the piece starts, when it starts inside an interchange.
+    pub resume: Option<Envelope>,
+    /// Whether the piece ends inside an interchange that the next piece goes on reading.
+    pub open_end: bool,
 }
 
-/// Cuts an X12 stream into [`Piece`]s of about `target` bytes, at interchange boundaries.
+/// The envelope a piece that starts inside an interchange reads under (see [`Piece`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// The interchange's delimiters, from its ISA.
+    pub delimiters: Delimiters,
+    /// ISA13, the interchange control number.
+    pub control: Text,
+    /// Segment number and byte offset of the ISA.
+    pub isa_at: (u64, u64),
+    /// Functional groups (GS) the interchange has opened before the piece.
+    pub groups: u64,
+    /// The functional group open where the piece starts, if any.
+    pub group: Option<GroupEnvelope>,
+}
+
+/// The functional group open where a piece starts (see [`Envelope`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupEnvelope {
+    /// GS06, the group control number.
+    pub control: Text,
+    /// GS08, the version / release / industry identifier code.
+    pub version: Text,
+    /// Transaction sets (ST) the group has opened before the piece.
+    pub sets: u64,
+    /// Segment number and byte offset of the GS.
+    pub gs_at: (u64, u64),
+}
+
+/// The splitter's view of the interchange it is walking: what the reader would hold.
+struct Walk {
+    envelope: Envelope,
+    /// A transaction set is open (ST seen, its SE not yet).
+    set_open: bool,
+    /// The last segment was an SE that closed an open set: the reader holds nothing but the
+    /// envelope, so a piece may start at an ST here.
+    clean: bool,
+}
+
+/// Cuts an X12 stream into [`Piece`]s of about `target` bytes, between interchanges or
+/// between the transaction sets of one.
 ///
 /// It walks the stream as [`run`] does (the same tokenizer, the same rules for where an
 /// interchange ends and for skipping bad ones) without building anything, counting segments,
-/// so that each piece knows its first segment number.
+/// so that each piece knows its first segment number, and following the envelope (ISA, GS,
+/// ST, SE, GE) so that a piece that starts inside an interchange knows it.
 pub(crate) struct Splitter<R> {
     src: Source<R>,
     target: u64,
     seg_no: u64,
     start: u64,
     start_seg: u64,
+    start_resume: Option<Envelope>,
+    /// The interchange being walked, between calls.
+    walk: Option<Walk>,
+    ends: Bounds,
     /// Whether the last unit ended cleanly (IEA, or a rejected interchange).
     closed: bool,
     done: bool,
@@ -121,9 +175,27 @@ impl<R: Read> Splitter<R> {
             seg_no: 0,
             start: 0,
             start_seg: 0,
+            start_resume: None,
+            walk: None,
+            ends: Bounds::new(),
             closed: true,
             done: false,
         }
+    }
+
+    /// End the current piece at `off` and start the next one there.
+    fn cut(&mut self, off: u64, resume: Option<Envelope>) -> Piece {
+        let piece = Piece {
+            start: self.start,
+            end: off,
+            segments_before: self.start_seg,
+            open_end: resume.is_some(),
+            resume: self.start_resume.take(),
+        };
+        self.start = off;
+        self.start_seg = self.seg_no;
+        self.start_resume = resume;
+        piece
     }
 
     /// The next piece, `None` after the last one.
@@ -132,8 +204,63 @@ impl<R: Read> Splitter<R> {
             return Ok(None);
         }
         let mut sink = Vec::new();
-        // The top of `run`'s loop: the reader's state is empty here.
-        while self.src.skip_ws()? {
+        loop {
+            if let Some(w) = &mut self.walk {
+                // `Driver::interchange` and `Driver::segment`, following the envelope only.
+                let d = w.envelope.delimiters;
+                let Some(rs) = self.src.next_in_interchange(d.segment)? else {
+                    // End of input, or an ISA: the interchange ended without IEA.
+                    self.walk = None;
+                    continue;
+                };
+                let off = rs.offset;
+                let id = seg_id(rs.data, d.element);
+                if id == b"ST" && w.clean && off - self.start >= self.target {
+                    let resume = w.envelope.clone();
+                    let piece = self.cut(off, Some(resume));
+                    self.seg_no += 1;
+                    if let Some(w) = &mut self.walk {
+                        w.st();
+                    }
+                    return Ok(Some(piece));
+                }
+                self.seg_no += 1;
+                w.clean = false;
+                match id {
+                    b"IEA" => {
+                        self.closed = true;
+                        self.walk = None;
+                    }
+                    b"GS" => {
+                        let seg = Seg::split(rs.data, rs.text, &d, &mut self.ends);
+                        w.set_open = false;
+                        w.envelope.groups += 1;
+                        w.envelope.group = Some(GroupEnvelope {
+                            control: lossy(seg.el(6)),
+                            version: lossy(seg.el(8)),
+                            sets: 0,
+                            gs_at: (self.seg_no, off),
+                        });
+                    }
+                    b"GE" => {
+                        w.set_open = false;
+                        w.envelope.group = None;
+                    }
+                    b"ST" => w.st(),
+                    b"SE" => {
+                        w.clean = w.set_open;
+                        w.set_open = false;
+                    }
+                    // Anything else belongs to the open set, or is an orphan the reader
+                    // holds until the next envelope segment.
+                    _ => {}
+                }
+                continue;
+            }
+            // The top of `run`'s loop: the reader's state is empty here.
+            if !self.src.skip_ws()? {
+                break;
+            }
             let off = self.src.offset();
             // Not before a byte-order mark (`skip_ws` has skipped every one it could see;
             // this only guards the last bytes of the input).
@@ -143,29 +270,24 @@ impl<R: Read> Splitter<R> {
                 && off - self.start >= self.target
                 && !self.src.peek_isa()?.starts_with(&[0xEF, 0xBB, 0xBF])
             {
-                let piece = Piece {
-                    start: self.start,
-                    end: off,
-                    segments_before: self.start_seg,
-                };
-                self.start = off;
-                self.start_seg = self.seg_no;
-                return Ok(Some(piece));
+                return Ok(Some(self.cut(off, None)));
             }
             self.seg_no += 1;
             match parse_isa(self.src.peek_isa()?) {
                 Ok(isa) => {
                     self.src.advance(ISA_LEN);
-                    let d = isa.delims;
                     self.closed = false;
-                    // `Driver::interchange`, counting only.
-                    while let Some(rs) = self.src.next_in_interchange(d.segment)? {
-                        self.seg_no += 1;
-                        if seg_id(rs.data, d.element) == b"IEA" {
-                            self.closed = true;
-                            break;
-                        }
-                    }
+                    self.walk = Some(Walk {
+                        envelope: Envelope {
+                            delimiters: isa.delims,
+                            control: isa.control.into(),
+                            isa_at: (self.seg_no, off),
+                            groups: 0,
+                            group: None,
+                        },
+                        set_open: false,
+                        clean: false,
+                    });
                 }
                 Err(_) => {
                     self.closed = true;
@@ -178,11 +300,18 @@ impl<R: Read> Splitter<R> {
             }
         }
         self.done = true;
-        Ok(Some(Piece {
-            start: self.start,
-            end: self.src.bytes,
-            segments_before: self.start_seg,
-        }))
+        let end = self.src.bytes;
+        Ok(Some(self.cut(end, None)))
+    }
+}
+
+impl Walk {
+    /// An ST: it opens a set (closing one left open) and counts in the open group.
+    fn st(&mut self) {
+        self.set_open = true;
+        if let Some(g) = &mut self.envelope.group {
+            g.sets += 1;
+        }
     }
 }
 
@@ -206,7 +335,23 @@ pub(crate) fn run_piece<R: Read>(
         grp: None,
         set: None,
         orphan: None,
+        open_end: piece.open_end,
     };
+    if let Some(env) = piece.resume {
+        // The piece starts at an ST inside an interchange: take up its envelope.
+        d.ic = Some(Ic {
+            control: env.control,
+            groups: env.groups,
+            pos: d.out.pos(env.isa_at.0, env.isa_at.1, "ISA"),
+        });
+        d.grp = env.group.map(|g| Grp {
+            control: g.control,
+            version: g.version,
+            sets: g.sets,
+            pos: d.out.pos(g.gs_at.0, g.gs_at.1, "GS"),
+        });
+        d.interchange(&mut src, env.delimiters)?;
+    }
     let mut raw = Vec::new();
     while src.skip_ws()? {
         let off = src.offset();
@@ -283,6 +428,8 @@ struct Driver<'e> {
     grp: Option<Grp>,
     set: Option<SetCtx>,
     orphan: Option<Orphan>,
+    /// The input ends inside an interchange that the next piece goes on reading.
+    open_end: bool,
 }
 
 fn lossy(b: &[u8]) -> Text {
@@ -390,8 +537,10 @@ impl Driver<'_> {
                 return Ok(());
             }
         }
-        let p = self.out.pos(self.seg_no, src.offset(), "IEA");
-        self.close_interchange(p, None);
+        if !self.open_end {
+            let p = self.out.pos(self.seg_no, src.offset(), "IEA");
+            self.close_interchange(p, None);
+        }
         Ok(())
     }
 

@@ -4,7 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use ingest::model::{Claim, ClaimKind};
-use ingest::x12::{generate_837, read_bytes, read_parallel, read_piece, split_stream, X12Reader};
+use ingest::x12::{
+    generate_837, generate_837_shaped, read_bytes, read_parallel, read_piece, split_stream, Shape,
+    X12Reader,
+};
 use ingest::{FileSummary, Reader, Reason, Reject, SourceRecord};
 
 fn fixture(dir: &str, name: &str) -> PathBuf {
@@ -965,7 +968,8 @@ fn count_env(data: &[u8]) -> usize {
         .count()
 }
 
-// ---- Pieces: a file cut at interchange boundaries reads exactly like the whole file. ----
+// ---- Pieces: a file cut between interchanges or between transaction sets reads exactly like
+// the whole file. ----
 
 /// Everything a read gives, in order.
 fn read_all(data: &[u8]) -> (Vec<ingest::Item>, FileSummary) {
@@ -984,7 +988,7 @@ fn read_cut(data: &[u8], target: u64) -> (Vec<ingest::Item>, FileSummary, usize)
         assert_eq!(p.start, at, "pieces are contiguous");
         at = p.end;
         let bytes = &data[p.start as usize..p.end as usize];
-        let s = read_piece("mem", bytes, *p, &mut |item| items.push(item)).unwrap();
+        let s = read_piece("mem", bytes, p.clone(), &mut |item| items.push(item)).unwrap();
         sum.bytes += s.bytes;
         sum.units += s.units;
         sum.notices.extend(s.notices);
@@ -1031,6 +1035,230 @@ fn pieces_read_like_the_whole_file() {
     }
 }
 
+/// A rayon pool of two threads.
+fn two_threads() -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap()
+}
+
+/// Read `path` sequentially and in parallel on two threads, check that both give the same
+/// items and summary, and return them.
+fn read_both_ways(path: &std::path::Path) -> (Vec<ingest::Item>, FileSummary) {
+    let mut whole = Vec::new();
+    let ws = X12Reader.read(path, &mut |i| whole.push(i)).unwrap();
+    let mut par = Vec::new();
+    let ps = two_threads()
+        .install(|| read_parallel(path, &|i| Some(i), &mut |i| par.extend(i)))
+        .unwrap();
+    assert_eq!(ws, ps);
+    assert_eq!(whole.len(), par.len());
+    assert!(
+        whole == par,
+        "parallel read differs from the sequential one"
+    );
+    (whole, ws)
+}
+
+/// One interchange, one group, sets of `per_set` claims.
+fn single_interchange(claims: usize, per_set: usize, seed: u64) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let shape = Shape {
+        claims_per_set: per_set,
+        ..Shape::single_interchange()
+    };
+    generate_837_shaped(&mut buf, true, claims, seed, shape).unwrap();
+    buf
+}
+
+/// Segments with id `id`.
+fn count_id(data: &[u8], id: &[u8]) -> usize {
+    data.split(|&b| b == b'~')
+        .filter(|s| {
+            let s = s.trim_ascii_start();
+            s.starts_with(id) && s.get(id.len()) == Some(&b'*')
+        })
+        .count()
+}
+
+/// Replace the first occurrence of `from` (after `after`) with `to`.
+fn replace_once(data: &mut Vec<u8>, after: usize, from: &[u8], to: &[u8]) {
+    let i = after
+        + data[after..]
+            .windows(from.len())
+            .position(|w| w == from)
+            .unwrap_or_else(|| panic!("{} not found", String::from_utf8_lossy(from)));
+    data.splice(i..i + from.len(), to.iter().copied());
+}
+
+#[test]
+fn pieces_cut_between_the_sets_of_one_interchange() {
+    // 20 sets of 50 claims in one interchange and one group.
+    let mut data = single_interchange(1_000, 50, 3);
+    let (isa, gs) = (count_id(&data, b"ISA"), count_id(&data, b"GS"));
+    assert_eq!((isa, gs, count_id(&data, b"ST")), (1, 1, 20));
+    // Envelope counts that are wrong only when the sets before the cut are counted: GE01 says
+    // 21 sets, IEA01 says 2 groups, and the last set's SE01 is one short.
+    replace_once(&mut data, 0, b"\nGE*20*", b"\nGE*21*");
+    replace_once(&mut data, 0, b"\nIEA*1*", b"\nIEA*2*");
+    let last_st = data.windows(4).rposition(|w| w == b"\nST*").unwrap();
+    let se = last_st
+        + data[last_st..]
+            .windows(4)
+            .position(|w| w == b"\nSE*")
+            .unwrap();
+    let digits_end = se + 4 + data[se + 4..].iter().position(|&b| b == b'*').unwrap();
+    let se01: u64 = std::str::from_utf8(&data[se + 4..digits_end])
+        .unwrap()
+        .parse()
+        .unwrap();
+    data.splice(se + 4..digits_end, (se01 - 1).to_string().bytes());
+
+    let pieces = split_stream(data.as_slice(), 20_000).unwrap();
+    assert!(
+        pieces.len() > 5,
+        "cut between sets: {} pieces",
+        pieces.len()
+    );
+    let inside: Vec<_> = pieces.iter().filter_map(|p| p.resume.as_ref()).collect();
+    assert_eq!(
+        inside.len(),
+        pieces.len() - 1,
+        "every piece but the first resumes"
+    );
+    assert!(pieces[..pieces.len() - 1].iter().all(|p| p.open_end));
+    assert!(!pieces.last().unwrap().open_end);
+    for (i, e) in inside.iter().enumerate() {
+        assert_eq!(e.control, "000000001");
+        assert_eq!(e.isa_at, (1, 0));
+        assert_eq!(e.groups, 1);
+        let g = e.group.as_ref().expect("the group is open at every cut");
+        assert_eq!(g.gs_at.0, 2);
+        assert!(
+            g.sets > 0 && g.sets < 20,
+            "piece {i} starts after {} sets",
+            g.sets
+        );
+        assert_eq!(&data[pieces[i + 1].start as usize..][..3], b"ST*");
+    }
+    for target in [1, 20_000, 100_000] {
+        assert_pieces_match(&data, target, "one interchange");
+    }
+    // The counts are checked across the cuts.
+    let (items, summary) = read_all(&data);
+    assert_eq!(items.iter().filter(|i| i.is_ok()).count(), 1_000);
+    let notices: Vec<&str> = summary.notices.iter().map(|n| n.message.as_str()).collect();
+    assert!(
+        notices.contains(&"GE01 says 21 transaction sets, group 10 holds 20"),
+        "{notices:?}"
+    );
+    assert!(
+        notices.contains(&"IEA01 says 2 functional groups, interchange 000000001 holds 1"),
+        "{notices:?}"
+    );
+    assert!(
+        notices
+            .iter()
+            .any(|n| n.starts_with(&format!("SE01 says {} segments", se01 - 1))),
+        "{notices:?}"
+    );
+    assert_eq!(notices.len(), 3, "{notices:?}");
+}
+
+#[test]
+fn a_single_interchange_file_is_read_in_parallel() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("one.837");
+    let mut claims = 2_000;
+    let data = loop {
+        let d = single_interchange(claims, 500, 11);
+        if d.len() > 12 * ingest::x12::PIECE_BYTES as usize {
+            break d;
+        }
+        claims *= 2;
+    };
+    std::fs::write(&path, &data).unwrap();
+    let pieces = split_stream(data.as_slice(), ingest::x12::PIECE_BYTES).unwrap();
+    assert!(pieces.len() >= 10, "{} pieces", pieces.len());
+    let (whole, summary) = read_both_ways(&path);
+    assert_eq!(whole.len(), claims);
+    assert!(summary.notices.is_empty(), "{:?}", summary.notices);
+}
+
+/// A mapped item that counts how many of its kind are alive.
+struct Live(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_parallel_read_holds_few_results_however_large_a_piece() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+    // Three transaction sets of 16,000 claims: each is one piece, of about 9 MB.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sets.837");
+    std::fs::write(&path, single_interchange(48_000, 16_000, 5)).unwrap();
+    let pool = two_threads();
+    let (live, most) = (Arc::new(AtomicUsize::new(0)), AtomicUsize::new(0));
+    let mut claims = 0;
+    pool.install(|| {
+        read_parallel(
+            &path,
+            &|item| {
+                let n = live.fetch_add(1, SeqCst) + 1;
+                most.fetch_max(n, SeqCst);
+                (item.is_ok(), Live(live.clone()))
+            },
+            &mut |(ok, _live)| claims += usize::from(ok),
+        )
+    })
+    .unwrap();
+    assert_eq!(claims, 48_000);
+    assert_eq!(live.load(SeqCst), 0);
+    // The caller's slot of 1,024 results, a budget of 2,048 per thread (and one) for the
+    // others, a batch of 64 per thread: well under a piece's 16,000.
+    let most = most.load(SeqCst);
+    assert!(
+        most <= 1_024 + 3 * 2_048 + 2 * 64,
+        "{most} mapped results held at once"
+    );
+}
+
+#[test]
+fn a_panic_while_mapping_a_piece_does_not_hang_the_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sets.837");
+    std::fs::write(&path, single_interchange(6_000, 1_000, 5)).unwrap();
+    // On a thread of its own, so that a hang fails the test instead of stopping the suite.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let pool = two_threads();
+        let seen = std::sync::atomic::AtomicUsize::new(0);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.install(|| {
+                read_parallel(
+                    &path,
+                    &|_item| {
+                        let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        assert!(n != 2_500, "a mapper bug");
+                    },
+                    &mut |()| {},
+                )
+            })
+        }));
+        let _ = tx.send(result.is_err());
+    });
+    let panicked = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the read hung after a worker panicked");
+    assert!(panicked, "the panic reaches the caller");
+}
+
 #[test]
 fn pieces_of_mutated_inputs_read_like_the_whole() {
     let samples: Vec<Vec<u8>> = all_files("good")
@@ -1068,30 +1296,15 @@ fn parallel_read_keeps_file_order() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("big.837");
     let mut buf = Vec::new();
-    // Three windows of four pieces (two threads), so that the file is really cut and a window
-    // is emitted while the next one is read.
+    // Twelve pieces or more, three times as many as two threads keep under way, so that the
+    // file is really cut and finished pieces wait for their turn.
     while buf.len() < 12 * ingest::x12::PIECE_BYTES as usize {
         let mut part = Vec::new();
         generate_837(&mut part, buf.len() % 2 == 0, 1_000, buf.len() as u64).unwrap();
         buf.extend_from_slice(&part);
     }
     std::fs::write(&path, &buf).unwrap();
-    let mut whole = Vec::new();
-    let ws = X12Reader.read(&path, &mut |i| whole.push(i)).unwrap();
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(2)
-        .build()
-        .unwrap();
-    let mut par = Vec::new();
-    let ps = pool
-        .install(|| read_parallel(&path, &|i| Some(i), &mut |i| par.extend(i)))
-        .unwrap();
-    assert_eq!(ws, ps);
-    assert_eq!(whole.len(), par.len());
-    assert!(
-        whole == par,
-        "parallel read differs from the sequential one"
-    );
+    read_both_ways(&path);
 }
 
 // ---- Reads in small pieces: the tokenizer's general path and its byte (non-UTF-8) buffers. ----
