@@ -22,6 +22,17 @@ pub fn root() -> PathBuf {
         .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
 }
 
+/// Run a command to its end and require success (its stderr is the failure message).
+pub fn succeed(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().expect("run the command");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Run `fhirlake ingest` and return (status code, stdout).
 pub fn ingest(lake: &Path, paths: &[&str]) -> (i32, String) {
     let out = bin()

@@ -348,16 +348,11 @@ fn key_rotation_keeps_issued_tokens_valid_and_includes_stay_in_the_compartment()
     let lake = sample_lake();
     let s = Server::start(lake.path());
     let old = s.token(JOHN, "patient/*.rs");
-    let out = crate::common::bin()
-        .args(["rotate-key", "--lake"])
-        .arg(lake.path())
-        .args(["--base-url", &s.base])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    crate::common::succeed(
+        crate::common::bin()
+            .args(["rotate-key", "--lake"])
+            .arg(lake.path())
+            .args(["--base-url", &s.base]),
     );
     let new = s.token(JOHN, "patient/*.rs");
     // The server learns the new key through its JWKS refresh on an unknown kid.

@@ -20,15 +20,10 @@ fn ext<'a>(r: &'a Value, name: &str) -> Option<&'a Value> {
 fn formulary_questions_answer_in_one_request() {
     let work = tempfile::tempdir().unwrap();
     let extract = work.path().join("formulary.xml");
-    let out = bin()
-        .args(["generate", "--formularies", "3", "--drugs", "40", "--out"])
-        .arg(&extract)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    crate::common::succeed(
+        bin()
+            .args(["generate", "--formularies", "3", "--drugs", "40", "--out"])
+            .arg(&extract),
     );
     let lake = work.path().join("lake");
     let (code, log) = ingest(&lake, &[extract.to_str().unwrap(), "samples/formulary"]);

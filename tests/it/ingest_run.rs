@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::common::{export, ingest, key, root, stable};
+use crate::common::{bin, export, ingest, key, root, stable, succeed};
 
 fn rejects(lake: &std::path::Path) -> Vec<Value> {
     let current = std::fs::read_to_string(lake.join("CURRENT")).unwrap();
@@ -254,4 +254,109 @@ fn x12_replacements_and_voids_keep_one_current_version_per_claim() {
     assert_eq!(third.len(), 1);
     assert_eq!(third[0]["status"], "cancelled");
     assert_eq!(third[0]["meta"]["versionId"], "3");
+}
+
+/// The sources of a run's report, without their timings.
+fn sources_without_times(lake: &std::path::Path) -> Vec<Value> {
+    let current = std::fs::read_to_string(lake.join("CURRENT")).unwrap();
+    let report: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            lake.join("snapshots")
+                .join(current.trim())
+                .join("report.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut sources = report["sources"].as_array().unwrap().clone();
+    for s in &mut sources {
+        let s = s.as_object_mut().unwrap();
+        s.retain(|k, _| !k.contains("seconds") && !k.contains("per_second"));
+    }
+    sources
+}
+
+#[test]
+fn many_small_x12_files_read_side_by_side_give_the_lake_of_a_sequential_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let original =
+        std::fs::read_to_string(root().join("samples/x12/lfh_837p_example1.837")).unwrap();
+    // The claim, its replacement and its void in three of the files, many small files between
+    // them, and a broken file: a run takes them in name order whatever reads them.
+    std::fs::write(dir.path().join("00-claim.837"), &original).unwrap();
+    for i in 1..=18u64 {
+        let out = dir.path().join(format!("{i:02}-gen.837"));
+        let mut args = vec![
+            "generate".to_string(),
+            "--out".into(),
+            out.display().to_string(),
+            "--claims".into(),
+            (40 + i).to_string(),
+            "--seed".into(),
+            i.to_string(),
+        ];
+        if i % 3 == 0 {
+            args.push("--institutional".into());
+        }
+        succeed(bin().args(&args));
+    }
+    std::fs::write(
+        dir.path().join("09-replacement.837"),
+        original
+            .replace("11:B:1", "11:B:7")
+            .replacen("BF:V7389", "BF:V7281", 1),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("12-broken.837"),
+        &original[..original.len() / 2],
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("19-void.837"),
+        original.replace("11:B:1", "11:B:8"),
+    )
+    .unwrap();
+    let input = dir.path().to_str().unwrap();
+
+    let run = |threads: &str| {
+        let lake = tempfile::tempdir().unwrap();
+        succeed(bin().env("RAYON_NUM_THREADS", threads).args([
+            "ingest",
+            "--lake",
+            lake.path().to_str().unwrap(),
+            input,
+        ]));
+        lake
+    };
+    let (one, two) = (run("1"), run("2"));
+    let (a, b) = (stable(export(one.path())), stable(export(two.path())));
+    assert_eq!(a.len(), b.len());
+    assert!(a == b, "the lakes of 1 and 2 threads differ");
+    let (ra, rb) = (
+        sources_without_times(one.path()),
+        sources_without_times(two.path()),
+    );
+    assert_eq!(ra, rb, "the per-file reports differ");
+    assert_eq!(ra.len(), 22);
+    let broken = ra
+        .iter()
+        .find(|s| s["file"].as_str().unwrap().ends_with("12-broken.837"))
+        .unwrap();
+    assert_eq!(broken["accepted"], 0);
+    assert!(broken["rejected"].as_u64().unwrap() >= 1, "{broken}");
+    let generated: u64 = (1..=18u64).map(|i| 40 + i).sum();
+    let eobs: Vec<&Value> = b
+        .iter()
+        .filter(|r| r["resourceType"] == "ExplanationOfBenefit")
+        .collect();
+    assert_eq!(eobs.len() as u64, generated + 1);
+    // The void came last: the claim is cancelled, in the version of its replacement's file
+    // order (original, replacement, void).
+    let claim: Vec<&&Value> = eobs
+        .iter()
+        .filter(|r| !r["id"].as_str().unwrap().contains("-G"))
+        .collect();
+    assert_eq!(claim.len(), 1, "{claim:?}");
+    assert_eq!(claim[0]["status"], "cancelled");
 }

@@ -1,5 +1,6 @@
 //! X12 837P throughput, parse-only and parse+map, against a plain memchr scan, at one and two
-//! threads: `cargo run --release -p mapper --example x12_map_bench -- [SIZE_MB] [REPS] [single]`
+//! threads: `cargo run --release -p mapper --example x12_map_bench -- [SIZE_MB] [REPS]
+//! [single|files]`
 //!
 //! Generates a SIZE_MB (default 1100) 837P file in a temp dir (deterministic, seed 7; with
 //! `single`, the whole file in one interchange and one group, sets of 5,000 claims), then
@@ -11,7 +12,11 @@
 //!   between interchanges or transaction sets, pieces read and mapped in parallel, results in
 //!   file order),
 //!   each record mapped with `mapper::pipeline::map_record` and the resources dropped;
-//! - (d) parse-only through `read_parallel` on 2 threads.
+//! - (d) parse-only through `read_parallel` on 2 threads;
+//! - with `files`, (e) the same claims as files of 300 claims (about 175 KB, each one piece),
+//!   parsed and mapped on 2 threads file after file with `read_parallel` (how a run read them
+//!   before session 13: each small file on one core), and side by side with
+//!   `read_parallel_files`.
 //!
 //! The best of REPS (default 1) runs of each, file in the page cache, with `mimalloc` as the
 //! global allocator (as in the `fhirlake` binary). Parse-only also gives its thread's CPU
@@ -20,10 +25,13 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use ingest::x12::{generate_837, generate_837_shaped, read_parallel, Shape, X12Reader};
+use ingest::x12::{
+    generate_837, generate_837_shaped, read_parallel, read_parallel_files, FileEvent, Shape,
+    X12Reader,
+};
 use ingest::{Reader, SourceRecord};
 use mapper::c4bb::Systems;
 use mapper::pipeline::map_record;
@@ -109,12 +117,97 @@ fn parse_map(path: &Path, systems: &Systems, threads: usize) -> std::io::Result<
     Ok(claims)
 }
 
+/// Map one item as the runs do; true for a claim that maps.
+fn map_one(item: ingest::Item, systems: &Systems) -> bool {
+    match item {
+        Ok(rec) => {
+            let claim = matches!(rec, SourceRecord::Claim(_));
+            claim
+                && map_record(&rec, systems)
+                    .map(|r| !std::hint::black_box(r).is_empty())
+                    .unwrap_or(false)
+        }
+        Err(_) => false,
+    }
+}
+
+/// (e): `claims` claims as files of 300, parsed and mapped on 2 threads, file after file and
+/// side by side.
+fn small_files(
+    dir: &Path,
+    claims: usize,
+    systems: &Systems,
+    reps: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    const PER_FILE: usize = 300;
+    let mut paths = Vec::new();
+    let mut bytes = 0u64;
+    for (i, start) in (0..claims).step_by(PER_FILE).enumerate() {
+        let p = dir.join(format!("small-{i:05}.837"));
+        let mut w = BufWriter::new(File::create(&p)?);
+        bytes += generate_837(&mut w, true, PER_FILE.min(claims - start), i as u64)?;
+        w.flush()?;
+        paths.push(p);
+    }
+    let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+    let mb = bytes as f64 / 1e6;
+    let one_by_one = best(reps, || {
+        let mut n = 0u64;
+        pool(2).install(|| -> std::io::Result<()> {
+            for p in &refs {
+                read_parallel(p, &|item| map_one(item, systems), &mut |ok| {
+                    n += u64::from(ok)
+                })
+                .map_err(std::io::Error::other)?;
+            }
+            Ok(())
+        })?;
+        Ok(n)
+    })?;
+    let side_by_side = best(reps, || {
+        let mut n = 0u64;
+        pool(2)
+            .install(|| {
+                read_parallel_files(&refs, &|item| map_one(item, systems), &mut |_, event| {
+                    if let FileEvent::Item(ok) = event {
+                        n += u64::from(ok);
+                    }
+                })
+            })
+            .map_err(std::io::Error::other)?;
+        Ok(n)
+    })?;
+    println!(
+        "(e) {} files of {PER_FILE} claims, {mb:.1} MB, parse+map on 2 threads:",
+        paths.len()
+    );
+    for (name, m) in [
+        ("file after file:", &one_by_one),
+        ("side by side:   ", &side_by_side),
+    ] {
+        println!(
+            "    {name} {:>6.0} MB/s  {:>9.0} claims/s  cores busy {:.2}  peak RSS {:.1} MiB  ({} claims)",
+            mb / m.wall,
+            m.claims as f64 / m.wall,
+            m.all_cpu / m.wall,
+            m.peak,
+            m.claims
+        );
+    }
+    println!(
+        "    speed-up side by side / file after file: {:.2}",
+        one_by_one.wall / side_by_side.wall
+    );
+    Ok(())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let size_mb: f64 = args.next().map_or(Ok(1100.0), |s| s.parse())?;
     let reps: usize = args.next().map_or(Ok(1), |s| s.parse())?;
     let reps = reps.max(1);
-    let single = args.next().as_deref() == Some("single");
+    let mode = args.next().unwrap_or_default();
+    let single = mode == "single";
     let shape = if single {
         Shape::single_interchange()
     } else {
@@ -212,6 +305,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         p2.all_cpu / p2.wall,
         p2.peak
     );
+    if mode == "files" {
+        small_files(dir.path(), claims, &systems, reps)?;
+    }
     for (what, n) in [("(b)", b.claims), ("(c1)", m1.claims), ("(c2)", m2.claims)] {
         if n != claims as u64 {
             println!("warning: {what} saw {n} claims, expected {claims}");

@@ -19,6 +19,7 @@ use std::time::Instant;
 use ingest::detect::{detect, Format};
 use ingest::formulary::QhpKind;
 use ingest::layout::Mapping;
+use ingest::x12::FileEvent;
 use ingest::{FileSummary, Item, Reader, Reason, Reject, SourceRecord, Stage};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -331,6 +332,11 @@ fn primary_type(record: &SourceRecord) -> &'static str {
 
 /// The layout name of X12 837 sources.
 const X12_LAYOUT: &str = "x12-837";
+
+/// Whether `path` is read as X12 (no mapping forced, and its content is X12).
+fn is_x12(path: &Path, cfg: &Config) -> bool {
+    cfg.forced.is_none() && matches!(detect(path, &cfg.mappings), Ok(Format::X12))
+}
 
 fn reader_for(
     path: &Path,
@@ -656,39 +662,7 @@ fn process_file(
             ingest::formulary::extract_kind(path),
             Ok(ingest::formulary::ExtractKind::Full)
         );
-    let summary: FileSummary = if report.layout == X12_LAYOUT {
-        // A large X12 file is cut at interchange boundaries; its pieces are read and mapped
-        // in parallel, the results taken in file order.
-        let mut failure = None;
-        let summary = ingest::x12::read_parallel(
-            path,
-            &|item: Item| (record_offset(&item), map_item(item, cfg, is_full, side)),
-            &mut |(offset, m)| {
-                if failure.is_some() {
-                    return;
-                }
-                report.records_read += 1;
-                if let Some(p) = progress {
-                    if report.records_read.is_multiple_of(4096) {
-                        p(&Progress {
-                            file: &file_name,
-                            records: report.records_read,
-                            bytes: offset,
-                            total_bytes,
-                            done: false,
-                        });
-                    }
-                }
-                if let Err(e) = accept(m, &mut report, tables, rejects) {
-                    failure = Some(e);
-                }
-            },
-        )?;
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        summary
-    } else {
+    let summary: FileSummary = {
         // The reader runs on a thread of its own and hands chunks of records to the mappers.
         let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Item>>(2);
         let stop = std::sync::atomic::AtomicBool::new(false);
@@ -765,9 +739,22 @@ fn process_file(
             }
         })?
     };
+    finish_report(&mut report, summary, progress, total_bytes, started)?;
+    Ok(report)
+}
+
+/// Complete a file's report from its reader's summary (progress, notices, times) and check
+/// that every record read was accepted or rejected.
+fn finish_report(
+    report: &mut SourceReport,
+    summary: FileSummary,
+    progress: Option<&ProgressFn>,
+    total_bytes: u64,
+    started: Instant,
+) -> Result<(), RunError> {
     if let Some(p) = progress {
         p(&Progress {
-            file: &file_name,
+            file: &report.file,
             records: report.records_read,
             bytes: total_bytes,
             total_bytes,
@@ -795,7 +782,71 @@ fn process_file(
         });
     }
     report.seconds = started.elapsed().as_secs_f64();
-    Ok(report)
+    Ok(())
+}
+
+/// Read consecutive X12 files: their pieces are read and mapped side by side on the rayon
+/// pool's threads (a large file's pieces, or many small files at once), the results taken in
+/// the order of the files and of each file. Returns a report per file.
+fn process_x12_files(
+    paths: &[&Path],
+    cfg: &Config,
+    progress: Option<&ProgressFn>,
+    tables: &mut Tables<'_>,
+    rejects: &mut RejectSink,
+    side: &SideSeen,
+) -> Result<Vec<SourceReport>, RunError> {
+    let mut reports: Vec<SourceReport> = paths
+        .iter()
+        .map(|p| SourceReport {
+            file: p.display().to_string(),
+            layout: X12_LAYOUT.to_string(),
+            ..Default::default()
+        })
+        .collect();
+    let sizes: Vec<u64> = paths
+        .iter()
+        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .collect();
+    // A file's time runs from the end of the one before it, as its results are taken.
+    let mut started = Instant::now();
+    let mut failure = None;
+    let map = |item: Item| (record_offset(&item), map_item(item, cfg, false, side));
+    ingest::x12::read_parallel_files(paths, &map, &mut |f, event| {
+        if failure.is_some() {
+            return;
+        }
+        let report = &mut reports[f];
+        let done = match event {
+            FileEvent::Item((offset, m)) => {
+                report.records_read += 1;
+                if let Some(p) = progress {
+                    if report.records_read.is_multiple_of(4096) {
+                        p(&Progress {
+                            file: &report.file,
+                            records: report.records_read,
+                            bytes: offset,
+                            total_bytes: sizes[f],
+                            done: false,
+                        });
+                    }
+                }
+                accept(m, report, tables, rejects)
+            }
+            FileEvent::Done(summary) => {
+                let done = finish_report(report, summary, progress, sizes[f], started);
+                started = Instant::now();
+                done
+            }
+        };
+        if let Err(e) = done {
+            failure = Some(e);
+        }
+    })?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(reports),
+    }
 }
 
 /// Account for one mapped record and hand its resources to the tables.
@@ -1713,16 +1764,36 @@ pub fn run(paths: &[PathBuf], opts: &Options) -> Result<RunReport, RunError> {
     };
     let mut failure = None;
     let side = SideSeen::default();
-    for f in &files {
-        match process_file(
-            f,
-            &cfg,
-            opts.progress.as_ref(),
-            &mut tables,
-            &mut rejects,
-            &side,
-        ) {
-            Ok(r) => report.sources.push(r),
+    let mut rest = files.as_slice();
+    while !rest.is_empty() {
+        // Consecutive X12 files are read together, so that small ones share the cores.
+        let x12 = rest.iter().take_while(|f| is_x12(f, &cfg)).count();
+        let done = if x12 > 0 {
+            let paths: Vec<&Path> = rest[..x12].iter().map(PathBuf::as_path).collect();
+            rest = &rest[x12..];
+            process_x12_files(
+                &paths,
+                &cfg,
+                opts.progress.as_ref(),
+                &mut tables,
+                &mut rejects,
+                &side,
+            )
+        } else {
+            let f = &rest[0];
+            rest = &rest[1..];
+            process_file(
+                f,
+                &cfg,
+                opts.progress.as_ref(),
+                &mut tables,
+                &mut rejects,
+                &side,
+            )
+            .map(|r| vec![r])
+        };
+        match done {
+            Ok(r) => report.sources.extend(r),
             Err(e) => {
                 failure = Some(e);
                 break;

@@ -163,8 +163,57 @@ pub fn read_parallel<T: Send>(
         let file = File::open(path).map_err(io)?;
         return read_stream(&name, file, &mut |item| emit(map(item))).map_err(io);
     }
-    let splitter = parse::Splitter::new(File::open(path).map_err(io)?, PIECE_BYTES);
-    parallel::read(path, &name, splitter, threads, map, emit).map_err(io)
+    let mut summary = FileSummary::default();
+    parallel::read(&[path], threads, map, &mut |_, event| match event {
+        FileEvent::Item(t) => emit(t),
+        FileEvent::Done(s) => summary = s,
+    })
+    .map_err(|(_, source)| io(source))?;
+    Ok(summary)
+}
+
+/// What [`read_parallel_files`] hands on for a file.
+#[derive(Debug)]
+pub enum FileEvent<T> {
+    /// One mapped item of the file, in file order.
+    Item(T),
+    /// The file's summary, right after its last item.
+    Done(FileSummary),
+}
+
+/// Read several X12 files as [`read_parallel`] reads one, with the files' pieces side by side:
+/// many small files are read on every core as one large file is. `on` gets, with the file's
+/// index in `paths`, each file's mapped items in order and then its summary, the files in the
+/// order of `paths`, all on the calling thread. A pool of one thread reads the files one
+/// after another.
+///
+/// # Errors
+/// When a file cannot be opened (the files before it have had their summaries), or a read
+/// fails (the read stops at once).
+pub fn read_parallel_files<T: Send>(
+    paths: &[&Path],
+    map: &(dyn Fn(Item) -> T + Sync),
+    on: &mut (dyn FnMut(usize, FileEvent<T>) + Send),
+) -> Result<(), Error> {
+    let io = |f: Option<usize>, source| Error::Io {
+        path: f.and_then(|f| paths.get(f)).map_or_else(
+            || "(an X12 reader thread)".into(),
+            |p| p.display().to_string(),
+        ),
+        source,
+    };
+    if rayon::current_num_threads() < 2 {
+        for (f, path) in paths.iter().enumerate() {
+            let file = File::open(path).map_err(|e| io(Some(f), e))?;
+            let name = path.display().to_string();
+            let summary = read_stream(&name, file, &mut |item| on(f, FileEvent::Item(map(item))))
+                .map_err(|e| io(Some(f), e))?;
+            on(f, FileEvent::Done(summary));
+        }
+        return Ok(());
+    }
+    parallel::read(paths, rayon::current_num_threads(), map, on)
+        .map_err(|(f, source)| io(f, source))
 }
 
 /// Read X12 bytes held in memory (tests, fuzzing). Never fails and never panics.

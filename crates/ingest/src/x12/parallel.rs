@@ -1,8 +1,10 @@
-//! Reading the pieces of one X12 file on several threads, results in file order, in bounded
+//! Reading the pieces of X12 files on several threads, results in file order, in bounded
 //! memory whatever the size of a piece.
 //!
-//! One thread (the caller's) hands the results to `emit` in file order; `threads` workers take
-//! the pieces in order from the [`Splitter`] and read and map them. Each piece has a slot for
+//! One thread (the caller's) hands the results to `emit` in file order, and each file's
+//! summary to `done` after its last result; `threads` workers take the pieces in order, file
+//! after file (a [`Splitter`] per file), and read and map them, so that small files are read
+//! side by side as the pieces of a large one are. Each piece has a slot for
 //! its results. The piece the caller is at streams through its slot however large it is (a
 //! transaction set of a million claims is one piece): its worker waits when the slot holds
 //! [`SLOT_ITEMS`] results the caller has not taken yet. Workers on pieces further on go on
@@ -21,6 +23,7 @@ use std::path::Path;
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use super::parse::{self, Piece, Splitter};
+use super::{FileEvent, PIECE_BYTES};
 use crate::{FileSummary, Item};
 
 /// Results a worker keeps before handing them to its slot.
@@ -33,10 +36,70 @@ const BUDGET_PER_THREAD: usize = 2048;
 
 /// One piece's results on their way to the caller.
 struct Slot<T> {
+    /// Index of the piece's file.
+    file: usize,
+    /// The slot marks the end of its file: it holds nothing, and is done from the start.
+    end_of_file: bool,
+    /// The file could not be opened or cut here: the read stops when the caller gets here.
+    failed: Option<io::Error>,
     items: VecDeque<T>,
     /// The piece is read; `summary` holds its summary until the caller takes it.
     done: bool,
     summary: FileSummary,
+}
+
+impl<T> Slot<T> {
+    fn new(file: usize, end_of_file: bool) -> Self {
+        Self {
+            file,
+            end_of_file,
+            failed: None,
+            items: VecDeque::new(),
+            done: end_of_file,
+            summary: FileSummary::default(),
+        }
+    }
+}
+
+/// The pieces of the files, in order, each file followed by its end.
+struct Pieces<'a> {
+    paths: &'a [&'a Path],
+    /// The file being cut, and its splitter.
+    current: Option<(usize, Splitter<File>)>,
+    /// The next file to open.
+    next_file: usize,
+}
+
+/// What a worker takes next.
+enum Next {
+    Piece(usize, Piece),
+    EndOfFile(usize),
+}
+
+impl Pieces<'_> {
+    /// The next piece, or the end of the current file; `None` after the last file. An error
+    /// names its file.
+    fn next(&mut self) -> Result<Option<Next>, (usize, io::Error)> {
+        if let Some((f, sp)) = &mut self.current {
+            let f = *f;
+            return match sp.next_piece() {
+                Ok(Some(p)) => Ok(Some(Next::Piece(f, p))),
+                Ok(None) => {
+                    self.current = None;
+                    Ok(Some(Next::EndOfFile(f)))
+                }
+                Err(e) => Err((f, e)),
+            };
+        }
+        let f = self.next_file;
+        let Some(path) = self.paths.get(f) else {
+            return Ok(None);
+        };
+        self.next_file += 1;
+        let file = File::open(path).map_err(|e| (f, e))?;
+        self.current = Some((f, Splitter::new(file, PIECE_BYTES)));
+        self.next()
+    }
 }
 
 struct State<T> {
@@ -54,7 +117,8 @@ struct State<T> {
     all_taken: bool,
     /// Stop everything: an error, or a worker that panicked.
     stop: bool,
-    error: Option<io::Error>,
+    /// The first error, and the index of its file (`None` for a panic).
+    error: Option<(Option<usize>, io::Error)>,
 }
 
 struct Shared<T> {
@@ -73,10 +137,10 @@ impl<T> Shared<T> {
         self.changed.wait(g).unwrap_or_else(|e| e.into_inner())
     }
 
-    fn fail(&self, e: io::Error) {
+    fn fail(&self, file: Option<usize>, e: io::Error) {
         let mut st = self.lock();
         st.stop = true;
-        st.error.get_or_insert(e);
+        st.error.get_or_insert((file, e));
         self.changed.notify_all();
     }
 
@@ -113,22 +177,22 @@ impl<T> Drop for PanicGuard<'_, T> {
     fn drop(&mut self) {
         if std::thread::panicking() {
             self.0
-                .fail(io::Error::other("an X12 reader thread panicked"));
+                .fail(None, io::Error::other("an X12 reader thread panicked"));
         }
     }
 }
 
-/// Read `path` cut by `splitter` on `threads` workers, mapping each item with `map`; `emit`
-/// gets the mapped items in file order, on the calling thread. Returns the file's summary.
+/// Read `paths` on `threads` workers, mapping each item with `map`; `on` gets, with the file's
+/// index, each file's mapped items in order and then its summary, on the calling thread. An
+/// error names the index of its file (`None` when a thread panicked).
 pub(crate) fn read<T: Send>(
-    path: &Path,
-    name: &str,
-    splitter: Splitter<File>,
+    paths: &[&Path],
     threads: usize,
     map: &(dyn Fn(Item) -> T + Sync),
-    emit: &mut dyn FnMut(T),
-) -> io::Result<FileSummary> {
+    on: &mut dyn FnMut(usize, FileEvent<T>),
+) -> Result<(), (Option<usize>, io::Error)> {
     let window = 2 * threads + 2;
+    let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
     let shared = Shared {
         state: Mutex::new(State {
             slots: VecDeque::new(),
@@ -142,12 +206,16 @@ pub(crate) fn read<T: Send>(
         }),
         changed: Condvar::new(),
     };
-    let splitter = Mutex::new(splitter);
+    let pieces = Mutex::new(Pieces {
+        paths,
+        current: None,
+        next_file: 0,
+    });
     let work = || {
         let _guard = PanicGuard(&shared);
-        while let Some((k, piece)) = next_piece(&shared, &splitter, window) {
-            if let Err(e) = read_piece(path, name, k, piece, &shared, map) {
-                shared.fail(e);
+        while let Some((k, f, piece)) = next_piece(&shared, &pieces, window) {
+            if let Err(e) = read_piece(paths[f], &names[f], k, piece, &shared, map) {
+                shared.fail(Some(f), e);
             }
         }
     };
@@ -157,54 +225,62 @@ pub(crate) fn read<T: Send>(
         }
         // If `emit` panics, the workers must not wait for it: the scope waits for them.
         let _guard = PanicGuard(&shared);
-        let result = hand_on(&shared, emit);
+        let result = hand_on(&shared, on);
         if result.is_err() {
-            shared.fail(io::Error::other("stopped"));
+            shared.fail(None, io::Error::other("stopped"));
         }
         result
     })
 }
 
-/// Take the next piece and its slot, once it is within `window` of the caller's piece.
+/// Take the next piece and its slot, once it is within `window` of the caller's piece; an end
+/// of file takes a slot of its own and no worker.
 fn next_piece<T>(
     shared: &Shared<T>,
-    splitter: &Mutex<Splitter<File>>,
+    pieces: &Mutex<Pieces<'_>>,
     window: usize,
-) -> Option<(usize, Piece)> {
-    // Holding the splitter keeps the pieces' numbers in file order.
-    let mut sp = splitter.lock().unwrap_or_else(|e| e.into_inner());
-    {
+) -> Option<(usize, usize, Piece)> {
+    // Holding the pieces keeps their numbers in file order.
+    let mut source = pieces.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        {
+            let mut st = shared.lock();
+            while !st.stop && !st.all_taken && st.taken >= st.head + window {
+                st = shared.wait(st);
+            }
+            if st.stop || st.all_taken {
+                return None;
+            }
+        }
+        let next = source.next();
         let mut st = shared.lock();
-        while !st.stop && !st.all_taken && st.taken >= st.head + window {
-            st = shared.wait(st);
-        }
-        if st.stop || st.all_taken {
-            return None;
-        }
-    }
-    let next = sp.next_piece();
-    let mut st = shared.lock();
-    match next {
-        Ok(Some(piece)) => {
-            let k = st.taken;
-            st.taken += 1;
-            st.slots.push_back(Slot {
-                items: VecDeque::new(),
-                done: false,
-                summary: FileSummary::default(),
-            });
-            Some((k, piece))
-        }
-        Ok(None) => {
-            st.all_taken = true;
-            shared.changed.notify_all();
-            None
-        }
-        Err(e) => {
-            st.stop = true;
-            st.error.get_or_insert(e);
-            shared.changed.notify_all();
-            None
+        match next {
+            Ok(Some(Next::Piece(f, piece))) => {
+                let k = st.taken;
+                st.taken += 1;
+                st.slots.push_back(Slot::new(f, false));
+                return Some((k, f, piece));
+            }
+            Ok(Some(Next::EndOfFile(f))) => {
+                st.taken += 1;
+                st.slots.push_back(Slot::new(f, true));
+                shared.changed.notify_all();
+            }
+            Ok(None) => {
+                st.all_taken = true;
+                shared.changed.notify_all();
+                return None;
+            }
+            Err((f, e)) => {
+                // In its place: the files before it are read to their end first.
+                let mut slot = Slot::new(f, true);
+                slot.failed = Some(e);
+                st.slots.push_back(slot);
+                st.taken += 1;
+                st.all_taken = true;
+                shared.changed.notify_all();
+                return None;
+            }
         }
     }
 }
@@ -245,8 +321,12 @@ fn read_piece<T>(
     Ok(())
 }
 
-/// The caller's side: hand each slot's items to `emit` in order, and add up the summaries.
-fn hand_on<T>(shared: &Shared<T>, emit: &mut dyn FnMut(T)) -> io::Result<FileSummary> {
+/// The caller's side: hand each slot's items to `on` in order, and each file's summary, added
+/// up over its pieces, at its end.
+fn hand_on<T>(
+    shared: &Shared<T>,
+    on: &mut dyn FnMut(usize, FileEvent<T>),
+) -> Result<(), (Option<usize>, io::Error)> {
     let mut total = FileSummary::default();
     let mut st = shared.lock();
     loop {
@@ -254,32 +334,49 @@ fn hand_on<T>(shared: &Shared<T>, emit: &mut dyn FnMut(T)) -> io::Result<FileSum
             return Err(e);
         }
         if st.stop {
-            return Err(io::Error::other("an X12 reader thread stopped"));
+            return Err((None, io::Error::other("an X12 reader thread stopped")));
         }
         let all_taken = st.all_taken;
         match st.slots.front_mut() {
             Some(slot) if !slot.items.is_empty() => {
-                let items = std::mem::take(&mut slot.items);
+                let (f, items) = (slot.file, std::mem::take(&mut slot.items));
                 st.buffered -= items.len();
                 shared.changed.notify_all();
                 drop(st);
                 for t in items {
-                    emit(t);
+                    on(f, FileEvent::Item(t));
                 }
                 st = shared.lock();
                 continue;
             }
+            Some(slot) if slot.failed.is_some() => {
+                let f = slot.file;
+                let e = slot
+                    .failed
+                    .take()
+                    .unwrap_or_else(|| io::Error::other("failed"));
+                return Err((Some(f), e));
+            }
             Some(slot) if slot.done => {
-                let s = std::mem::take(&mut slot.summary);
+                let (f, end, s) = (
+                    slot.file,
+                    slot.end_of_file,
+                    std::mem::take(&mut slot.summary),
+                );
                 st.slots.pop_front();
                 st.head += 1;
                 shared.changed.notify_all();
                 total.bytes += s.bytes;
                 total.units += s.units;
                 total.notices.extend(s.notices);
+                if end {
+                    drop(st);
+                    on(f, FileEvent::Done(std::mem::take(&mut total)));
+                    st = shared.lock();
+                }
                 continue;
             }
-            None if all_taken => return Ok(total),
+            None if all_taken => return Ok(()),
             _ => {}
         }
         st = shared.wait(st);

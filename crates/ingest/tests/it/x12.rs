@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use ingest::model::{Claim, ClaimKind};
 use ingest::x12::{
-    generate_837, generate_837_shaped, read_bytes, read_parallel, read_piece, split_stream, Shape,
-    X12Reader,
+    generate_837, generate_837_shaped, read_bytes, read_parallel, read_parallel_files, read_piece,
+    split_stream, FileEvent, Shape, X12Reader,
 };
 use ingest::{FileSummary, Reader, Reason, Reject, SourceRecord};
 
@@ -1305,6 +1305,87 @@ fn parallel_read_keeps_file_order() {
     }
     std::fs::write(&path, &buf).unwrap();
     read_both_ways(&path);
+}
+
+/// A generated 837 file of `claims` claims in `dir`, named by its seed.
+fn generated_file(dir: &std::path::Path, professional: bool, claims: usize, seed: u64) -> PathBuf {
+    let p = dir.join(format!("gen-{seed:03}.837"));
+    let mut buf = Vec::new();
+    generate_837(&mut buf, professional, claims, seed).unwrap();
+    std::fs::write(&p, buf).unwrap();
+    p
+}
+
+/// What a read of several files gives: each item with its file, and each file's end.
+#[derive(Debug, PartialEq)]
+enum Seen {
+    Item(usize, ingest::Item),
+    Done(usize, FileSummary),
+}
+
+#[test]
+fn many_small_files_are_read_side_by_side_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    // Small generated files (each one piece), every sample, good and bad, and one large file
+    // cut into pieces, in one list.
+    let mut paths: Vec<PathBuf> = (0..24u64)
+        .map(|i| generated_file(dir.path(), i % 3 != 0, 150 + i as usize, i))
+        .collect();
+    paths.extend(all_files("good").into_iter().chain(all_files("bad")));
+    let big = dir.path().join("big.837");
+    std::fs::write(&big, single_interchange(6_000, 500, 2)).unwrap();
+    paths.insert(10, big);
+    let refs: Vec<&std::path::Path> = paths.iter().map(|p| p.as_path()).collect();
+
+    let mut expected = Vec::new();
+    for (f, p) in refs.iter().enumerate() {
+        let mut items = Vec::new();
+        let s = X12Reader.read(p, &mut |i| items.push(i)).unwrap();
+        expected.extend(items.into_iter().map(|i| Seen::Item(f, i)));
+        expected.push(Seen::Done(f, s));
+    }
+    let seen = std::sync::Mutex::new(Vec::new());
+    two_threads()
+        .install(|| {
+            read_parallel_files(&refs, &|i| Some(i), &mut |f, event| {
+                seen.lock().unwrap().push(match event {
+                    FileEvent::Item(i) => Seen::Item(f, i.expect("every item is mapped")),
+                    FileEvent::Done(s) => Seen::Done(f, s),
+                })
+            })
+        })
+        .unwrap();
+    let seen = seen.into_inner().unwrap();
+    assert_eq!(seen.len(), expected.len());
+    assert!(
+        seen == expected,
+        "the files' items, in order, each file's end after them"
+    );
+}
+
+#[test]
+fn a_file_that_cannot_be_read_stops_the_read_of_several_and_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut paths: Vec<PathBuf> = (0..6)
+        .map(|i| generated_file(dir.path(), true, 100, i))
+        .collect();
+    paths[3] = dir.path().join("missing.837");
+    let refs: Vec<&std::path::Path> = paths.iter().map(|p| p.as_path()).collect();
+    let mut finished = Vec::new();
+    let err = two_threads()
+        .install(|| {
+            read_parallel_files(&refs, &|_| (), &mut |f, event| {
+                if let FileEvent::Done(_) = event {
+                    finished.push(f);
+                }
+            })
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&err, ingest::Error::Io { path, .. } if path.ends_with("missing.837")),
+        "{err:?}"
+    );
+    assert_eq!(finished, [0, 1, 2], "the files before it were read whole");
 }
 
 // ---- Reads in small pieces: the tokenizer's general path and its byte (non-UTF-8) buffers. ----
