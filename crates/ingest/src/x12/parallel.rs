@@ -1,20 +1,19 @@
 //! Reading the pieces of X12 files on several threads, results in file order, in bounded
 //! memory whatever the size of a piece.
 //!
-//! One thread (the caller's) hands the results to `emit` in file order, and each file's
-//! summary to `done` after its last result; `threads` workers take the pieces in order, file
-//! after file (a [`Splitter`] per file), and read and map them, so that small files are read
-//! side by side as the pieces of a large one are. Each piece has a slot for
-//! its results. The piece the caller is at streams through its slot however large it is (a
-//! transaction set of a million claims is one piece): its worker waits when the slot holds
-//! [`SLOT_ITEMS`] results the caller has not taken yet. Workers on pieces further on go on
-//! until all the slots together hold [`BUDGET_PER_THREAD`] results per thread (plus one
-//! slot), then wait for the caller; so a worker rarely waits on a small piece, and never holds
-//! all of a large one. Workers take a piece only within `2 × threads + 2` pieces of the one
-//! the caller is at.
+//! One thread (the caller's) hands each file's results to `on` in file order, then the file's
+//! summary; `threads` workers take the pieces in order, file after file (a [`Splitter`] per
+//! file), and read and map them, so that small files are read side by side as the pieces of a
+//! large one are. Each piece has a slot for its results. The piece the caller is at streams
+//! through its slot however large it is (a transaction set of a million claims is one piece):
+//! its worker waits when the slot holds [`SLOT_ITEMS`] results the caller has not taken yet.
+//! Workers on pieces further on go on until all the slots together hold [`BUDGET_PER_THREAD`]
+//! results per thread (plus one thread's worth), then wait for the caller; so a worker rarely
+//! waits on a small piece, and never holds all of a large one. Workers take a piece only
+//! within `2 × threads + 2` pieces of the one the caller is at.
 //!
 //! Memory is therefore about `(threads + 1) × BUDGET_PER_THREAD + SLOT_ITEMS` mapped results,
-//! plus one batch per worker, whatever the file and its envelopes look like.
+//! plus one batch per worker, whatever the files and their envelopes look like.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -223,7 +222,7 @@ pub(crate) fn read<T: Send>(
         for _ in 0..threads {
             s.spawn(work);
         }
-        // If `emit` panics, the workers must not wait for it: the scope waits for them.
+        // If `on` panics, the workers must not wait for it: the scope waits for them.
         let _guard = PanicGuard(&shared);
         let result = hand_on(&shared, on);
         if result.is_err() {
