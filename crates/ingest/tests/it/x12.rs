@@ -1261,11 +1261,15 @@ fn a_panic_while_mapping_a_piece_does_not_hang_the_read() {
 
 #[test]
 fn pieces_of_mutated_inputs_read_like_the_whole() {
-    let samples: Vec<Vec<u8>> = all_files("good")
+    // The samples, and two one-interchange files of several small sets, so that many cuts
+    // fall between the sets of an interchange.
+    let mut samples: Vec<Vec<u8>> = all_files("good")
         .into_iter()
         .chain(all_files("bad"))
         .map(|p| std::fs::read(p).unwrap())
         .collect();
+    samples.push(single_interchange(12, 3, 1));
+    samples.push(single_interchange(8, 1, 2));
     let mut rng = Lcg(0xC0FFEE);
     for case in 0..400 {
         let mut data = Vec::new();
