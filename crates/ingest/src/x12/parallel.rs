@@ -8,12 +8,13 @@
 //! through its slot however large it is (a transaction set of a million claims is one piece):
 //! its worker waits when the slot holds [`SLOT_ITEMS`] results the caller has not taken yet.
 //! Workers on pieces further on go on until all the slots together hold [`BUDGET_PER_THREAD`]
-//! results per thread (plus one thread's worth), then wait for the caller; so a worker rarely
-//! waits on a small piece, and never holds all of a large one. Workers take a piece only
-//! within `2 × threads + 2` pieces of the one the caller is at.
+//! results per thread (plus one thread's worth, and never more than [`BUDGET_MAX`]), then wait
+//! for the caller; so a worker rarely waits on a small piece, and never holds all of a large
+//! one. Workers take a piece only within `2 × threads + 2` pieces of the one the caller is at.
 //!
-//! Memory is therefore about `(threads + 1) × BUDGET_PER_THREAD + SLOT_ITEMS` mapped results,
-//! plus one batch per worker, whatever the files and their envelopes look like.
+//! Memory is therefore at most about `BUDGET_MAX + SLOT_ITEMS` mapped results (a mapped 837P
+//! claim holds its EOB's JSON, about 5 KB, and its search values), plus one batch per worker,
+//! whatever the files and their envelopes look like and however many cores the machine has.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -32,6 +33,8 @@ const SLOT_ITEMS: usize = 1024;
 /// Results all the other slots hold together, per thread (and one more), before their
 /// workers wait.
 const BUDGET_PER_THREAD: usize = 2048;
+/// The most results all the other slots hold together, whatever the number of threads.
+const BUDGET_MAX: usize = 16_384;
 
 /// One piece's results on their way to the caller.
 struct Slot<T> {
@@ -198,7 +201,7 @@ pub(crate) fn read<T: Send>(
             head: 0,
             taken: 0,
             buffered: 0,
-            budget: (threads + 1) * BUDGET_PER_THREAD,
+            budget: ((threads + 1) * BUDGET_PER_THREAD).min(BUDGET_MAX),
             all_taken: false,
             stop: false,
             error: None,
