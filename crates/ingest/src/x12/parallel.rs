@@ -125,7 +125,10 @@ struct State<T> {
 
 struct Shared<T> {
     state: Mutex<State<T>>,
-    changed: Condvar,
+    /// The caller waits here for its slot to fill or end, or for the pieces to run out.
+    caller: Condvar,
+    /// Workers wait here for room in a slot or the budget, or for the window to move.
+    workers: Condvar,
 }
 
 impl<T> Shared<T> {
@@ -135,15 +138,20 @@ impl<T> Shared<T> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn wait<'a>(&self, g: MutexGuard<'a, State<T>>) -> MutexGuard<'a, State<T>> {
-        self.changed.wait(g).unwrap_or_else(|e| e.into_inner())
+    fn wait_caller<'a>(&self, g: MutexGuard<'a, State<T>>) -> MutexGuard<'a, State<T>> {
+        self.caller.wait(g).unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wait_workers<'a>(&self, g: MutexGuard<'a, State<T>>) -> MutexGuard<'a, State<T>> {
+        self.workers.wait(g).unwrap_or_else(|e| e.into_inner())
     }
 
     fn fail(&self, file: Option<usize>, e: io::Error) {
         let mut st = self.lock();
         st.stop = true;
         st.error.get_or_insert((file, e));
-        self.changed.notify_all();
+        self.caller.notify_all();
+        self.workers.notify_all();
     }
 
     /// Hand `batch` to slot `k`, waiting while the caller's slot (`k` is the caller's piece)
@@ -164,10 +172,13 @@ impl<T> Shared<T> {
             if room {
                 st.buffered += batch.len();
                 st.slots[k - head].items.extend(batch.drain(..));
-                self.changed.notify_all();
+                // Only the caller's slot wakes the caller; the others wait for their turn.
+                if k == head {
+                    self.caller.notify_one();
+                }
                 return true;
             }
-            st = self.wait(st);
+            st = self.wait_workers(st);
         }
     }
 }
@@ -206,7 +217,8 @@ pub(crate) fn read<T: Send>(
             stop: false,
             error: None,
         }),
-        changed: Condvar::new(),
+        caller: Condvar::new(),
+        workers: Condvar::new(),
     };
     let pieces = Mutex::new(Pieces {
         paths,
@@ -248,7 +260,7 @@ fn next_piece<T>(
         {
             let mut st = shared.lock();
             while !st.stop && !st.all_taken && st.taken >= st.head + window {
-                st = shared.wait(st);
+                st = shared.wait_workers(st);
             }
             if st.stop || st.all_taken {
                 return None;
@@ -266,11 +278,12 @@ fn next_piece<T>(
             Ok(Some(Next::EndOfFile(f))) => {
                 st.taken += 1;
                 st.slots.push_back(Slot::new(f, true));
-                shared.changed.notify_all();
+                shared.caller.notify_one();
             }
             Ok(None) => {
                 st.all_taken = true;
-                shared.changed.notify_all();
+                shared.caller.notify_one();
+                shared.workers.notify_all();
                 return None;
             }
             Err((f, e)) => {
@@ -280,7 +293,8 @@ fn next_piece<T>(
                 st.slots.push_back(slot);
                 st.taken += 1;
                 st.all_taken = true;
-                shared.changed.notify_all();
+                shared.caller.notify_one();
+                shared.workers.notify_all();
                 return None;
             }
         }
@@ -318,7 +332,7 @@ fn read_piece<T>(
         let slot = &mut st.slots[k - head];
         slot.done = true;
         slot.summary = summary;
-        shared.changed.notify_all();
+        shared.caller.notify_one();
     }
     Ok(())
 }
@@ -343,7 +357,7 @@ fn hand_on<T>(
             Some(slot) if !slot.items.is_empty() => {
                 let (f, items) = (slot.file, std::mem::take(&mut slot.items));
                 st.buffered -= items.len();
-                shared.changed.notify_all();
+                shared.workers.notify_all();
                 drop(st);
                 for t in items {
                     on(f, FileEvent::Item(t));
@@ -367,7 +381,7 @@ fn hand_on<T>(
                 );
                 st.slots.pop_front();
                 st.head += 1;
-                shared.changed.notify_all();
+                shared.workers.notify_all();
                 total.bytes += s.bytes;
                 total.units += s.units;
                 total.notices.extend(s.notices);
@@ -381,6 +395,6 @@ fn hand_on<T>(
             None if all_taken => return Ok(()),
             _ => {}
         }
-        st = shared.wait(st);
+        st = shared.wait_caller(st);
     }
 }
