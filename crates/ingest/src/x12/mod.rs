@@ -16,7 +16,8 @@
 //! - **Parallel**: [`read_parallel`] cuts a file between interchanges and between the
 //!   transaction sets of an interchange ([`Piece`] carries the envelope a piece starts
 //!   under), so a file that is one interchange of many sets is read on every core, with the
-//!   same records, rejects, notices and positions as a sequential read.
+//!   same records, rejects, notices and positions as a sequential read;
+//!   [`read_parallel_files`] reads the pieces of several files side by side, in file order.
 //! - **Claim kind**: 005010X222 → professional. 005010X223 → inpatient when the facility type
 //!   code (CLM05-1, a leading `0` dropped) is 11 or 12 (hospital inpatient), 18 (swing bed),
 //!   21 (skilled nursing inpatient) or 41 (religious non-medical inpatient); outpatient
@@ -141,9 +142,9 @@ pub fn read_piece<R: Read>(
 /// `map` would give them, positions included, while the pieces after them are read.
 ///
 /// Memory stays bounded whatever the size of a piece: the piece `emit` is at streams through
-/// to it, and each piece further on holds at most a thousand mapped items until `emit` gets to
-/// it, with the pool's thread count plus two pieces under way at once. A file smaller than two
-/// pieces, or a pool of one thread, is read sequentially.
+/// to it, and the pieces further on hold at most 2,048 mapped items per thread together
+/// (16,384 at most) until `emit` gets to them. A file smaller than two pieces, or a pool of
+/// one thread, is read sequentially.
 ///
 /// # Errors
 /// Only when the file cannot be read.
