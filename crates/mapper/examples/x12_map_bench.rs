@@ -172,6 +172,7 @@ fn small_files(
                     if let FileEvent::Item(ok) = event {
                         n += u64::from(ok);
                     }
+                    std::ops::ControlFlow::Continue(())
                 })
             })
             .map_err(std::io::Error::other)?;

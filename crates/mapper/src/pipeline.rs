@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -813,9 +814,6 @@ fn process_x12_files(
     let mut failure = None;
     let map = |item: Item| (record_offset(&item), map_item(item, cfg, false, side));
     ingest::x12::read_parallel_files(paths, &map, &mut |f, event| {
-        if failure.is_some() {
-            return;
-        }
         let report = &mut reports[f];
         let done = match event {
             FileEvent::Item((offset, m)) => {
@@ -839,8 +837,13 @@ fn process_x12_files(
                 done
             }
         };
-        if let Err(e) = done {
-            failure = Some(e);
+        match done {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(e) => {
+                // The run fails: stop reading instead of parsing the rest for nothing.
+                failure = Some(e);
+                ControlFlow::Break(())
+            }
         }
     })?;
     match failure {

@@ -56,6 +56,7 @@ mod token;
 
 use std::fs::File;
 use std::io::Read;
+use std::ops::ControlFlow;
 use std::path::Path;
 
 pub use generate::{generate_837, generate_837_shaped, Shape};
@@ -165,9 +166,12 @@ pub fn read_parallel<T: Send>(
         return read_stream(&name, file, &mut |item| emit(map(item))).map_err(io);
     }
     let mut summary = FileSummary::default();
-    parallel::read(&[path], threads, map, &mut |_, event| match event {
-        FileEvent::Item(t) => emit(t),
-        FileEvent::Done(s) => summary = s,
+    parallel::read(&[path], threads, map, &mut |_, event| {
+        match event {
+            FileEvent::Item(t) => emit(t),
+            FileEvent::Done(s) => summary = s,
+        }
+        ControlFlow::Continue(())
     })
     .map_err(|(_, source)| io(source))?;
     Ok(summary)
@@ -185,8 +189,9 @@ pub enum FileEvent<T> {
 /// Read several X12 files as [`read_parallel`] reads one, with the files' pieces side by side:
 /// many small files are read on every core as one large file is. `on` gets, with the file's
 /// index in `paths`, each file's mapped items in order and then its summary, the files in the
-/// order of `paths`, all on the calling thread. A pool of one thread reads the files one
-/// after another.
+/// order of `paths`, all on the calling thread; when it returns `Break`, the read stops there
+/// (the workers finish the pieces they are in without mapping them) and returns `Ok`. A pool
+/// of one thread reads the files one after another.
 ///
 /// # Errors
 /// When a file cannot be opened (the files before it have had their summaries), or a read
@@ -194,7 +199,7 @@ pub enum FileEvent<T> {
 pub fn read_parallel_files<T: Send>(
     paths: &[&Path],
     map: &(dyn Fn(Item) -> T + Sync),
-    on: &mut (dyn FnMut(usize, FileEvent<T>) + Send),
+    on: &mut (dyn FnMut(usize, FileEvent<T>) -> ControlFlow<()> + Send),
 ) -> Result<(), Error> {
     let io = |f: Option<usize>, source| Error::Io {
         path: f.and_then(|f| paths.get(f)).map_or_else(
@@ -207,9 +212,16 @@ pub fn read_parallel_files<T: Send>(
         for (f, path) in paths.iter().enumerate() {
             let file = File::open(path).map_err(|e| io(Some(f), e))?;
             let name = path.display().to_string();
-            let summary = read_stream(&name, file, &mut |item| on(f, FileEvent::Item(map(item))))
-                .map_err(|e| io(Some(f), e))?;
-            on(f, FileEvent::Done(summary));
+            let mut stopped = false;
+            let summary = read_stream(&name, file, &mut |item| {
+                if !stopped {
+                    stopped = on(f, FileEvent::Item(map(item))).is_break();
+                }
+            })
+            .map_err(|e| io(Some(f), e))?;
+            if stopped || on(f, FileEvent::Done(summary)).is_break() {
+                return Ok(());
+            }
         }
         return Ok(());
     }

@@ -19,6 +19,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::{Condvar, Mutex, MutexGuard};
 
@@ -202,7 +203,7 @@ pub(crate) fn read<T: Send>(
     paths: &[&Path],
     threads: usize,
     map: &(dyn Fn(Item) -> T + Sync),
-    on: &mut dyn FnMut(usize, FileEvent<T>),
+    on: &mut dyn FnMut(usize, FileEvent<T>) -> ControlFlow<()>,
 ) -> Result<(), (Option<usize>, io::Error)> {
     let window = 2 * threads + 2;
     let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
@@ -240,9 +241,12 @@ pub(crate) fn read<T: Send>(
         // If `on` panics, the workers must not wait for it: the scope waits for them.
         let _guard = PanicGuard(&shared);
         let result = hand_on(&shared, on);
-        if result.is_err() {
-            shared.fail(None, io::Error::other("stopped"));
-        }
+        // Done, failed or stopped by `on`: the workers stop too.
+        let mut st = shared.lock();
+        st.stop = true;
+        shared.caller.notify_all();
+        shared.workers.notify_all();
+        drop(st);
         result
     })
 }
@@ -341,7 +345,7 @@ fn read_piece<T>(
 /// up over its pieces, at its end.
 fn hand_on<T>(
     shared: &Shared<T>,
-    on: &mut dyn FnMut(usize, FileEvent<T>),
+    on: &mut dyn FnMut(usize, FileEvent<T>) -> ControlFlow<()>,
 ) -> Result<(), (Option<usize>, io::Error)> {
     let mut total = FileSummary::default();
     let mut st = shared.lock();
@@ -360,7 +364,9 @@ fn hand_on<T>(
                 shared.workers.notify_all();
                 drop(st);
                 for t in items {
-                    on(f, FileEvent::Item(t));
+                    if on(f, FileEvent::Item(t)).is_break() {
+                        return Ok(());
+                    }
                 }
                 st = shared.lock();
                 continue;
@@ -387,7 +393,9 @@ fn hand_on<T>(
                 total.notices.extend(s.notices);
                 if end {
                     drop(st);
-                    on(f, FileEvent::Done(std::mem::take(&mut total)));
+                    if on(f, FileEvent::Done(std::mem::take(&mut total))).is_break() {
+                        return Ok(());
+                    }
                     st = shared.lock();
                 }
                 continue;

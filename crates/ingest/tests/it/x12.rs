@@ -1,6 +1,7 @@
 //! X12 837P/837I reader: every public sample ingests with its real values, every broken
 //! sample is rejected precisely, generated files read back, and mutated inputs never panic.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use ingest::model::{Claim, ClaimKind};
@@ -1356,7 +1357,8 @@ fn many_small_files_are_read_side_by_side_in_order() {
                 seen.lock().unwrap().push(match event {
                     FileEvent::Item(i) => Seen::Item(f, i.expect("every item is mapped")),
                     FileEvent::Done(s) => Seen::Done(f, s),
-                })
+                });
+                ControlFlow::Continue(())
             })
         })
         .unwrap();
@@ -1383,6 +1385,7 @@ fn a_file_that_cannot_be_read_stops_the_read_of_several_and_is_named() {
                 if let FileEvent::Done(_) = event {
                     finished.push(f);
                 }
+                ControlFlow::Continue(())
             })
         })
         .unwrap_err();
@@ -1391,6 +1394,56 @@ fn a_file_that_cannot_be_read_stops_the_read_of_several_and_is_named() {
         "{err:?}"
     );
     assert_eq!(finished, [0, 1, 2], "the files before it were read whole");
+}
+
+#[test]
+fn a_read_of_several_files_stops_where_the_caller_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths: Vec<PathBuf> = (0..12)
+        .map(|i| generated_file(dir.path(), true, 2_000, i))
+        .collect();
+    let refs: Vec<&std::path::Path> = paths.iter().map(|p| p.as_path()).collect();
+    for threads in [1, 2] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let mapped = std::sync::atomic::AtomicUsize::new(0);
+        let mut taken = Vec::new();
+        pool.install(|| {
+            read_parallel_files(
+                &refs,
+                &|_| {
+                    mapped.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                },
+                &mut |f, event| {
+                    if let FileEvent::Item(()) = event {
+                        taken.push(f);
+                    }
+                    // The caller fails on the 2,500th record (file 1).
+                    if taken.len() == 2_500 {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                },
+            )
+        })
+        .unwrap();
+        assert_eq!(
+            taken.len(),
+            2_500,
+            "{threads} threads: nothing after the stop"
+        );
+        assert_eq!(taken.last(), Some(&1));
+        // The workers stop too: what they mapped ahead is bounded (about 8,500 results), far
+        // from the 24,000 records of the files.
+        let mapped = mapped.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            mapped < 12_000,
+            "{threads} threads: {mapped} records mapped"
+        );
+    }
 }
 
 // ---- Reads in small pieces: the tokenizer's general path and its byte (non-UTF-8) buffers. ----
