@@ -6,14 +6,14 @@ use serde_json::Value;
 
 use crate::common::{bin, export, ingest, key, root, stable, succeed};
 
-fn rejects(lake: &std::path::Path) -> Vec<Value> {
+/// A file of the lake's current snapshot, as text.
+fn snapshot_file(lake: &std::path::Path, name: &str) -> String {
     let current = std::fs::read_to_string(lake.join("CURRENT")).unwrap();
-    let path = lake
-        .join("snapshots")
-        .join(current.trim())
-        .join("rejects.ndjson");
-    std::fs::read_to_string(path)
-        .unwrap()
+    std::fs::read_to_string(lake.join("snapshots").join(current.trim()).join(name)).unwrap()
+}
+
+fn rejects(lake: &std::path::Path) -> Vec<Value> {
+    snapshot_file(lake, "rejects.ndjson")
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
@@ -73,19 +73,7 @@ fn broken_rows_become_rejects_and_the_run_goes_on() {
         .map(|r| r["id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(eobs, vec!["professional-B-1", "professional-B-8"]);
-    let report: Value = {
-        let current = std::fs::read_to_string(lake.path().join("CURRENT")).unwrap();
-        serde_json::from_str(
-            &std::fs::read_to_string(
-                lake.path()
-                    .join("snapshots")
-                    .join(current.trim())
-                    .join("report.json"),
-            )
-            .unwrap(),
-        )
-        .unwrap()
-    };
+    let report: Value = serde_json::from_str(&snapshot_file(lake.path(), "report.json")).unwrap();
     let claims = report["sources"]
         .as_array()
         .unwrap()
@@ -258,16 +246,7 @@ fn x12_replacements_and_voids_keep_one_current_version_per_claim() {
 
 /// The sources of a run's report, without their timings.
 fn sources_without_times(lake: &std::path::Path) -> Vec<Value> {
-    let current = std::fs::read_to_string(lake.join("CURRENT")).unwrap();
-    let report: Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            lake.join("snapshots")
-                .join(current.trim())
-                .join("report.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let report: Value = serde_json::from_str(&snapshot_file(lake, "report.json")).unwrap();
     let mut sources = report["sources"].as_array().unwrap().clone();
     for s in &mut sources {
         let s = s.as_object_mut().unwrap();
