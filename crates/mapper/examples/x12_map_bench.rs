@@ -89,26 +89,13 @@ fn parse_map(path: &Path, systems: &Systems, threads: usize) -> std::io::Result<
     let mut failed = 0u64;
     pool(threads)
         .install(|| {
-            read_parallel(
-                path,
-                &|item| match item {
-                    Ok(rec) => {
-                        let claim = matches!(rec, SourceRecord::Claim(_));
-                        match map_record(&rec, systems) {
-                            Ok(resources) => (claim, std::hint::black_box(resources).len()),
-                            Err(_) => (false, 0),
-                        }
-                    }
-                    Err(_) => (false, 0),
-                },
-                &mut |(claim, n)| {
-                    if claim && n > 0 {
-                        claims += 1;
-                    } else {
-                        failed += 1;
-                    }
-                },
-            )
+            read_parallel(path, &|item| map_one(item, systems), &mut |ok| {
+                if ok {
+                    claims += 1;
+                } else {
+                    failed += 1;
+                }
+            })
         })
         .map_err(std::io::Error::other)?;
     if failed > 0 {
@@ -121,11 +108,10 @@ fn parse_map(path: &Path, systems: &Systems, threads: usize) -> std::io::Result<
 fn map_one(item: ingest::Item, systems: &Systems) -> bool {
     match item {
         Ok(rec) => {
-            let claim = matches!(rec, SourceRecord::Claim(_));
-            claim
-                && map_record(&rec, systems)
-                    .map(|r| !std::hint::black_box(r).is_empty())
-                    .unwrap_or(false)
+            let mapped = map_record(&rec, systems)
+                .map(|r| !std::hint::black_box(r).is_empty())
+                .unwrap_or(false);
+            mapped && matches!(rec, SourceRecord::Claim(_))
         }
         Err(_) => false,
     }

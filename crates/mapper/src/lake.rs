@@ -1061,7 +1061,12 @@ impl Lake {
 
     /// The directory of a type's key index runs.
     pub fn keys_dir(&self, resource_type: &str) -> PathBuf {
-        self.root.join("keys").join(resource_type)
+        self.root.join(Self::keys_rel(resource_type))
+    }
+
+    /// [`Lake::keys_dir`] relative to the lake root, as manifests name the runs in it.
+    pub fn keys_rel(resource_type: &str) -> String {
+        format!("keys/{resource_type}")
     }
 
     /// `keys/<Type>.rebuild`: left by a run that found a type's key index placing an id in a

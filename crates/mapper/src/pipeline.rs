@@ -334,14 +334,21 @@ fn primary_type(record: &SourceRecord) -> &'static str {
 /// The layout name of X12 837 sources.
 const X12_LAYOUT: &str = "x12-837";
 
-/// Whether `path` is read as X12 (no mapping forced, and its content is X12).
-fn is_x12(path: &Path, cfg: &Config) -> bool {
-    cfg.forced.is_none() && matches!(detect(path, &cfg.mappings), Ok(Format::X12))
+/// The format of `path` recognised from its content, when no mapping is forced; `None` also
+/// when it cannot be recognised ([`reader_for`] then says why).
+fn known_format(path: &Path, cfg: &Config) -> Option<Format> {
+    cfg.forced
+        .is_none()
+        .then(|| detect(path, &cfg.mappings).ok())
+        .flatten()
 }
 
+/// The reader of `path` and its layout name: the forced mapping's, or that of its `format`
+/// ([`known_format`], recognised again when `None`).
 fn reader_for(
     path: &Path,
     cfg: &Config,
+    format: Option<Format>,
 ) -> Result<(Box<dyn Reader + Send + Sync>, String), RunError> {
     if let Some(m) = &cfg.forced {
         return Ok((
@@ -349,7 +356,11 @@ fn reader_for(
             m.source.name.clone(),
         ));
     }
-    match detect(path, &cfg.mappings)? {
+    let format = match format {
+        Some(f) => f,
+        None => detect(path, &cfg.mappings)?,
+    };
+    match format {
         Format::Delimited(m) => Ok((
             Box::new(ingest::delimited::DelimitedReader::new(m.clone())),
             m.source.name.clone(),
@@ -642,6 +653,7 @@ fn map_item(item: Item, cfg: &Config, is_full: bool, side: &SideSeen) -> Mapped 
 /// rejects.
 fn process_file(
     path: &Path,
+    format: Option<Format>,
     cfg: &Config,
     progress: Option<&ProgressFn>,
     tables: &mut Tables<'_>,
@@ -651,7 +663,7 @@ fn process_file(
     let file_name = path.display().to_string();
     let total_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let started = Instant::now();
-    let (reader, layout) = reader_for(path, cfg)?;
+    let (reader, layout) = reader_for(path, cfg, format)?;
     let mut report = SourceReport {
         file: path.display().to_string(),
         layout,
@@ -663,83 +675,81 @@ fn process_file(
             ingest::formulary::extract_kind(path),
             Ok(ingest::formulary::ExtractKind::Full)
         );
-    let summary: FileSummary = {
-        // The reader runs on a thread of its own and hands chunks of records to the mappers.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Item>>(2);
-        let stop = std::sync::atomic::AtomicBool::new(false);
-        std::thread::scope(|scope| -> Result<FileSummary, RunError> {
-            let reading = scope.spawn(|| {
-                let tx = tx;
-                let mut chunk = Vec::with_capacity(CHUNK);
-                let mut read = 0u64;
-                let summary = reader.read(path, &mut |item: Item| {
-                    read += 1;
-                    if let Some(p) = progress {
-                        if read.is_multiple_of(4096) {
-                            p(&Progress {
-                                file: &file_name,
-                                records: read,
-                                bytes: record_offset(&item),
-                                total_bytes,
-                                done: false,
-                            });
-                        }
+    // The reader runs on a thread of its own and hands chunks of records to the mappers.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Item>>(2);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let summary = std::thread::scope(|scope| -> Result<FileSummary, RunError> {
+        let reading = scope.spawn(|| {
+            let tx = tx;
+            let mut chunk = Vec::with_capacity(CHUNK);
+            let mut read = 0u64;
+            let summary = reader.read(path, &mut |item: Item| {
+                read += 1;
+                if let Some(p) = progress {
+                    if read.is_multiple_of(4096) {
+                        p(&Progress {
+                            file: &file_name,
+                            records: read,
+                            bytes: record_offset(&item),
+                            total_bytes,
+                            done: false,
+                        });
                     }
-                    chunk.push(item);
-                    if chunk.len() == CHUNK {
-                        // The receiver only stops early on an error, which ends the run anyway.
-                        let _ = tx.send(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));
-                    }
-                });
-                if !chunk.is_empty() {
-                    let _ = tx.send(chunk);
                 }
-                summary
-            });
-            // Chunks are mapped on the rayon pool by a thread of their own, so that the next
-            // chunk is mapped while this one's resources are merged into the tables.
-            let (mapped_tx, mapped_rx) = std::sync::mpsc::sync_channel::<Vec<Mapped>>(2);
-            let stop_ref = &stop;
-            let mapping = scope.spawn(move || {
-                for chunk in rx.iter() {
-                    if stop_ref.load(std::sync::atomic::Ordering::Relaxed) {
-                        continue; // drain, so the reader finishes
-                    }
-                    let mapped: Vec<Mapped> = chunk
-                        .into_par_iter()
-                        .map(|item| map_item(item, cfg, is_full, side))
-                        .collect();
-                    if mapped_tx.send(mapped).is_err() {
-                        stop_ref.store(true, std::sync::atomic::Ordering::Relaxed);
-                    }
+                chunk.push(item);
+                if chunk.len() == CHUNK {
+                    // The receiver only stops early on an error, which ends the run anyway.
+                    let _ = tx.send(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK)));
                 }
             });
-            let mut failure = None;
-            for mapped in mapped_rx.iter() {
-                if failure.is_some() {
-                    continue; // drain, so the mapper and the reader finish
+            if !chunk.is_empty() {
+                let _ = tx.send(chunk);
+            }
+            summary
+        });
+        // Chunks are mapped on the rayon pool by a thread of their own, so that the next
+        // chunk is mapped while this one's resources are merged into the tables.
+        let (mapped_tx, mapped_rx) = std::sync::mpsc::sync_channel::<Vec<Mapped>>(2);
+        let stop_ref = &stop;
+        let mapping = scope.spawn(move || {
+            for chunk in rx.iter() {
+                if stop_ref.load(std::sync::atomic::Ordering::Relaxed) {
+                    continue; // drain, so the reader finishes
                 }
-                for m in mapped {
-                    report.records_read += 1;
-                    if let Err(e) = accept(m, &mut report, tables, rejects) {
-                        failure = Some(e);
-                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                        break;
-                    }
+                let mapped: Vec<Mapped> = chunk
+                    .into_par_iter()
+                    .map(|item| map_item(item, cfg, is_full, side))
+                    .collect();
+                if mapped_tx.send(mapped).is_err() {
+                    stop_ref.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
             }
-            mapping
-                .join()
-                .map_err(|_| RunError::Config("a mapping thread panicked".into()))?;
-            let summary = reading
-                .join()
-                .map_err(|_| RunError::Config("a reader thread panicked".into()))??;
-            match failure {
-                Some(e) => Err(e),
-                None => Ok(summary),
+        });
+        let mut failure = None;
+        for mapped in mapped_rx.iter() {
+            if failure.is_some() {
+                continue; // drain, so the mapper and the reader finish
             }
-        })?
-    };
+            for m in mapped {
+                report.records_read += 1;
+                if let Err(e) = accept(m, &mut report, tables, rejects) {
+                    failure = Some(e);
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    break;
+                }
+            }
+        }
+        mapping
+            .join()
+            .map_err(|_| RunError::Config("a mapping thread panicked".into()))?;
+        let summary = reading
+            .join()
+            .map_err(|_| RunError::Config("a reader thread panicked".into()))??;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(summary),
+        }
+    })?;
     finish_report(&mut report, summary, progress, total_bytes, started)?;
     Ok(report)
 }
@@ -1112,7 +1122,7 @@ impl TypeTable {
             {
                 // A damaged index is rebuilt from the table rather than failing the run.
                 index::Index::open(root, &self.prev_keys, t, snapshot)
-                    .inspect_err(|e| tracing::warn!(resource_type = t, error = %e, "key index unreadable; rebuilding it from the table"))
+                    .inspect_err(|e| warn_rebuilding(t, e))
                     .ok()
             } else {
                 None
@@ -1140,7 +1150,7 @@ impl TypeTable {
     fn lookup(&mut self, k: Key) -> Result<Option<index::Located>, LakeError> {
         match self.prev()?.get(k) {
             Err(e @ LakeError::KeyIndex { .. }) if !self.stats.key_index_built => {
-                tracing::warn!(resource_type = self.resource_type, error = %e, "key index damaged; rebuilding it from the table");
+                warn_rebuilding(self.resource_type, &e);
                 self.prev = None;
                 self.prev_keys.clear();
                 self.prev()?.get(k)
@@ -1180,7 +1190,7 @@ impl TypeTable {
         let Some(&fi) = self.prev_position.get(&old.file) else {
             let t = self.resource_type;
             let why = format!("names file {} the snapshot does not list", old.file);
-            return Err(index_wrong(&self.place.root, t, format!("keys/{t}"), &why));
+            return Err(index_wrong(&self.place.root, t, Lake::keys_rel(t), &why));
         };
         let dead = self.dead_prev.entry(fi).or_default();
         if add {
@@ -1267,6 +1277,12 @@ impl TypeTable {
     fn held(&self) -> usize {
         self.buf_bytes + self.side_bytes
     }
+}
+
+/// Log that the key index of `t` is rebuilt from its table because of `e` (unreadable or
+/// damaged; the error names the file, never an id).
+fn warn_rebuilding(t: &str, e: &LakeError) {
+    tracing::warn!(resource_type = t, error = %e, "key index unreadable or damaged; rebuilding it from the table");
 }
 
 /// The error of a run that found the key index of `t` whole but wrong (`path`, `message`: where
@@ -1664,7 +1680,7 @@ impl<'a> Tables<'a> {
                     // An older run was found damaged while merging runs: index the whole
                     // table of the new snapshot instead.
                     Err(e @ LakeError::KeyIndex { .. }) => {
-                        tracing::warn!(resource_type = t, error = %e, "key index damaged; rebuilding it from the table");
+                        warn_rebuilding(t, &e);
                         let index = index::Index::build(&root, &mut all, t, snapshot, scratch)?;
                         Ok((t, index.paths(), true))
                     }
@@ -1767,13 +1783,17 @@ pub fn run(paths: &[PathBuf], opts: &Options) -> Result<RunReport, RunError> {
     };
     let mut failure = None;
     let side = SideSeen::default();
-    let mut rest = files.as_slice();
-    while !rest.is_empty() {
+    // Each file's format, recognised once.
+    let mut formats: Vec<Option<Format>> = files.iter().map(|f| known_format(f, &cfg)).collect();
+    let mut i = 0;
+    while i < files.len() {
         // Consecutive X12 files are read together, so that small ones share the cores.
-        let x12 = rest.iter().take_while(|f| is_x12(f, &cfg)).count();
+        let x12 = (formats[i..].iter())
+            .take_while(|f| matches!(f, Some(Format::X12)))
+            .count();
         let done = if x12 > 0 {
-            let paths: Vec<&Path> = rest[..x12].iter().map(PathBuf::as_path).collect();
-            rest = &rest[x12..];
+            let paths: Vec<&Path> = files[i..i + x12].iter().map(PathBuf::as_path).collect();
+            i += x12;
             process_x12_files(
                 &paths,
                 &cfg,
@@ -1783,10 +1803,10 @@ pub fn run(paths: &[PathBuf], opts: &Options) -> Result<RunReport, RunError> {
                 &side,
             )
         } else {
-            let f = &rest[0];
-            rest = &rest[1..];
+            i += 1;
             process_file(
-                f,
+                &files[i - 1],
+                formats[i - 1].take(),
                 &cfg,
                 opts.progress.as_ref(),
                 &mut tables,

@@ -115,7 +115,7 @@ impl Index {
             root: root.to_path_buf(),
             runs: Vec::new(),
             rel: Vec::new(),
-            dir: format!("keys/{resource_type}"),
+            dir: Lake::keys_rel(resource_type),
             snapshot: snapshot.to_string(),
             seq: 0,
         }
