@@ -885,7 +885,7 @@ fn accept(
             full,
         } => {
             for t in dropped {
-                *report.resources.entry(t.to_string()).or_default() += 1;
+                count_resource(report, t);
             }
             report.accepted += 1;
             match change {
@@ -895,15 +895,23 @@ fn accept(
             }
             tables.full.extend(full);
             for p in produced {
-                *report
-                    .resources
-                    .entry(p.resource.resource_type.to_string())
-                    .or_default() += 1;
+                count_resource(report, p.resource.resource_type);
                 tables.add(p)?;
             }
         }
     }
     Ok(())
+}
+
+/// Count one resource of type `t` in a file's report (the type's name is allocated only the
+/// first time the report meets it).
+fn count_resource(report: &mut SourceReport, t: &str) {
+    match report.resources.get_mut(t) {
+        Some(n) => *n += 1,
+        None => {
+            report.resources.insert(t.to_string(), 1);
+        }
+    }
 }
 
 /// The rejects file, written as records are rejected.
