@@ -46,9 +46,9 @@ fn tune_allocator_for_ingest() {
 /// whole 2 MiB page with a few live objects (a quarter of its resident memory on the benchmark
 /// lake). An ingest run pays at its first touch of each 2 MiB: the kernel must find (and under
 /// the common `defrag=madvise` setting, compact memory for) a free huge page and zero it, in
-/// the run's time. With 4 KiB pages, interleaved runs of the same inputs took 4 to 5.5 % less
-/// CPU and 3 to 4 % less wall time, at 5 % less peak RSS (RIF carrier, plain CSV and 837P; see
-/// `bench/RESULTS.md`).
+/// the run's time. With 4 KiB pages, interleaved runs of the same inputs took 3 to 6 % less
+/// CPU and 3 to 4.5 % less wall time, at about 5 % less peak RSS (RIF carrier, plain CSV and
+/// 837P; see `bench/RESULTS.md`).
 fn disable_huge_pages() {
     #[cfg(target_os = "linux")]
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
@@ -789,9 +789,6 @@ fn generate_dataset(dir: &Path, a: &GenerateArgs) -> Result<ExitCode> {
 mod tests {
     use super::*;
 
-    /// The bundled mimalloc numbers its options by their place in `mi_option_e`; pin the
-    /// one named by number through its next neighbour (a constant the crate names) and its
-    /// default in mimalloc 3 (1,000 ms), so an upgrade that renumbers fails here.
     #[cfg(target_os = "linux")]
     #[test]
     fn huge_pages_are_off_unless_the_environment_allows_them() {
@@ -802,6 +799,9 @@ mod tests {
         assert_eq!(off, expected);
     }
 
+    /// The bundled mimalloc numbers its options by their place in `mi_option_e`; pin the
+    /// one named by number through its next neighbour (a constant the crate names) and its
+    /// default in mimalloc 3 (1,000 ms), so an upgrade that renumbers fails here.
     #[test]
     fn allocator_option_numbers() {
         use libmimalloc_sys::{mi_option_get, mi_option_use_numa_nodes};
