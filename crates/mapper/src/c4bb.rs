@@ -190,8 +190,13 @@ fn parse_amount(value: &str) -> Result<f64, MapError> {
 
 /// `{"value":..,"currency":"USD"}` of a decimal amount.
 fn money(w: &mut JsonWriter, value: &str) -> Result<(), MapError> {
-    let v = parse_amount(value)?;
-    money_value(w, v);
+    w.open();
+    w.key("value");
+    if !w.plain_decimal(value) {
+        w.f64(parse_amount(value)?);
+    }
+    w.kv("currency", "USD");
+    w.close();
     Ok(())
 }
 

@@ -150,6 +150,50 @@ impl JsonWriter {
         self.comma = true;
     }
 
+    /// Write the number a decimal text parses to, exactly as [`JsonWriter::f64`] writes it,
+    /// without going through `f64`, when the text is plain: an optional `-`, at most 11 digits,
+    /// then optionally a point and at most 4 digits (money and quantities as extracts carry
+    /// them). Such a number has at most 15 significant digits, so the shortest form that reads
+    /// back as its `f64` is its own digits, and `serde_json` writes it without an exponent:
+    /// leading zeros dropped, trailing fraction zeros dropped, `.0` when whole. Returns `false`,
+    /// writing nothing, for any other text (the caller parses it).
+    pub fn plain_decimal(&mut self, text: &str) -> bool {
+        let b = text.as_bytes();
+        let (negative, unsigned) = match b.split_first() {
+            Some((b'-', rest)) => (true, rest),
+            _ => (false, b),
+        };
+        let (int, frac) = match unsigned.iter().position(|&c| c == b'.') {
+            Some(i) => (&unsigned[..i], &unsigned[i + 1..]),
+            None => (unsigned, &[][..]),
+        };
+        if int.is_empty()
+            || int.len() > 11
+            || frac.len() > 4
+            || !int.iter().chain(frac).all(u8::is_ascii_digit)
+        {
+            return false;
+        }
+        let int = &int[int.iter().position(|&c| c != b'0').unwrap_or(int.len())..];
+        let frac = &frac[..frac.iter().rposition(|&c| c != b'0').map_or(0, |i| i + 1)];
+        self.sep();
+        if negative {
+            self.buf.push('-');
+        }
+        // Both parts are ASCII digits, so valid UTF-8.
+        self.buf.push_str(match std::str::from_utf8(int) {
+            Ok(s) if !s.is_empty() => s,
+            _ => "0",
+        });
+        self.buf.push('.');
+        self.buf.push_str(match std::str::from_utf8(frac) {
+            Ok(s) if !s.is_empty() => s,
+            _ => "0",
+        });
+        self.comma = true;
+        true
+    }
+
     /// Write a boolean value.
     #[inline]
     pub fn bool(&mut self, v: bool) {
@@ -268,6 +312,72 @@ mod tests {
             w.f64(v);
             assert_eq!(w.finish(), serde_json::json!(v).to_string(), "{v}");
         }
+        // Plain decimal text is written as its parsed `f64` would be; other text is refused.
+        let mut plain = vec![
+            "0",
+            "-0",
+            "0.00",
+            "-0.00",
+            "007.10",
+            "5.",
+            "100",
+            "100.00",
+            "12.25",
+            "0.0001",
+            "0.5000",
+            "99999999999.9999",
+            "12345678901",
+            "1.1",
+            "0.1",
+            "0.3",
+            "368.75",
+            "-73.75",
+            "00000000000.0001",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let int = seed % 10u64.pow(1 + (seed >> 60) as u32 % 11);
+            let places = (seed >> 40) as usize % 5;
+            let frac = (seed >> 20) % 10u64.pow(places as u32);
+            let sign = if seed & 1 == 1 { "-" } else { "" };
+            plain.push(match places {
+                0 => format!("{sign}{int}"),
+                p => format!("{sign}{int}.{frac:0p$}"),
+            });
+        }
+        for text in &plain {
+            let mut fast = JsonWriter::default();
+            assert!(fast.plain_decimal(text), "{text}");
+            let mut slow = JsonWriter::default();
+            slow.f64(text.parse().unwrap());
+            assert_eq!(fast.finish(), slow.finish(), "{text}");
+        }
+        for text in [
+            "",
+            "-",
+            ".5",
+            "+5",
+            "1e5",
+            "1.23456",
+            "123456789012",
+            "1,5",
+            "12.5.1",
+            " 1",
+            "NaN",
+            "--1",
+            "1.-5",
+        ] {
+            let mut w = JsonWriter::default();
+            assert!(!w.plain_decimal(text), "{text}");
+            assert!(w.is_empty(), "{text}");
+        }
+
         let mut w = JsonWriter::default();
         w.open_array();
         w.int(-5);
