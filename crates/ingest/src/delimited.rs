@@ -732,6 +732,7 @@ impl Reader for DelimitedReader {
         let mut summary = FileSummary::default();
         let mut group: Vec<RawRow> = Vec::new();
         let mut group_key: Vec<u8> = Vec::new();
+        let mut spare: Vec<ByteRecord> = Vec::new();
         loop {
             let pos = rdr.position().clone();
             match rdr.read_byte_record(&mut rec) {
@@ -739,7 +740,7 @@ impl Reader for DelimitedReader {
                 Ok(false) => break,
                 Err(e) => {
                     // A csv-level error (e.g. unbalanced quotes) rejects the rest of the row.
-                    flush(&layout, &file_name, &mut group, emit);
+                    flush(&layout, &file_name, &mut group, &mut spare, emit);
                     let position = Position {
                         file: file_name.clone(),
                         line: pos.line(),
@@ -767,22 +768,22 @@ impl Reader for DelimitedReader {
             {
                 continue; // blank line
             }
-            let key = layout
-                .group_col
-                .and_then(|i| rec.get(i))
-                .map(<[u8]>::to_vec)
-                .unwrap_or_default();
-            if layout.group_col.is_none() || key != group_key || key.is_empty() {
-                flush(&layout, &file_name, &mut group, emit);
-                group_key = key;
+            let key = layout.group_col.and_then(|i| rec.get(i)).unwrap_or(&[]);
+            if layout.group_col.is_none() || key != group_key.as_slice() || key.is_empty() {
+                flush(&layout, &file_name, &mut group, &mut spare, emit);
+                group_key.clear();
+                group_key.extend_from_slice(key);
             }
+            // The row moves into the group and a spare record (a flushed row's, with its
+            // buffers) takes its place: no copy and no allocation per row.
+            let record = std::mem::replace(&mut rec, spare.pop().unwrap_or_default());
             group.push(RawRow {
-                record: rec.clone(),
+                record,
                 line: pos.line(),
                 byte: pos.byte(),
             });
         }
-        flush(&layout, &file_name, &mut group, emit);
+        flush(&layout, &file_name, &mut group, &mut spare, emit);
         summary.bytes = rdr.position().byte();
         Ok(summary)
     }
@@ -812,8 +813,15 @@ fn raw_text(layout: &Compiled, rows: &[RawRow]) -> String {
     out
 }
 
-/// Turn the buffered rows of one record into an item.
-fn flush(layout: &Compiled, file: &Arc<str>, rows: &mut Vec<RawRow>, emit: &mut dyn FnMut(Item)) {
+/// Turn the buffered rows of one record into an item; their records go to `spare`, for the
+/// rows to come.
+fn flush(
+    layout: &Compiled,
+    file: &Arc<str>,
+    rows: &mut Vec<RawRow>,
+    spare: &mut Vec<ByteRecord>,
+    emit: &mut dyn FnMut(Item),
+) {
     if rows.is_empty() {
         return;
     }
@@ -831,7 +839,7 @@ fn flush(layout: &Compiled, file: &Arc<str>, rows: &mut Vec<RawRow>, emit: &mut 
         Reject::new(position, stage, reason, message, raw_text(layout, rows))
     });
     emit(item);
-    rows.clear();
+    spare.extend(rows.drain(..).map(|r| r.record));
 }
 
 fn build(
