@@ -20,12 +20,18 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Make the allocator give memory back to the system as a long-running server should.
 ///
-/// mimalloc returns freed pages only after a second and only when the allocator is busy
-/// again, so the transient buffers of opening a snapshot would stay resident while the server
-/// idles. Serving purges at once (a `MIMALLOC_PURGE_DELAY` in the environment still wins) and,
-/// like every command, runs without transparent huge pages ([`disable_huge_pages`]); the load
-/// benchmark shows no change in throughput.
+/// Two defaults suit the batch `ingest` but not `serve`: mimalloc asks for transparent huge
+/// pages, so a few live objects pin a whole 2 MiB page (a quarter of the server's resident
+/// memory on the benchmark lake), and it returns freed pages only after a second and only
+/// when the allocator is busy again, so the transient buffers of opening a snapshot stay
+/// resident while the server idles. Serving turns both off (a `MIMALLOC_PURGE_DELAY` in the
+/// environment still wins); the load benchmark shows no change in throughput.
 fn tune_allocator_for_serving() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and changes no memory.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
     set_purge_delay(0);
 }
 
@@ -37,26 +43,6 @@ fn tune_allocator_for_serving() {
 /// holding on to the freed pages costs tens of MiB of peak RSS, not growth.
 fn tune_allocator_for_ingest() {
     set_purge_delay(-1);
-}
-
-/// Run without transparent huge pages, unless `MIMALLOC_ALLOW_THP` in the environment says
-/// otherwise.
-///
-/// mimalloc reserves a 1 GiB arena and asks for huge pages on all of it. A server then pins a
-/// whole 2 MiB page with a few live objects (a quarter of its resident memory on the benchmark
-/// lake). An ingest run pays at its first touch of each 2 MiB: the kernel must find (and under
-/// the common `defrag=madvise` setting, compact memory for) a free huge page and zero it, in
-/// the run's time. With 4 KiB pages, interleaved runs of the same inputs took 3 to 6 % less
-/// CPU and 3 to 4.5 % less wall time, at about 5 % less peak RSS (RIF carrier, plain CSV and
-/// 837P; see `bench/RESULTS.md`).
-fn disable_huge_pages() {
-    #[cfg(target_os = "linux")]
-    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
-        // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and changes no memory.
-        unsafe {
-            libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
-        }
-    }
 }
 
 /// Set mimalloc's purge delay (ms; 0 = at once, -1 = never) unless the environment sets it.
@@ -303,7 +289,6 @@ fn init_logging() {
 }
 
 fn main() -> ExitCode {
-    disable_huge_pages();
     init_logging();
     let cli = Cli::parse();
     match run(cli) {
@@ -788,16 +773,6 @@ fn generate_dataset(dir: &Path, a: &GenerateArgs) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn huge_pages_are_off_unless_the_environment_allows_them() {
-        disable_huge_pages();
-        // SAFETY: PR_GET_THP_DISABLE takes integer arguments only and changes nothing.
-        let off = unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) };
-        let expected = i32::from(std::env::var_os("MIMALLOC_ALLOW_THP").is_none());
-        assert_eq!(off, expected);
-    }
 
     /// The bundled mimalloc numbers its options by their place in `mi_option_e`; pin the
     /// one named by number through its next neighbour (a constant the crate names) and its
