@@ -152,11 +152,11 @@ impl JsonWriter {
 
     /// Write the number a decimal text parses to, exactly as [`JsonWriter::f64`] writes it,
     /// without going through `f64`, when the text is plain: an optional `-`, at most 11 digits,
-    /// then optionally a point and at most 4 digits (money and quantities as extracts carry
-    /// them). Such a number has at most 15 significant digits, so the shortest form that reads
-    /// back as its `f64` is its own digits, and `serde_json` writes it without an exponent:
-    /// leading zeros dropped, trailing fraction zeros dropped, `.0` when whole. Returns `false`,
-    /// writing nothing, for any other text (the caller parses it).
+    /// then optionally a point and at most 4 digits (amounts as extracts carry them). Such a
+    /// number has at most 15 significant digits, so the shortest form that reads back as its
+    /// `f64` is its own digits, and `serde_json` writes it without an exponent: leading zeros
+    /// dropped, trailing fraction zeros dropped, `.0` when whole. Returns `false`, writing
+    /// nothing, for any other text (the caller parses it).
     pub fn plain_decimal(&mut self, text: &str) -> bool {
         let b = text.as_bytes();
         let (negative, unsigned) = match b.split_first() {
@@ -312,7 +312,25 @@ mod tests {
             w.f64(v);
             assert_eq!(w.finish(), serde_json::json!(v).to_string(), "{v}");
         }
-        // Plain decimal text is written as its parsed `f64` would be; other text is refused.
+        let mut w = JsonWriter::default();
+        w.open_array();
+        w.int(-5);
+        w.uint(7);
+        w.bool(true);
+        w.open();
+        w.kv("a", "b");
+        w.key("c");
+        w.open_array();
+        w.close_array();
+        w.close();
+        w.str_parts(&["x/", "y"]);
+        w.close_array();
+        assert_eq!(w.finish(), r#"[-5,7,true,{"a":"b","c":[]},"x/y"]"#);
+    }
+
+    /// Plain decimal text is written as its parsed `f64` would be; other text is refused.
+    #[test]
+    fn plain_decimals_format_like_their_f64() {
         let mut plain = vec![
             "0",
             "-0",
@@ -377,20 +395,5 @@ mod tests {
             assert!(!w.plain_decimal(text), "{text}");
             assert!(w.is_empty(), "{text}");
         }
-
-        let mut w = JsonWriter::default();
-        w.open_array();
-        w.int(-5);
-        w.uint(7);
-        w.bool(true);
-        w.open();
-        w.kv("a", "b");
-        w.key("c");
-        w.open_array();
-        w.close_array();
-        w.close();
-        w.str_parts(&["x/", "y"]);
-        w.close_array();
-        assert_eq!(w.finish(), r#"[-5,7,true,{"a":"b","c":[]},"x/y"]"#);
     }
 }
