@@ -305,8 +305,9 @@ fn mutations(c: &ingest::model::Claim) -> Vec<ingest::model::Claim> {
     out
 }
 
-#[test]
-fn c4bb_output_is_pinned() {
+/// The mappings, the identifier systems, and every input the pinned tests read: the sample
+/// files and extracts generated into `tmp` (what the benchmark ingests), sorted by name.
+fn inputs(tmp: &Path) -> (Vec<Arc<Mapping>>, Systems, Vec<(String, PathBuf)>) {
     let root = root();
     let mappings: Vec<Arc<Mapping>> = Mapping::load_dir(&root.join("mappings"))
         .expect("mappings")
@@ -328,13 +329,11 @@ fn c4bb_output_is_pinned() {
             files.push((name, e.path()));
         }
     }
-    // Generated extracts too (what the benchmark ingests).
-    let tmp = tempfile::tempdir().expect("tmp");
     let create = |p: &Path| std::io::BufWriter::new(std::fs::File::create(p).expect("create"));
     let template = |n: &str| {
         ingest::synth::Template::load(&root.join("samples/rif").join(n), b'|').expect("template")
     };
-    let p = |n: &str| tmp.path().join(n);
+    let p = |n: &str| tmp.join(n);
     ingest::synth::rif_beneficiaries(
         &template("synthea-beneficiary_2021.csv"),
         &mut create(&p("beneficiaries.txt")),
@@ -375,6 +374,13 @@ fn c4bb_output_is_pinned() {
         files.push((format!("generated/{n}"), p(n)));
     }
     files.sort();
+    (mappings, systems, files)
+}
+
+#[test]
+fn c4bb_output_is_pinned() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (mappings, systems, files) = inputs(tmp.path());
     let mut out = String::new();
     for (name, path) in &files {
         for (i, r) in read(path, &mappings).iter().enumerate() {
@@ -421,4 +427,44 @@ fn c4bb_output_is_pinned() {
         );
     }
     assert_eq!(expected.lines().count(), out.lines().count(), "line count");
+}
+
+/// Every EOB of the sample and generated claims is written into the buffer
+/// [`c4bb::eob_capacity`] sizes, without growing it, and uses most of it.
+#[test]
+fn eob_fits_its_first_buffer() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (mappings, systems, files) = inputs(tmp.path());
+    let mut checked = 0;
+    let mut fill = (f64::MAX, 0f64);
+    for (name, path) in &files {
+        for (i, r) in read(path, &mappings).iter().enumerate() {
+            let SourceRecord::Claim(c) = r else { continue };
+            let Ok(resources) = c4bb::map_claim(c, &systems) else {
+                continue;
+            };
+            let eob = resources
+                .iter()
+                .find(|r| r.resource_type == "ExplanationOfBenefit")
+                .expect("an EOB");
+            let Json::Text(w) = &eob.json else {
+                panic!("EOBs are written as text")
+            };
+            let (len, cap) = (w.text.len(), w.text.capacity());
+            assert_eq!(
+                cap,
+                c4bb::eob_capacity(c),
+                "{name}#{i}: the EOB's buffer grew ({len} bytes written)"
+            );
+            let used = len as f64 / cap as f64;
+            fill = (fill.0.min(used), fill.1.max(used));
+            checked += 1;
+        }
+    }
+    eprintln!(
+        "{checked} EOBs; share of the buffer used: {:.2} to {:.2}",
+        fill.0, fill.1
+    );
+    assert!(checked > 500, "only {checked} EOBs");
+    assert!(fill.0 > 0.5, "an EOB used only {:.2} of its buffer", fill.0);
 }
