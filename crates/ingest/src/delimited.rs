@@ -9,7 +9,7 @@ use std::io::{BufReader, Read};
 use std::path::Path;
 use std::sync::Arc;
 
-use compact_str::{CompactString, ToCompactString};
+use compact_str::ToCompactString;
 use csv::{ByteRecord, ReaderBuilder};
 
 use crate::layout::{compile, compile_groups, parse_date, parse_decimal, Field, FieldSet};
@@ -217,6 +217,40 @@ fn without(
         .collect()
 }
 
+/// The fields of one party in a mapping: `{prefix}_npi`, `{prefix}_id`, … Spelled out once
+/// per prefix, so that reading a party builds no names.
+struct PartyNames {
+    npi: &'static str,
+    id: &'static str,
+    id_kind: &'static str,
+    name: &'static str,
+    tax_id: &'static str,
+    state: &'static str,
+    postal_code: &'static str,
+}
+
+macro_rules! party_names {
+    ($prefix:literal) => {
+        PartyNames {
+            npi: concat!($prefix, "_npi"),
+            id: concat!($prefix, "_id"),
+            id_kind: concat!($prefix, "_id_kind"),
+            name: concat!($prefix, "_name"),
+            tax_id: concat!($prefix, "_tax_id"),
+            state: concat!($prefix, "_state"),
+            postal_code: concat!($prefix, "_postal_code"),
+        }
+    };
+}
+
+impl PartyNames {
+    const PAYER: Self = party_names!("payer");
+    const BILLING: Self = party_names!("billing");
+    const FACILITY: Self = party_names!("facility");
+    const PROVIDER: Self = party_names!("provider");
+    const RENDERING: Self = party_names!("rendering");
+}
+
 /// A code with its version and one companion value (`poa`, `date`).
 type Coded = (Text, Option<Text>, Option<Text>);
 
@@ -362,26 +396,19 @@ impl Compiled {
         &self,
         row: &Row<'_>,
         set: &FieldSet,
-        prefix: &str,
+        names: &PartyNames,
     ) -> Result<Option<Party>, ValueError> {
-        // `{prefix}_{suffix}`, built inline (no heap for names of up to 24 bytes).
-        let name = |suffix: &str| {
-            let mut n = CompactString::const_new("");
-            n.push_str(prefix);
-            n.push_str(suffix);
-            n
-        };
         let id: Option<Text> = self
-            .get(row, set, &name("_npi"))?
+            .get(row, set, names.npi)?
             .filter(|n: &Text| n.bytes().any(|b| b != b'0'));
         let (id, id_kind) = match id {
             Some(id) => (Some(id), Some("npi".into())),
-            None => match self.get(row, set, &name("_id"))? {
-                Some(id) => (Some(id), set.attr(&name("_id_kind")).map(Text::from)),
+            None => match self.get(row, set, names.id)? {
+                Some(id) => (Some(id), set.attr(names.id_kind).map(Text::from)),
                 None => (None, None),
             },
         };
-        let party_name = self.get(row, set, &name("_name"))?;
+        let party_name = self.get(row, set, names.name)?;
         if id.is_none() && party_name.is_none() {
             return Ok(None);
         }
@@ -390,11 +417,11 @@ impl Compiled {
             id_kind,
             name: party_name,
             person: false,
-            tax_id: self.get(row, set, &name("_tax_id"))?,
+            tax_id: self.get(row, set, names.tax_id)?,
             address_lines: Vec::new(),
             city: None,
-            state: self.get(row, set, &name("_state"))?,
-            postal_code: self.get(row, set, &name("_postal_code"))?,
+            state: self.get(row, set, names.state)?,
+            postal_code: self.get(row, set, names.postal_code)?,
         }))
     }
 
@@ -431,7 +458,7 @@ impl Compiled {
                 start: self.get(row, c, "start")?,
                 end: self.get(row, c, "end")?,
                 status: self.get(row, c, "status")?,
-                payer: self.party(row, c, "payer")?.unwrap_or_default(),
+                payer: self.party(row, c, &PartyNames::PAYER)?.unwrap_or_default(),
             });
         }
         Ok(Member {
@@ -580,7 +607,7 @@ impl Compiled {
         }
         let mut care_team = Vec::new();
         for g in self.groups("care_team") {
-            if let Some(party) = self.party(first, g, "provider")? {
+            if let Some(party) = self.party(first, g, &PartyNames::PROVIDER)? {
                 let mut party = party;
                 party.person = g.attr("person") != Some("false");
                 care_team.push((g.attr("role").unwrap_or("rendering").into(), party));
@@ -602,7 +629,7 @@ impl Compiled {
                 })?,
                 None => i as u32 + 1,
             };
-            let rendering = self.party(row, l, "rendering")?.map(|mut p| {
+            let rendering = self.party(row, l, &PartyNames::RENDERING)?.map(|mut p| {
                 p.person = true;
                 p
             });
@@ -640,9 +667,11 @@ impl Compiled {
             thru: self.get(first, p, "thru")?,
             created: self.get(first, p, "created")?,
             received: self.get(first, p, "received")?,
-            payer: self.party(first, p, "payer")?.unwrap_or_default(),
-            billing: self.party(first, p, "billing")?,
-            facility: self.party(first, p, "facility")?,
+            payer: self
+                .party(first, p, &PartyNames::PAYER)?
+                .unwrap_or_default(),
+            billing: self.party(first, p, &PartyNames::BILLING)?,
+            facility: self.party(first, p, &PartyNames::FACILITY)?,
             care_team,
             diagnoses,
             procedures,
