@@ -134,25 +134,12 @@ fn date_value(d: &str) -> IndexValue {
 
 /// `{"coding":[{"system":..,"code":..}]}`.
 fn coding(w: &mut JsonWriter, system: &str, code: &str) {
-    wrapped_pair(w, "coding", ("system", system), ("code", code));
+    w.wrapped_pair("coding", ("system", system), ("code", code));
 }
 
 /// The data-absent-reason extension: `{"extension":[{"url":DAR,"valueCode":..}]}`.
 fn absent(w: &mut JsonWriter, reason: &str) {
-    wrapped_pair(w, "extension", ("url", DAR), ("valueCode", reason));
-}
-
-/// `{key:[{a.0:a.1,b.0:b.1}]}`: an object holding a list of one two-member object.
-fn wrapped_pair(w: &mut JsonWriter, key: &str, a: (&str, &str), b: (&str, &str)) {
-    w.open();
-    w.key(key);
-    w.open_array();
-    w.open();
-    w.kv(a.0, a.1);
-    w.kv(b.0, b.1);
-    w.close();
-    w.close_array();
-    w.close();
+    w.wrapped_pair("extension", ("url", DAR), ("valueCode", reason));
 }
 
 /// `{"reference":..}`.

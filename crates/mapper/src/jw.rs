@@ -209,6 +209,27 @@ impl JsonWriter {
         self.str(v);
     }
 
+    /// `{key:[{a.0:a.1,b.0:b.1}]}` as one value: an object holding a list of one two-member
+    /// object (a `coding`, an `extension`). Keys are literals that need no escaping; the
+    /// values are escaped. The same text as opening and closing each level, in a third of the
+    /// writes: a claim has dozens of these.
+    pub fn wrapped_pair(&mut self, key: &str, a: (&str, &str), b: (&str, &str)) {
+        self.sep();
+        let buf = &mut self.buf;
+        buf.push_str("{\"");
+        buf.push_str(key);
+        buf.push_str("\":[{\"");
+        buf.push_str(a.0);
+        buf.push_str("\":");
+        escape_into(buf, a.1);
+        buf.push_str(",\"");
+        buf.push_str(b.0);
+        buf.push_str("\":");
+        escape_into(buf, b.1);
+        buf.push_str("}]}");
+        self.comma = true;
+    }
+
     /// An array of strings.
     pub fn str_array<S: AsRef<str>>(&mut self, items: &[S]) {
         self.open_array();
@@ -271,6 +292,43 @@ fn escape_body(out: &mut String, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wrapped_pair_is_the_nested_writes() {
+        for (key, a, b) in [
+            ("coding", ("system", "http://x/y"), ("code", "c")),
+            (
+                "extension",
+                ("url", "u\"q"),
+                ("valueCode", "tab\there\u{1}"),
+            ),
+            ("k", ("a", ""), ("b", "é")),
+        ] {
+            let mut fast = JsonWriter::default();
+            let mut slow = JsonWriter::default();
+            for w in [&mut fast, &mut slow] {
+                w.open_array();
+                w.str("before");
+            }
+            fast.wrapped_pair(key, a, b);
+            slow.open();
+            slow.key(key);
+            slow.open_array();
+            slow.open();
+            slow.kv(a.0, a.1);
+            slow.kv(b.0, b.1);
+            slow.close();
+            slow.close_array();
+            slow.close();
+            for w in [&mut fast, &mut slow] {
+                w.str("after");
+                w.close_array();
+            }
+            assert_eq!(fast.as_str(), slow.as_str());
+            let v: serde_json::Value = serde_json::from_str(fast.as_str()).expect("JSON");
+            assert_eq!(v[1][key][0][b.0], b.1);
+        }
+    }
 
     #[test]
     fn strings_escape_like_serde_json() {
