@@ -430,7 +430,7 @@ fn c4bb_output_is_pinned() {
 }
 
 /// Every EOB of the sample and generated claims is written into the buffer
-/// [`c4bb::eob_capacity`] sizes, without growing it, and uses most of it.
+/// [`c4bb::eob_capacity`] sizes, without growing it, and fills at least half of it.
 #[test]
 fn eob_fits_its_first_buffer() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -450,11 +450,11 @@ fn eob_fits_its_first_buffer() {
             let Json::Text(w) = &eob.json else {
                 panic!("EOBs are written as text")
             };
-            let (len, cap) = (w.text.len(), w.text.capacity());
-            assert_eq!(
-                cap,
-                c4bb::eob_capacity(c),
-                "{name}#{i}: the EOB's buffer grew ({len} bytes written)"
+            let (len, cap, first) = (w.text.len(), w.text.capacity(), c4bb::eob_capacity(c));
+            // A `String` that grows at least doubles its capacity.
+            assert!(
+                (first..2 * first).contains(&cap),
+                "{name}#{i}: the EOB's buffer grew from {first} to {cap} ({len} bytes written)"
             );
             let used = len as f64 / cap as f64;
             fill = (fill.0.min(used), fill.1.max(used));
