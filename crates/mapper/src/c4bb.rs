@@ -120,15 +120,15 @@ impl Doc {
 
 fn token(system: &str, code: &str) -> IndexValue {
     IndexValue::Token {
-        system: system.to_string(),
-        code: code.to_string(),
+        system: system.into(),
+        code: code.into(),
     }
 }
 
 fn date_value(d: &str) -> IndexValue {
     IndexValue::Date {
-        start: Some(d.to_string()),
-        end: Some(d.to_string()),
+        start: Some(d.into()),
+        end: Some(d.into()),
     }
 }
 
@@ -598,10 +598,10 @@ fn map_coverage(m: &Member, c: &CoverageSpan, systems: &Systems) -> Result<Resou
         }
         w.close();
     }
-    let refs = vec![IndexValue::Reference(patient_ref)];
+    let refs = vec![IndexValue::Reference(patient_ref.into())];
     doc.index("patient", refs.clone());
     doc.index("beneficiary", refs);
-    doc.index("payor", vec![IndexValue::Reference(payor)]);
+    doc.index("payor", vec![IndexValue::Reference(payor.into())]);
     doc.index("identifier", tokens);
     Ok(Resource {
         resource_type: "Coverage",
@@ -926,8 +926,8 @@ pub fn map_claim_with(
         w.kv("value", &value);
         w.close();
         identifier_tokens.push(IndexValue::Token {
-            system: system.into_owned(),
-            code: value,
+            system: system.into(),
+            code: value.into(),
         });
     }
     for i in &c.identifiers {
@@ -1042,7 +1042,7 @@ pub fn map_claim_with(
             w.key("role");
             coding(w, m.system, m.role);
             w.close();
-            team_refs.push(IndexValue::Reference(m.reference));
+            team_refs.push(IndexValue::Reference(m.reference.into()));
         }
         w.close_array();
     }
@@ -1251,13 +1251,13 @@ pub fn map_claim_with(
     // Index values, as the registry's extractors would find them in this JSON.
     let mut service_date = Vec::with_capacity(1 + served_dates.len() + served_periods.len());
     service_date.push(IndexValue::Date {
-        start: Some(start.to_string()),
-        end: billable_end.map(str::to_string),
+        start: Some(start.into()),
+        end: billable_end.map(Text::from),
     });
     service_date.extend(served_dates.iter().map(|d| date_value(d)));
     service_date.extend(served_periods.iter().map(|(f, t)| IndexValue::Date {
-        start: Some(f.to_string()),
-        end: Some(t.to_string()),
+        start: Some((*f).into()),
+        end: Some((*t).into()),
     }));
     let mut service_start: Vec<IndexValue> = std::iter::once(start)
         .chain(served_dates.iter().copied())
@@ -1265,16 +1265,16 @@ pub fn map_claim_with(
         .map(date_value)
         .collect();
     service_start.dedup();
-    doc.index("patient", vec![IndexValue::Reference(patient_ref)]);
+    doc.index("patient", vec![IndexValue::Reference(patient_ref.into())]);
     doc.index("type", vec![token(CLAIM_TYPE, claim_type)]);
     doc.index("identifier", identifier_tokens);
     doc.index("service-date", service_date);
     doc.index("service-start-date", service_start);
     doc.index("billable-period-start", vec![date_value(start)]);
-    doc.index("provider", vec![IndexValue::Reference(provider)]);
+    doc.index("provider", vec![IndexValue::Reference(provider.into())]);
     doc.index("care-team", team_refs);
-    doc.index("coverage", vec![IndexValue::Reference(coverage_ref)]);
-    doc.index("insurer", vec![IndexValue::Reference(insurer)]);
+    doc.index("coverage", vec![IndexValue::Reference(coverage_ref.into())]);
+    doc.index("insurer", vec![IndexValue::Reference(insurer.into())]);
 
     out.push(Resource {
         resource_type: "ExplanationOfBenefit",

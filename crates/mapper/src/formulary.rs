@@ -24,7 +24,7 @@ use ingest::model::{Change, FormularyDrug, FormularyPlan, TierCostShare};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::registry::{IndexValue, ParamType, SearchParam};
+use crate::registry::{IndexValue, ParamType, SearchParam, Text};
 use crate::resource::Json;
 use crate::{MapError, Resource};
 
@@ -992,8 +992,8 @@ fn concept_tokens(cc: &Value, out: &mut Vec<IndexValue>) {
                     .get("system")
                     .and_then(Value::as_str)
                     .unwrap_or_default()
-                    .to_string(),
-                code: code.to_string(),
+                    .into(),
+                code: code.into(),
             });
         }
     }
@@ -1003,23 +1003,23 @@ fn code_token(v: Option<&Value>) -> Vec<IndexValue> {
     v.and_then(Value::as_str)
         .map(|c| {
             vec![IndexValue::Token {
-                system: String::new(),
-                code: c.to_string(),
+                system: Text::default(),
+                code: c.into(),
             }]
         })
         .unwrap_or_default()
 }
 
 fn period_value(p: &Value) -> Option<IndexValue> {
-    let start = p.get("start").and_then(Value::as_str).map(String::from);
-    let end = p.get("end").and_then(Value::as_str).map(String::from);
+    let start = p.get("start").and_then(Value::as_str).map(Text::from);
+    let end = p.get("end").and_then(Value::as_str).map(Text::from);
     (start.is_some() || end.is_some()).then_some(IndexValue::Date { start, end })
 }
 
 fn reference(r: &Value) -> Option<IndexValue> {
     r.get("reference")
         .and_then(Value::as_str)
-        .map(|s| IndexValue::Reference(s.to_string()))
+        .map(|s| IndexValue::Reference(s.into()))
 }
 
 /// Values of the extensions with `url` (the IG expressions' `extension.where(url=…).value`).
@@ -1039,8 +1039,8 @@ fn sp_identifier(r: &Value) -> Vec<IndexValue> {
                     .get("system")
                     .and_then(Value::as_str)
                     .unwrap_or_default()
-                    .to_string(),
-                code: code.to_string(),
+                    .into(),
+                code: code.into(),
             })
         })
         .collect()
@@ -1066,12 +1066,12 @@ fn sp_plan_name(r: &Value) -> Vec<IndexValue> {
     let mut out: Vec<IndexValue> = r
         .get("name")
         .and_then(Value::as_str)
-        .map(|n| IndexValue::String(n.to_string()))
+        .map(|n| IndexValue::String(n.into()))
         .into_iter()
         .collect();
     for a in as_array(r.get("alias")) {
         if let Some(s) = a.as_str() {
-            out.push(IndexValue::String(s.to_string()));
+            out.push(IndexValue::String(s.into()));
         }
     }
     out
@@ -1167,13 +1167,13 @@ fn sp_mk_name(r: &Value) -> Vec<IndexValue> {
     if let Some(c) = r.get("code") {
         for coding in as_array(c.get("coding")) {
             if let Some(d) = coding.get("display").and_then(Value::as_str) {
-                out.push(IndexValue::String(d.to_string()));
+                out.push(IndexValue::String(d.into()));
             }
         }
     }
     for s in as_array(r.get("synonym")) {
         if let Some(s) = s.as_str() {
-            out.push(IndexValue::String(s.to_string()));
+            out.push(IndexValue::String(s.into()));
         }
     }
     out

@@ -404,7 +404,7 @@ fn formulary_refs(json: &serde_json::Value) -> Vec<String> {
             (p.extract)(json)
                 .into_iter()
                 .filter_map(|v| match v {
-                    crate::registry::IndexValue::Reference(r) => Some(r),
+                    crate::registry::IndexValue::Reference(r) => Some(r.into()),
                     _ => None,
                 })
                 .collect()

@@ -7,6 +7,8 @@
 
 use serde_json::Value;
 
+pub use ingest::model::Text;
+
 use crate::formulary::ext;
 
 /// FHIR search parameter types supported by the lake.
@@ -34,36 +36,45 @@ impl ParamType {
     }
 }
 
-/// One value a resource is indexed by.
+/// One value a resource is indexed by. Its text is [`Text`]: most values (references to
+/// patients, codes, dates) are short enough to live inline, without a heap allocation, and a
+/// claim has a dozen or more of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IndexValue {
     /// A token; `system` is empty when the source has none.
     Token {
         /// Code system URI (or identifier system).
-        system: String,
+        system: Text,
         /// Code (or identifier value).
-        code: String,
+        code: Text,
     },
     /// A string as it appears in the resource.
-    String(String),
+    String(Text),
     /// A reference, always `Type/id`.
-    Reference(String),
+    Reference(Text),
     /// A date or period, as ISO 8601 text (partial dates allowed); `end` is `None` for an open period.
     Date {
         /// Start (inclusive).
-        start: Option<String>,
+        start: Option<Text>,
         /// End (inclusive).
-        end: Option<String>,
+        end: Option<Text>,
     },
 }
 
 impl IndexValue {
-    /// Bytes its strings hold on the heap (their capacity).
+    /// Bytes its strings hold on the heap (inline text holds none).
     pub fn heap_bytes(&self) -> usize {
-        let cap = |s: &Option<String>| s.as_ref().map_or(0, String::capacity);
+        let heap = |s: &Text| {
+            if s.is_heap_allocated() {
+                s.capacity()
+            } else {
+                0
+            }
+        };
+        let cap = |s: &Option<Text>| s.as_ref().map_or(0, heap);
         match self {
-            Self::Token { system, code } => system.capacity() + code.capacity(),
-            Self::String(s) | Self::Reference(s) => s.capacity(),
+            Self::Token { system, code } => heap(system) + heap(code),
+            Self::String(s) | Self::Reference(s) => heap(s),
             Self::Date { start, end } => cap(start) + cap(end),
         }
     }
@@ -120,8 +131,8 @@ pub fn at<'a>(v: &'a Value, path: &str) -> Vec<&'a Value> {
     cur
 }
 
-fn text(v: &Value) -> Option<String> {
-    v.as_str().map(str::to_string)
+fn text(v: &Value) -> Option<Text> {
+    v.as_str().map(Text::from)
 }
 
 /// Token values of `Identifier`s at a path.
@@ -156,7 +167,7 @@ pub fn codes(v: &Value, path: &str) -> Vec<IndexValue> {
         .into_iter()
         .filter_map(|c| {
             Some(IndexValue::Token {
-                system: String::new(),
+                system: Text::default(),
                 code: text(c)?,
             })
         })
@@ -310,8 +321,8 @@ fn extension_flag(v: &Value, url: &str) -> Vec<IndexValue> {
         .filter(|e| e.get("url").and_then(Value::as_str) == Some(url))
         .filter_map(|e| e.get("valueBoolean").and_then(Value::as_bool))
         .map(|b| IndexValue::Token {
-            system: String::new(),
-            code: b.to_string(),
+            system: Text::default(),
+            code: if b { "true" } else { "false" }.into(),
         })
         .collect()
 }

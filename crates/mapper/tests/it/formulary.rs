@@ -130,12 +130,12 @@ impl Set {
 
 fn show(v: &IndexValue) -> String {
     match v {
-        IndexValue::Token { system, code } if system.is_empty() => code.clone(),
+        IndexValue::Token { system, code } if system.is_empty() => code.to_string(),
         IndexValue::Token { system, code } => {
             format!("{}|{code}", system.rsplit('/').next().unwrap_or(system))
         }
         IndexValue::String(s) => format!("{s:?}"),
-        IndexValue::Reference(r) => r.clone(),
+        IndexValue::Reference(r) => r.to_string(),
         IndexValue::Date { start, end } => format!(
             "[{}, {}]",
             start.as_deref().unwrap_or(""),
