@@ -25,10 +25,45 @@ use crate::{MapError, Resource};
 const C4BB: &str = "http://hl7.org/fhir/us/carin-bb";
 const VERSION: &str = "2.1.0";
 const DAR: &str = "http://hl7.org/fhir/StructureDefinition/data-absent-reason";
-const CS_ADJ: &str = "http://terminology.hl7.org/CodeSystem/adjudication";
-const CS_C4BB_ADJ: &str = "http://hl7.org/fhir/us/carin-bb/CodeSystem/C4BBAdjudication";
-const CS_DISCRIM: &str = "http://hl7.org/fhir/us/carin-bb/CodeSystem/C4BBAdjudicationDiscriminator";
-const CS_STATUS: &str = "http://hl7.org/fhir/us/carin-bb/CodeSystem/C4BBPayerAdjudicationStatus";
+// The adjudication systems are macros too, so that the codings a claim writes dozens of
+// times can be rendered at compile time (`coding_json!`).
+macro_rules! cs_adj {
+    () => {
+        "http://terminology.hl7.org/CodeSystem/adjudication"
+    };
+}
+macro_rules! cs_c4bb_adj {
+    () => {
+        "http://hl7.org/fhir/us/carin-bb/CodeSystem/C4BBAdjudication"
+    };
+}
+macro_rules! cs_discrim {
+    () => {
+        "http://hl7.org/fhir/us/carin-bb/CodeSystem/C4BBAdjudicationDiscriminator"
+    };
+}
+macro_rules! cs_status {
+    () => {
+        "http://hl7.org/fhir/us/carin-bb/CodeSystem/C4BBPayerAdjudicationStatus"
+    };
+}
+const CS_ADJ: &str = cs_adj!();
+const CS_C4BB_ADJ: &str = cs_c4bb_adj!();
+const CS_DISCRIM: &str = cs_discrim!();
+const CS_STATUS: &str = cs_status!();
+
+/// What [`coding`] writes for a system and code that are literals (neither needs escaping).
+macro_rules! coding_json {
+    ($system:expr, $code:literal) => {
+        concat!(
+            "{\"coding\":[{\"system\":\"",
+            $system,
+            "\",\"code\":\"",
+            $code,
+            "\"}]}"
+        )
+    };
+}
 const CS_SUPPORT: &str = "http://hl7.org/fhir/us/carin-bb/CodeSystem/C4BBSupportingInfoType";
 const CS_IDTYPE: &str = "http://hl7.org/fhir/us/carin-bb/CodeSystem/C4BBIdentifierType";
 const CS_V2_0203: &str = "http://terminology.hl7.org/CodeSystem/v2-0203";
@@ -177,23 +212,23 @@ fn parse_amount(value: &str) -> Result<f64, MapError> {
 
 /// `{"value":..,"currency":"USD"}` of a decimal amount.
 fn money(w: &mut JsonWriter, value: &str) -> Result<(), MapError> {
-    w.open();
-    w.key("value");
+    w.open_with(MONEY_HEAD);
     if !w.plain_decimal(value) {
         w.f64(parse_amount(value)?);
     }
-    w.kv("currency", "USD");
-    w.close();
+    w.close_with(MONEY_TAIL);
     Ok(())
 }
 
 fn money_value(w: &mut JsonWriter, v: f64) {
-    w.open();
-    w.key("value");
+    w.open_with(MONEY_HEAD);
     w.f64(v);
-    w.kv("currency", "USD");
-    w.close();
+    w.close_with(MONEY_TAIL);
 }
+
+/// A Money's text around its value (`{"value":..,"currency":"USD"}`).
+const MONEY_HEAD: &str = "{\"value\":";
+const MONEY_TAIL: &str = ",\"currency\":\"USD\"}";
 
 /// A number: an integer when it is whole (and not huge), else a decimal.
 fn number(w: &mut JsonWriter, value: &str, field: &'static str) -> Result<(), MapError> {
@@ -636,11 +671,31 @@ fn profile_name(kind: ClaimKind, adjudicated: bool) -> &'static str {
 
 /// The coding of an adjudication amount category (HL7 adjudication or C4BB adjudication).
 fn amount_category(w: &mut JsonWriter, code: &str) {
-    let system = match code {
+    // The categories the mappings use, rendered ahead (several per claim line).
+    let rendered = match code {
+        "submitted" => coding_json!(cs_adj!(), "submitted"),
+        "copay" => coding_json!(cs_adj!(), "copay"),
+        "eligible" => coding_json!(cs_adj!(), "eligible"),
+        "deductible" => coding_json!(cs_adj!(), "deductible"),
+        "benefit" => coding_json!(cs_adj!(), "benefit"),
+        "coinsurance" => coding_json!(cs_c4bb_adj!(), "coinsurance"),
+        "noncovered" => coding_json!(cs_c4bb_adj!(), "noncovered"),
+        "priorpayerpaid" => coding_json!(cs_c4bb_adj!(), "priorpayerpaid"),
+        "paidbypatient" => coding_json!(cs_c4bb_adj!(), "paidbypatient"),
+        "paidtopatient" => coding_json!(cs_c4bb_adj!(), "paidtopatient"),
+        "paidtoprovider" => coding_json!(cs_c4bb_adj!(), "paidtoprovider"),
+        "drugcost" => coding_json!(cs_c4bb_adj!(), "drugcost"),
+        _ => return coding(w, amount_category_system(code), code),
+    };
+    w.raw(rendered);
+}
+
+/// The system of an adjudication amount category.
+fn amount_category_system(code: &str) -> &'static str {
+    match code {
         "submitted" | "copay" | "eligible" | "deductible" | "benefit" => CS_ADJ,
         _ => CS_C4BB_ADJ,
-    };
-    coding(w, system, code)
+    }
 }
 
 /// The system and code of a diagnosis type for a claim kind.
@@ -1235,7 +1290,7 @@ pub fn map_claim_with(
             w.key("payment");
             w.open();
             w.key("type");
-            coding(w, CS_STATUS, ps);
+            status_coding(w, ps);
             if let Some(paid) = c
                 .amounts
                 .iter()
@@ -1306,16 +1361,36 @@ fn static_role(role: &str) -> Option<&'static str> {
 fn status_adjudication(w: &mut JsonWriter, category: &str, status: &str) {
     w.open();
     w.key("category");
-    coding(w, CS_DISCRIM, category);
+    match category {
+        "benefitpaymentstatus" => w.raw(coding_json!(cs_discrim!(), "benefitpaymentstatus")),
+        "billingnetworkstatus" => w.raw(coding_json!(cs_discrim!(), "billingnetworkstatus")),
+        _ => coding(w, CS_DISCRIM, category),
+    }
     w.key("reason");
-    coding(w, CS_STATUS, status);
+    status_coding(w, status);
     w.close();
+}
+
+/// A C4BB payer adjudication status coding; the codes of the code system rendered ahead.
+fn status_coding(w: &mut JsonWriter, status: &str) {
+    let rendered = match status {
+        "innetwork" => coding_json!(cs_status!(), "innetwork"),
+        "outofnetwork" => coding_json!(cs_status!(), "outofnetwork"),
+        "other" => coding_json!(cs_status!(), "other"),
+        "contracted" => coding_json!(cs_status!(), "contracted"),
+        "noncontracted" => coding_json!(cs_status!(), "noncontracted"),
+        "paid" => coding_json!(cs_status!(), "paid"),
+        "denied" => coding_json!(cs_status!(), "denied"),
+        "partiallypaid" => coding_json!(cs_status!(), "partiallypaid"),
+        _ => return coding(w, CS_STATUS, status),
+    };
+    w.raw(rendered);
 }
 
 fn adjustment(w: &mut JsonWriter, a: &ingest::model::Adjustment) -> Result<(), MapError> {
     w.open();
     w.key("category");
-    coding(w, CS_DISCRIM, "adjustmentreason");
+    w.raw(coding_json!(cs_discrim!(), "adjustmentreason"));
     w.key("reason");
     coding(
         w,
@@ -1511,6 +1586,84 @@ fn map_line<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rendered_codings_are_the_written_ones() {
+        let written = |f: &dyn Fn(&mut JsonWriter)| {
+            let mut w = JsonWriter::default();
+            f(&mut w);
+            w.finish()
+        };
+        let categories = [
+            "submitted",
+            "copay",
+            "eligible",
+            "deductible",
+            "benefit",
+            "coinsurance",
+            "noncovered",
+            "priorpayerpaid",
+            "paidbypatient",
+            "paidtopatient",
+            "paidtoprovider",
+            "drugcost",
+            "memberliability",
+            "odd\"code",
+        ];
+        for code in categories {
+            assert_eq!(
+                written(&|w| amount_category(w, code)),
+                written(&|w| coding(w, amount_category_system(code), code)),
+                "{code}"
+            );
+        }
+        let statuses = [
+            "innetwork",
+            "outofnetwork",
+            "other",
+            "contracted",
+            "noncontracted",
+            "paid",
+            "denied",
+            "partiallypaid",
+            "unknown\\",
+        ];
+        for status in statuses {
+            assert_eq!(
+                written(&|w| status_coding(w, status)),
+                written(&|w| coding(w, CS_STATUS, status)),
+                "{status}"
+            );
+            for category in ["benefitpaymentstatus", "billingnetworkstatus", "other"] {
+                assert_eq!(
+                    written(&|w| status_adjudication(w, category, status)),
+                    written(&|w| {
+                        w.open();
+                        w.key("category");
+                        coding(w, CS_DISCRIM, category);
+                        w.key("reason");
+                        coding(w, CS_STATUS, status);
+                        w.close();
+                    }),
+                    "{category} {status}"
+                );
+            }
+        }
+        assert_eq!(
+            coding_json!(cs_discrim!(), "adjustmentreason"),
+            written(&|w| coding(w, CS_DISCRIM, "adjustmentreason"))
+        );
+        for (amount, json) in [
+            ("12.50", r#"{"value":12.5,"currency":"USD"}"#),
+            ("1e3", r#"{"value":1000.0,"currency":"USD"}"#),
+        ] {
+            assert_eq!(written(&|w| money(w, amount).unwrap()), json);
+        }
+        assert_eq!(
+            written(&|w| money_value(w, 0.1)),
+            r#"{"value":0.1,"currency":"USD"}"#
+        );
+    }
 
     #[test]
     fn icd_codes_get_their_dot() {

@@ -230,6 +230,31 @@ impl JsonWriter {
         self.comma = true;
     }
 
+    /// Write JSON rendered ahead of time as one value: a constant fragment (a coding of a fixed
+    /// system and code), written exactly as the writer's own calls would write it.
+    #[inline]
+    pub fn raw(&mut self, json: &str) {
+        self.sep();
+        self.buf.push_str(json);
+        self.comma = true;
+    }
+
+    /// Open an object with its first key already rendered (`{"value":`): the member's value
+    /// comes next. Pairs with [`JsonWriter::close_with`].
+    #[inline]
+    pub fn open_with(&mut self, head: &str) {
+        self.sep();
+        self.buf.push_str(head);
+        self.comma = false;
+    }
+
+    /// Close an object with its last members already rendered (`,"currency":"USD"}`).
+    #[inline]
+    pub fn close_with(&mut self, tail: &str) {
+        self.buf.push_str(tail);
+        self.comma = true;
+    }
+
     /// An array of strings.
     pub fn str_array<S: AsRef<str>>(&mut self, items: &[S]) {
         self.open_array();
@@ -292,6 +317,37 @@ fn escape_body(out: &mut String, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rendered_fragments_are_the_writes() {
+        let mut a = JsonWriter::default();
+        let mut b = JsonWriter::default();
+        for w in [&mut a, &mut b] {
+            w.open_array();
+            w.int(1);
+        }
+        a.raw(r#"{"k":"v"}"#);
+        b.open();
+        b.kv("k", "v");
+        b.close();
+        a.open_with(r#"{"value":"#);
+        a.int(2);
+        a.close_with(r#","currency":"USD"}"#);
+        b.open();
+        b.key("value");
+        b.int(2);
+        b.kv("currency", "USD");
+        b.close();
+        for w in [&mut a, &mut b] {
+            w.int(3);
+            w.close_array();
+        }
+        assert_eq!(a.as_str(), b.as_str());
+        assert_eq!(
+            a.as_str(),
+            r#"[1,{"k":"v"},{"value":2,"currency":"USD"},3]"#
+        );
+    }
 
     #[test]
     fn wrapped_pair_is_the_nested_writes() {
