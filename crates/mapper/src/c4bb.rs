@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 use ingest::model::{Change, Claim, ClaimKind, ClaimLine, CoverageSpan, Member, Party, Text};
 
-use crate::ids::{fhir_id, fhir_id_of, org_id, practitioner_id};
+use crate::ids::{fhir_id, fhir_id_of, org_ref, practitioner_ref};
 use crate::jw::JsonWriter;
 use crate::registry::IndexValue;
 use crate::resource::{Json, Written};
@@ -213,17 +213,9 @@ fn parse_amount(value: &str) -> Result<f64, MapError> {
 /// `{"value":..,"currency":"USD"}` of a decimal amount.
 fn money(w: &mut JsonWriter, value: &str) -> Result<(), MapError> {
     w.open_with(MONEY_HEAD);
-    if !w.plain_decimal(value) {
-        w.f64(parse_amount(value)?);
-    }
+    amount_value(w, value)?;
     w.close_with(MONEY_TAIL);
     Ok(())
-}
-
-fn money_value(w: &mut JsonWriter, v: f64) {
-    w.open_with(MONEY_HEAD);
-    w.f64(v);
-    w.close_with(MONEY_TAIL);
 }
 
 /// A Money's text around its value (`{"value":..,"currency":"USD"}`).
@@ -251,7 +243,7 @@ fn payer_key(payer: &Party) -> Option<&str> {
 
 /// The payer Organization's id for a party (payer id, else its name).
 pub fn payer_ref(payer: &Party) -> Option<String> {
-    Some(["Organization/", &org_id("payer", payer_key(payer)?)].concat())
+    Some(org_ref("payer", payer_key(payer)?))
 }
 
 /// What a provider is filed as: a Practitioner by NPI for persons, else an Organization by
@@ -266,13 +258,12 @@ fn provider_key(p: &Party) -> Option<(&'static str, &str, &str)> {
 
 /// A provider's reference: Practitioner for persons with an NPI, else Organization.
 pub fn provider_ref(p: &Party) -> Option<String> {
-    let (rtype, kind, key) = provider_key(p)?;
-    let id = if p.person {
-        practitioner_id(key)
+    let (_, kind, key) = provider_key(p)?;
+    Some(if p.person {
+        practitioner_ref(key)
     } else {
-        org_id(kind, key)
-    };
-    Some([rtype, "/", &id].concat())
+        org_ref(kind, key)
+    })
 }
 
 /// The Patient id of a member id.
@@ -669,25 +660,62 @@ fn profile_name(kind: ClaimKind, adjudicated: bool) -> &'static str {
     }
 }
 
-/// The coding of an adjudication amount category (HL7 adjudication or C4BB adjudication).
-fn amount_category(w: &mut JsonWriter, code: &str) {
-    // The categories the mappings use, rendered ahead (several per claim line).
-    let rendered = match code {
-        "submitted" => coding_json!(cs_adj!(), "submitted"),
-        "copay" => coding_json!(cs_adj!(), "copay"),
-        "eligible" => coding_json!(cs_adj!(), "eligible"),
-        "deductible" => coding_json!(cs_adj!(), "deductible"),
-        "benefit" => coding_json!(cs_adj!(), "benefit"),
-        "coinsurance" => coding_json!(cs_c4bb_adj!(), "coinsurance"),
-        "noncovered" => coding_json!(cs_c4bb_adj!(), "noncovered"),
-        "priorpayerpaid" => coding_json!(cs_c4bb_adj!(), "priorpayerpaid"),
-        "paidbypatient" => coding_json!(cs_c4bb_adj!(), "paidbypatient"),
-        "paidtopatient" => coding_json!(cs_c4bb_adj!(), "paidtopatient"),
-        "paidtoprovider" => coding_json!(cs_c4bb_adj!(), "paidtoprovider"),
-        "drugcost" => coding_json!(cs_c4bb_adj!(), "drugcost"),
-        _ => return coding(w, amount_category_system(code), code),
+/// What [`amount_adjudication`] writes up to the value, for a category that is a literal.
+macro_rules! amount_head {
+    ($system:expr, $code:literal) => {
+        concat!(
+            "{\"category\":",
+            coding_json!($system, $code),
+            ",\"amount\":{\"value\":"
+        )
     };
-    w.raw(rendered);
+}
+
+/// An adjudication amount, `{"category":coding,"amount":Money}`, its value written by
+/// `value`. The category is an HL7 adjudication or C4BB adjudication code; those the
+/// mappings use are rendered ahead with the text around them (several per claim line).
+fn amount_adjudication(
+    w: &mut JsonWriter,
+    code: &str,
+    value: impl FnOnce(&mut JsonWriter) -> Result<(), MapError>,
+) -> Result<(), MapError> {
+    let head = match code {
+        "submitted" => amount_head!(cs_adj!(), "submitted"),
+        "copay" => amount_head!(cs_adj!(), "copay"),
+        "eligible" => amount_head!(cs_adj!(), "eligible"),
+        "deductible" => amount_head!(cs_adj!(), "deductible"),
+        "benefit" => amount_head!(cs_adj!(), "benefit"),
+        "coinsurance" => amount_head!(cs_c4bb_adj!(), "coinsurance"),
+        "noncovered" => amount_head!(cs_c4bb_adj!(), "noncovered"),
+        "priorpayerpaid" => amount_head!(cs_c4bb_adj!(), "priorpayerpaid"),
+        "paidbypatient" => amount_head!(cs_c4bb_adj!(), "paidbypatient"),
+        "paidtopatient" => amount_head!(cs_c4bb_adj!(), "paidtopatient"),
+        "paidtoprovider" => amount_head!(cs_c4bb_adj!(), "paidtoprovider"),
+        "drugcost" => amount_head!(cs_c4bb_adj!(), "drugcost"),
+        _ => {
+            w.open();
+            w.key("category");
+            coding(w, amount_category_system(code), code);
+            w.key("amount");
+            w.open_with(MONEY_HEAD);
+            value(w)?;
+            w.close_with(MONEY_TAIL);
+            w.close();
+            return Ok(());
+        }
+    };
+    w.open_with(head);
+    value(w)?;
+    w.close_with(concat!(",\"currency\":\"USD\"}", "}"));
+    Ok(())
+}
+
+/// Write a decimal amount as a JSON number.
+fn amount_value(w: &mut JsonWriter, value: &str) -> Result<(), MapError> {
+    if !w.plain_decimal(value) {
+        w.f64(parse_amount(value)?);
+    }
+    Ok(())
 }
 
 /// The system of an adjudication amount category.
@@ -1278,12 +1306,10 @@ pub fn map_claim_with(
         w.key("total");
         w.open_array();
         for (cat, v) in sums {
-            w.open();
-            w.key("category");
-            amount_category(w, cat);
-            w.key("amount");
-            money_value(w, (v * 100.0).round() / 100.0);
-            w.close();
+            amount_adjudication(w, cat, |w| {
+                w.f64((v * 100.0).round() / 100.0);
+                Ok(())
+            })?;
         }
         w.close_array();
         if let Some(ps) = &c.payment_status {
@@ -1566,12 +1592,7 @@ fn map_line<'a>(
                 status_adjudication(w, "benefitpaymentstatus", network);
             }
             for a in &l.amounts {
-                w.open();
-                w.key("category");
-                amount_category(w, &a.category);
-                w.key("amount");
-                money(w, &a.value)?;
-                w.close();
+                amount_adjudication(w, &a.category, |w| amount_value(w, &a.value))?;
             }
             for a in &l.adjustments {
                 adjustment(w, a)?;
@@ -1611,11 +1632,22 @@ mod tests {
             "odd\"code",
         ];
         for code in categories {
-            assert_eq!(
-                written(&|w| amount_category(w, code)),
-                written(&|w| coding(w, amount_category_system(code), code)),
-                "{code}"
-            );
+            for amount in ["12.50", "-0.5", "1e3"] {
+                assert_eq!(
+                    written(
+                        &|w| amount_adjudication(w, code, |w| amount_value(w, amount)).unwrap()
+                    ),
+                    written(&|w| {
+                        w.open();
+                        w.key("category");
+                        coding(w, amount_category_system(code), code);
+                        w.key("amount");
+                        money(w, amount).unwrap();
+                        w.close();
+                    }),
+                    "{code} {amount}"
+                );
+            }
         }
         let statuses = [
             "innetwork",
@@ -1659,10 +1691,6 @@ mod tests {
         ] {
             assert_eq!(written(&|w| money(w, amount).unwrap()), json);
         }
-        assert_eq!(
-            written(&|w| money_value(w, 0.1)),
-            r#"{"value":0.1,"currency":"USD"}"#
-        );
     }
 
     #[test]

@@ -40,6 +40,25 @@ fn hashed(key: &str) -> String {
     out
 }
 
+/// A reference `{resource_type}/{id}` to the resource whose id is [`fhir_id_of`] `parts`,
+/// built in one string.
+pub fn reference_of(resource_type: &str, parts: &[&str]) -> String {
+    let len = parts.iter().map(|p| p.len()).sum::<usize>();
+    let mut out = String::with_capacity(resource_type.len() + 1 + len.max(41));
+    out.push_str(resource_type);
+    out.push('/');
+    let at = out.len();
+    for p in parts {
+        out.push_str(p);
+    }
+    if !fits(&out[at..]) {
+        let id = hashed(&out[at..]);
+        out.truncate(at);
+        out.push_str(&id);
+    }
+    out
+}
+
 /// The id of an Organization from its identifier kind and value (or name).
 pub fn org_id(kind: &str, key: &str) -> String {
     fhir_id_of(&[kind, "-", key])
@@ -50,9 +69,41 @@ pub fn practitioner_id(npi: &str) -> String {
     fhir_id_of(&["npi-", npi])
 }
 
+/// `Organization/` + [`org_id`], in one string.
+pub fn org_ref(kind: &str, key: &str) -> String {
+    reference_of("Organization", &[kind, "-", key])
+}
+
+/// `Practitioner/` + [`practitioner_id`], in one string.
+pub fn practitioner_ref(npi: &str) -> String {
+    reference_of("Practitioner", &["npi-", npi])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn references_are_type_and_id() {
+        assert_eq!(
+            org_ref("tin", "12-3"),
+            format!("Organization/{}", org_id("tin", "12-3"))
+        );
+        assert_eq!(
+            practitioner_ref("1234567893"),
+            "Practitioner/npi-1234567893"
+        );
+        for parts in [
+            &["npi-", "1234567893"][..],
+            &["org", "-", "Harbor Family Medicine"],
+            &["x"; 70],
+        ] {
+            assert_eq!(
+                reference_of("Organization", parts),
+                format!("Organization/{}", fhir_id_of(parts))
+            );
+        }
+    }
 
     #[test]
     fn readable_keys_stay_readable_and_others_hash() {

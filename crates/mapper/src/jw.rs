@@ -159,37 +159,34 @@ impl JsonWriter {
     /// nothing, for any other text (the caller parses it).
     pub fn plain_decimal(&mut self, text: &str) -> bool {
         let b = text.as_bytes();
-        let (negative, unsigned) = match b.split_first() {
-            Some((b'-', rest)) => (true, rest),
-            _ => (false, b),
-        };
-        let (int, frac) = match unsigned.iter().position(|&c| c == b'.') {
-            Some(i) => (&unsigned[..i], &unsigned[i + 1..]),
-            None => (unsigned, &[][..]),
+        let negative = b.first() == Some(&b'-');
+        let digits = usize::from(negative);
+        let (int, frac) = match b[digits..].iter().position(|&c| c == b'.') {
+            Some(i) => (digits..digits + i, digits + i + 1..b.len()),
+            None => (digits..b.len(), b.len()..b.len()),
         };
         if int.is_empty()
             || int.len() > 11
             || frac.len() > 4
-            || !int.iter().chain(frac).all(u8::is_ascii_digit)
+            || !b[int.clone()]
+                .iter()
+                .chain(&b[frac.clone()])
+                .all(u8::is_ascii_digit)
         {
             return false;
         }
-        let int = &int[int.iter().position(|&c| c != b'0').unwrap_or(int.len())..];
-        let frac = &frac[..frac.iter().rposition(|&c| c != b'0').map_or(0, |i| i + 1)];
+        // Slices of the text at ASCII positions: no UTF-8 check to make.
+        let int = &text[int];
+        let int = &int[int.bytes().position(|c| c != b'0').unwrap_or(int.len())..];
+        let frac = &text[frac.clone()];
+        let frac = &frac[..frac.bytes().rposition(|c| c != b'0').map_or(0, |i| i + 1)];
         self.sep();
         if negative {
             self.buf.push('-');
         }
-        // Both parts are ASCII digits, so valid UTF-8.
-        self.buf.push_str(match std::str::from_utf8(int) {
-            Ok(s) if !s.is_empty() => s,
-            _ => "0",
-        });
+        self.buf.push_str(if int.is_empty() { "0" } else { int });
         self.buf.push('.');
-        self.buf.push_str(match std::str::from_utf8(frac) {
-            Ok(s) if !s.is_empty() => s,
-            _ => "0",
-        });
+        self.buf.push_str(if frac.is_empty() { "0" } else { frac });
         self.comma = true;
         true
     }
