@@ -9,10 +9,11 @@ use std::io::{BufReader, Read};
 use std::path::Path;
 use std::sync::Arc;
 
-use compact_str::ToCompactString;
 use csv::{ByteRecord, ReaderBuilder};
 
-use crate::layout::{compile, compile_groups, parse_date, parse_decimal, Field, FieldSet};
+use crate::layout::{
+    compile, compile_groups, parse_date, parse_decimal, parse_int, Field, FieldSet,
+};
 use crate::layout::{trim, FieldSource, FieldType, Mapping};
 use crate::model::*;
 use crate::{Error, FileSummary, Item, Reader, Reason, Reject, Stage};
@@ -304,15 +305,12 @@ impl Compiled {
                     format!("{}: {raw:?} is not a decimal", f.label),
                 )
             })?,
-            FieldType::Int => raw
-                .parse::<i64>()
-                .map(|n| n.to_compact_string())
-                .map_err(|_| {
-                    (
-                        Reason::BadNumber,
-                        format!("{}: {raw:?} is not an integer", f.label),
-                    )
-                })?,
+            FieldType::Int => parse_int(raw).ok_or_else(|| {
+                (
+                    Reason::BadNumber,
+                    format!("{}: {raw:?} is not an integer", f.label),
+                )
+            })?,
         };
         match &f.codes {
             None => Ok(Some(typed)),

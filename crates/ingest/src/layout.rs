@@ -512,20 +512,52 @@ fn valid_ymd(y: i32, m: u32, d: u32) -> bool {
     d <= days[(m - 1) as usize]
 }
 
+/// Validate and normalise an integer (an `i64`, written as Rust writes it); a text already in
+/// that form is kept as it is.
+pub fn parse_int(text: &str) -> Option<Text> {
+    let n: i64 = text.parse().ok()?;
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    let normal = !text.starts_with('+')
+        && (!digits.starts_with('0') || (digits.len() == 1 && text.len() == 1));
+    Some(if normal {
+        text.into()
+    } else {
+        compact_str::ToCompactString::to_compact_string(&n)
+    })
+}
+
 /// Validate and normalise a decimal: optional sign, digits, optional fraction.
+///
+/// Byte by byte, and a text that is already in normal form (most amounts in extracts) is
+/// kept as it is.
 pub fn parse_decimal(text: &str) -> Option<Text> {
     let t = trim(text);
-    let body = t.strip_prefix(['-', '+']).unwrap_or(t);
-    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
-    let ok = !(int.is_empty() && frac.is_empty())
-        && int.bytes().all(|b| b.is_ascii_digit())
-        && frac.bytes().all(|b| b.is_ascii_digit());
-    if !ok {
+    let b = t.as_bytes();
+    let signed = usize::from(matches!(b.first(), Some(b'-' | b'+')));
+    let body = &b[signed..];
+    let dot = body.iter().position(|&c| c == b'.');
+    let (int, frac) = match dot {
+        Some(i) => (&body[..i], &body[i + 1..]),
+        None => (body, &[][..]),
+    };
+    if (int.is_empty() && frac.is_empty()) || !int.iter().chain(frac).all(u8::is_ascii_digit) {
         return None;
     }
-    let sign = if t.starts_with('-') { "-" } else { "" };
-    let int = int.trim_start_matches('0');
-    let int = if int.is_empty() { "0" } else { int };
+    let zeros = int.iter().take_while(|&&c| c == b'0').count();
+    let normal = b.first() != Some(&b'+')
+        && !int.is_empty()
+        && (zeros == 0 || int.len() == 1)
+        && (dot.is_none() || !frac.is_empty());
+    if normal {
+        return Some(t.into());
+    }
+    // Every position below is at an ASCII byte, so the slices are whole characters.
+    let sign = if b.first() == Some(&b'-') { "-" } else { "" };
+    let int = match &t[signed + zeros..signed + int.len()] {
+        "" => "0",
+        digits => digits,
+    };
+    let frac = &t[t.len() - frac.len()..];
     let mut out = Text::with_capacity(sign.len() + int.len() + 1 + frac.len());
     out.push_str(sign);
     out.push_str(int);
@@ -584,7 +616,80 @@ mod tests {
     }
 
     #[test]
+    fn integers_are_written_as_rust_writes_them() {
+        for text in [
+            "0",
+            "-0",
+            "+0",
+            "00",
+            "7",
+            "+7",
+            "-7",
+            "007",
+            "-007",
+            "120",
+            "9223372036854775807",
+            "-9223372036854775808",
+            "9223372036854775808",
+            "",
+            "-",
+            "+",
+            "1.0",
+            "1e3",
+            " 1",
+            "x",
+        ] {
+            assert_eq!(
+                parse_int(text).map(String::from),
+                text.parse::<i64>().ok().map(|n| n.to_string()),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
     fn decimals_are_checked_and_kept_exact() {
+        // The normal form as the first version wrote it, for every mix of the parts.
+        fn reference(text: &str) -> Option<String> {
+            let t = text.trim();
+            let body = t.strip_prefix(['-', '+']).unwrap_or(t);
+            let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+            if (int.is_empty() && frac.is_empty())
+                || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+            {
+                return None;
+            }
+            let sign = if t.starts_with('-') { "-" } else { "" };
+            let int = int.trim_start_matches('0');
+            let int = if int.is_empty() { "0" } else { int };
+            Some(if frac.is_empty() {
+                format!("{sign}{int}")
+            } else {
+                format!("{sign}{int}.{frac}")
+            })
+        }
+        for sign in ["", "-", "+", "--"] {
+            for int in ["", "0", "00", "7", "07", "120", "0120", "x"] {
+                for frac in [
+                    None,
+                    Some(""),
+                    Some("0"),
+                    Some("50"),
+                    Some("5x"),
+                    Some("1.2"),
+                ] {
+                    let text = match frac {
+                        Some(f) => format!(" {sign}{int}.{f}"),
+                        None => format!("{sign}{int}"),
+                    };
+                    assert_eq!(
+                        parse_decimal(&text).map(String::from),
+                        reference(&text),
+                        "{text:?}"
+                    );
+                }
+            }
+        }
         assert_eq!(parse_decimal("037.50").unwrap(), "37.50");
         assert_eq!(parse_decimal("-0.5").unwrap(), "-0.5");
         assert_eq!(parse_decimal(".5").unwrap(), "0.5");
