@@ -52,6 +52,13 @@ const CS_C4BB_ADJ: &str = cs_c4bb_adj!();
 const CS_DISCRIM: &str = cs_discrim!();
 const CS_STATUS: &str = cs_status!();
 
+/// What [`coding`] writes before the code, for a system that is a literal.
+macro_rules! coding_head {
+    ($system:literal) => {
+        concat!("{\"coding\":[{\"system\":\"", $system, "\",\"code\":")
+    };
+}
+
 /// What [`coding`] writes for a system and code that are literals (neither needs escaping).
 macro_rules! coding_json {
     ($system:expr, $code:literal) => {
@@ -170,6 +177,13 @@ fn date_value(d: &str) -> IndexValue {
 /// `{"coding":[{"system":..,"code":..}]}`.
 fn coding(w: &mut JsonWriter, system: &str, code: &str) {
     w.wrapped_pair("coding", ("system", system), ("code", code));
+}
+
+/// [`coding`] with its system rendered ahead ([`coding_head!`]): a claim line's codes.
+fn coding_at(w: &mut JsonWriter, head: &'static str, code: &str) {
+    w.open_with(head);
+    w.str(code);
+    w.close_with("}]}");
 }
 
 /// The data-absent-reason extension: `{"extension":[{"url":DAR,"valueCode":..}]}`.
@@ -1184,16 +1198,16 @@ pub fn map_claim_with(
         w.open_array();
         for (i, d) in c.diagnoses.iter().enumerate() {
             let icd9 = d.icd_version == 9;
-            let system = if icd9 {
-                "http://hl7.org/fhir/sid/icd-9-cm"
+            let head = if icd9 {
+                coding_head!("http://hl7.org/fhir/sid/icd-9-cm")
             } else {
-                "http://hl7.org/fhir/sid/icd-10-cm"
+                coding_head!("http://hl7.org/fhir/sid/icd-10-cm")
             };
             w.open();
             w.key("sequence");
             w.uint(i as u64 + 1);
             w.key("diagnosisCodeableConcept");
-            coding(w, system, &dotted(&d.code, icd9));
+            coding_at(w, head, &dotted(&d.code, icd9));
             w.key("type");
             w.open_array();
             let (ts, tc) = diagnosis_type(kind, &d.kind);
@@ -1480,16 +1494,18 @@ fn map_line<'a>(
     w.uint(index as u64 + 1);
     w.key("productOrService");
     match (kind, l.ndc.as_deref(), l.service_code.as_deref()) {
-        (ClaimKind::Pharmacy, Some(ndc), _) => coding(w, "http://hl7.org/fhir/sid/ndc", ndc),
+        (ClaimKind::Pharmacy, Some(ndc), _) => {
+            coding_at(w, coding_head!("http://hl7.org/fhir/sid/ndc"), ndc)
+        }
         (ClaimKind::Pharmacy, None, _) => absent(w, "unknown"),
         (_, _, Some(code)) => {
             let cpt = code.len() == 5 && code.bytes().take(4).all(|b| b.is_ascii_digit());
-            let system = if cpt {
-                "http://www.ama-assn.org/go/cpt"
+            let head = if cpt {
+                coding_head!("http://www.ama-assn.org/go/cpt")
             } else {
-                "https://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets"
+                coding_head!("https://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets")
             };
-            coding(w, system, code)
+            coding_at(w, head, code)
         }
         (_, _, None) => coding(
             w,
@@ -1519,7 +1535,11 @@ fn map_line<'a>(
     }
     if let Some(rev) = &l.revenue_code {
         w.key("revenue");
-        coding(w, "https://www.nubc.org/CodeSystem/RevenueCodes", rev);
+        coding_at(
+            w,
+            coding_head!("https://www.nubc.org/CodeSystem/RevenueCodes"),
+            rev,
+        );
     } else if kind == ClaimKind::Inpatient {
         w.key("revenue");
         absent(w, "unknown");
@@ -1528,9 +1548,9 @@ fn map_line<'a>(
         w.key("modifier");
         w.open_array();
         for m in &l.modifiers {
-            coding(
+            coding_at(
                 w,
-                "https://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets",
+                coding_head!("https://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets"),
                 m,
             );
         }
@@ -1560,9 +1580,11 @@ fn map_line<'a>(
     if kind == ClaimKind::Professional {
         w.key("locationCodeableConcept");
         match &l.place_of_service {
-            Some(pos) => coding(
+            Some(pos) => coding_at(
                 w,
-                "https://www.cms.gov/Medicare/Coding/place-of-service-codes/Place_of_Service_Code_Set",
+                coding_head!(
+                    "https://www.cms.gov/Medicare/Coding/place-of-service-codes/Place_of_Service_Code_Set"
+                ),
                 pos,
             ),
             None => absent(w, "unknown"),
@@ -1680,6 +1702,12 @@ mod tests {
                     "{category} {status}"
                 );
             }
+        }
+        for code in ["99213", "a\"b", "tab\t"] {
+            assert_eq!(
+                written(&|w| coding_at(w, coding_head!("http://x.org/cs"), code)),
+                written(&|w| coding(w, "http://x.org/cs", code)),
+            );
         }
         assert_eq!(
             coding_json!(cs_discrim!(), "adjustmentreason"),
