@@ -51,6 +51,9 @@ const CS_ADJ: &str = cs_adj!();
 const CS_C4BB_ADJ: &str = cs_c4bb_adj!();
 const CS_DISCRIM: &str = cs_discrim!();
 const CS_STATUS: &str = cs_status!();
+const CS_SUPPORT: &str = "http://hl7.org/fhir/us/carin-bb/CodeSystem/C4BBSupportingInfoType";
+const CS_IDTYPE: &str = "http://hl7.org/fhir/us/carin-bb/CodeSystem/C4BBIdentifierType";
+const CS_V2_0203: &str = "http://terminology.hl7.org/CodeSystem/v2-0203";
 
 /// What [`coding`] writes before the code, for a system that is a literal.
 macro_rules! coding_head {
@@ -71,9 +74,6 @@ macro_rules! coding_json {
         )
     };
 }
-const CS_SUPPORT: &str = "http://hl7.org/fhir/us/carin-bb/CodeSystem/C4BBSupportingInfoType";
-const CS_IDTYPE: &str = "http://hl7.org/fhir/us/carin-bb/CodeSystem/C4BBIdentifierType";
-const CS_V2_0203: &str = "http://terminology.hl7.org/CodeSystem/v2-0203";
 
 /// Identifier systems by kind, loaded from `mappings/fhir/identifier-systems.toml`.
 #[derive(Debug, Clone, Default)]
@@ -720,7 +720,7 @@ fn amount_adjudication(
     };
     w.open_with(head);
     value(w)?;
-    w.close_with(concat!(",\"currency\":\"USD\"}", "}"));
+    w.close_with(",\"currency\":\"USD\"}}");
     Ok(())
 }
 

@@ -178,7 +178,7 @@ impl JsonWriter {
         // Slices of the text at ASCII positions: no UTF-8 check to make.
         let int = &text[int];
         let int = &int[int.bytes().position(|c| c != b'0').unwrap_or(int.len())..];
-        let frac = &text[frac.clone()];
+        let frac = &text[frac];
         let frac = &frac[..frac.bytes().rposition(|c| c != b'0').map_or(0, |i| i + 1)];
         self.sep();
         if negative {
