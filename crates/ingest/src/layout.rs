@@ -515,6 +515,7 @@ fn valid_ymd(y: i32, m: u32, d: u32) -> bool {
 /// Validate and normalise an integer (an `i64`, written as Rust writes it); a text already in
 /// that form is kept as it is.
 pub fn parse_int(text: &str) -> Option<Text> {
+    use compact_str::ToCompactString as _;
     let n: i64 = text.parse().ok()?;
     let digits = text.strip_prefix('-').unwrap_or(text);
     let normal = !text.starts_with('+')
@@ -522,7 +523,7 @@ pub fn parse_int(text: &str) -> Option<Text> {
     Some(if normal {
         text.into()
     } else {
-        compact_str::ToCompactString::to_compact_string(&n)
+        n.to_compact_string()
     })
 }
 

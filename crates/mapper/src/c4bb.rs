@@ -57,21 +57,34 @@ const CS_V2_0203: &str = "http://terminology.hl7.org/CodeSystem/v2-0203";
 
 /// What [`coding`] writes before the code, for a system that is a literal.
 macro_rules! coding_head {
-    ($system:literal) => {
+    ($system:expr) => {
         concat!("{\"coding\":[{\"system\":\"", $system, "\",\"code\":")
+    };
+}
+
+/// What [`coding`] writes after the code.
+macro_rules! coding_tail {
+    () => {
+        "}]}"
     };
 }
 
 /// What [`coding`] writes for a system and code that are literals (neither needs escaping).
 macro_rules! coding_json {
     ($system:expr, $code:literal) => {
-        concat!(
-            "{\"coding\":[{\"system\":\"",
-            $system,
-            "\",\"code\":\"",
-            $code,
-            "\"}]}"
-        )
+        concat!(coding_head!($system), "\"", $code, "\"", coding_tail!())
+    };
+}
+
+/// What [`money`] writes before the amount's number, and after it.
+macro_rules! money_head {
+    () => {
+        "{\"value\":"
+    };
+}
+macro_rules! money_tail {
+    () => {
+        ",\"currency\":\"USD\"}"
     };
 }
 
@@ -183,7 +196,7 @@ fn coding(w: &mut JsonWriter, system: &str, code: &str) {
 fn coding_at(w: &mut JsonWriter, head: &'static str, code: &str) {
     w.open_with(head);
     w.str(code);
-    w.close_with("}]}");
+    w.close_with(coding_tail!());
 }
 
 /// The data-absent-reason extension: `{"extension":[{"url":DAR,"valueCode":..}]}`.
@@ -226,15 +239,11 @@ fn parse_amount(value: &str) -> Result<f64, MapError> {
 
 /// `{"value":..,"currency":"USD"}` of a decimal amount.
 fn money(w: &mut JsonWriter, value: &str) -> Result<(), MapError> {
-    w.open_with(MONEY_HEAD);
+    w.open_with(money_head!());
     amount_value(w, value)?;
-    w.close_with(MONEY_TAIL);
+    w.close_with(money_tail!());
     Ok(())
 }
-
-/// A Money's text around its value (`{"value":..,"currency":"USD"}`).
-const MONEY_HEAD: &str = "{\"value\":";
-const MONEY_TAIL: &str = ",\"currency\":\"USD\"}";
 
 /// A number: an integer when it is whole (and not huge), else a decimal.
 fn number(w: &mut JsonWriter, value: &str, field: &'static str) -> Result<(), MapError> {
@@ -680,7 +689,8 @@ macro_rules! amount_head {
         concat!(
             "{\"category\":",
             coding_json!($system, $code),
-            ",\"amount\":{\"value\":"
+            ",\"amount\":",
+            money_head!()
         )
     };
 }
@@ -711,16 +721,16 @@ fn amount_adjudication(
             w.key("category");
             coding(w, amount_category_system(code), code);
             w.key("amount");
-            w.open_with(MONEY_HEAD);
+            w.open_with(money_head!());
             value(w)?;
-            w.close_with(MONEY_TAIL);
+            w.close_with(money_tail!());
             w.close();
             return Ok(());
         }
     };
     w.open_with(head);
     value(w)?;
-    w.close_with(",\"currency\":\"USD\"}}");
+    w.close_with(concat!(money_tail!(), "}"));
     Ok(())
 }
 
