@@ -40,15 +40,19 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_writer::{compute_leaves, ArrowColumnWriter, ArrowRowGroupWriterFactory};
+use parquet::arrow::{add_encoded_arrow_schema_to_metadata, ArrowSchemaConverter};
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersion};
+use parquet::file::writer::SerializedFileWriter;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::registry::{self, IndexValue, ParamType, SearchParam};
 use crate::{Json, Resource};
+
+mod json_column;
 
 /// Errors of the lake.
 #[derive(Debug, thiserror::Error)]
@@ -440,27 +444,38 @@ impl Prepared {
         version_id: i64,
         last_updated: &str,
     ) -> std::fmt::Result {
+        let mut version = itoa::Buffer::new();
+        for piece in self.stamped_pieces(&mut version, version_id, last_updated) {
+            out.write_str(piece)?;
+        }
+        Ok(())
+    }
+
+    /// The JSON with `meta.versionId` and `meta.lastUpdated` set, as the pieces to write one
+    /// after the other (pieces, not `write!`: this runs for every row written).
+    fn stamped_pieces<'a>(
+        &'a self,
+        version: &'a mut itoa::Buffer,
+        version_id: i64,
+        last_updated: &'a str,
+    ) -> [&'a str; 9] {
         let (at, open, close) = match self.meta {
             MetaSlot::Append(at) => (at, ",", ""),
             MetaSlot::Empty(at) => (at, "", ""),
             MetaSlot::Create(at) => (at, ",\"meta\":{", "}"),
         };
         let (head, rest) = self.text.split_at(at.min(self.text.len()));
-        // Pieces, not `write!`: this runs for every row written.
-        for piece in [
+        [
             head,
             open,
             "\"versionId\":\"",
-            itoa::Buffer::new().format(version_id),
+            version.format(version_id),
             "\",\"lastUpdated\":\"",
             last_updated,
             "\"",
             close,
             rest,
-        ] {
-            out.write_str(piece)?;
-        }
-        Ok(())
+        ]
     }
 
     /// The JSON with `meta.versionId` and `meta.lastUpdated` set.
@@ -489,8 +504,6 @@ pub fn batch(
     rows: &[NewRow],
     last_updated: i64,
 ) -> Result<RecordBatch, LakeError> {
-    let schema = schema(resource_type);
-    let params = index_params(resource_type);
     let stamp = instant(last_updated);
     let mut resource = StringBuilder::with_capacity(
         rows.len(),
@@ -502,6 +515,18 @@ pub fn batch(
             .write_stamped(&mut resource, r.version_id, &stamp);
         resource.append_value("");
     }
+    let mut cols = columns_but_resource(resource_type, rows, last_updated);
+    cols.insert(RESOURCE_COLUMN, Arc::new(resource.finish()));
+    RecordBatch::try_new(schema(resource_type), cols)
+        .map_err(|e| pq_err(Path::new(resource_type), e))
+}
+
+/// The place of `resource` among a table's columns (and its Parquet leaves).
+const RESOURCE_COLUMN: usize = 5;
+
+/// The columns of new rows other than `resource`, in the table's order.
+fn columns_but_resource(resource_type: &str, rows: &[NewRow], last_updated: i64) -> Vec<ArrayRef> {
+    let params = index_params(resource_type);
     let mut hashes = StringBuilder::with_capacity(rows.len(), rows.len() * 32);
     for r in rows {
         let hex = lower_hex_128(r.prepared.content_hash);
@@ -522,7 +547,6 @@ pub fn batch(
                 .with_timezone("UTC"),
         ),
         Arc::new(hashes.finish()),
-        Arc::new(resource.finish()),
     ];
     for (i, p) in params.iter().enumerate() {
         let values = rows
@@ -530,7 +554,7 @@ pub fn batch(
             .map(|r| r.prepared.index.get(i).map(Vec::as_slice).unwrap_or(&[]));
         index_arrays(p, values, &mut cols);
     }
-    RecordBatch::try_new(schema, cols).map_err(|e| pq_err(Path::new(resource_type), e))
+    cols
 }
 
 /// Append the index columns of one parameter, built from each row's values.
@@ -674,7 +698,9 @@ fn writer_props(resource_type: &str) -> WriterProperties {
     WriterProperties::builder()
         .set_writer_version(WriterVersion::PARQUET_2_0)
         .set_encoding(Encoding::PLAIN)
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()))
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(json_column::ZSTD_LEVEL).unwrap_or_default(),
+        ))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_data_page_row_count_limit(256)
         .set_write_batch_size(256)
@@ -720,17 +746,35 @@ pub fn write_file(
         if chunk.is_empty() {
             break;
         }
-        w.write(&batch(resource_type, &chunk, last_updated)?)?;
+        w.write_rows(&chunk, last_updated)?;
         chunk.clear();
     }
     w.finish()
 }
 
 /// A table file being written batch by batch.
+///
+/// The `resource` column is encoded by [`json_column`] straight from each row's text; the
+/// other columns go through parquet-rs's Arrow column writers. Row groups hold
+/// [`ROW_GROUP_ROWS`] rows.
 pub struct TableWriter {
     path: PathBuf,
-    writer: ArrowWriter<File>,
+    resource_type: String,
+    schema: SchemaRef,
+    file: SerializedFileWriter<File>,
+    columns: ArrowRowGroupWriterFactory,
+    row_groups: usize,
+    /// The row group being filled.
+    group: Option<Group>,
+    zstd: json_column::Zstd,
     rows: u64,
+}
+
+/// The open row group: a column writer per leaf but `resource`, and that column's pages.
+struct Group {
+    columns: Vec<ArrowColumnWriter>,
+    json: json_column::JsonColumn,
+    rows: usize,
 }
 
 impl TableWriter {
@@ -739,38 +783,163 @@ impl TableWriter {
     /// # Errors
     /// On I/O or Parquet errors.
     pub fn create(path: &Path, resource_type: &str) -> Result<Self, LakeError> {
+        let err = |e| pq_err(path, e);
         let file = File::create(path).map_err(io_err(path))?;
-        let writer = ArrowWriter::try_new(
-            file,
-            schema(resource_type),
-            Some(writer_props(resource_type)),
-        )
-        .map_err(|e| pq_err(path, e))?;
+        let schema = schema(resource_type);
+        let mut props = writer_props(resource_type);
+        let parquet_schema = ArrowSchemaConverter::new()
+            .with_coerce_types(props.coerce_types())
+            .convert(&schema)
+            .map_err(err)?;
+        add_encoded_arrow_schema_to_metadata(&schema, &mut props);
+        let props = Arc::new(props);
+        let file = SerializedFileWriter::new(file, parquet_schema.root_schema_ptr(), props)
+            .map_err(err)?;
+        let columns = ArrowRowGroupWriterFactory::new(&file, schema.clone());
         Ok(Self {
             path: path.to_path_buf(),
-            writer,
+            resource_type: resource_type.to_string(),
+            schema,
+            file,
+            columns,
+            row_groups: 0,
+            group: None,
+            zstd: json_column::Zstd::new().map_err(err)?,
             rows: 0,
         })
     }
 
-    /// Append a batch.
+    /// Append new rows, stamped with `last_updated` (epoch ms).
+    ///
+    /// # Errors
+    /// On I/O or Parquet errors.
+    pub fn write_rows(&mut self, rows: &[NewRow], last_updated: i64) -> Result<(), LakeError> {
+        let stamp = instant(last_updated);
+        let cols = columns_but_resource(&self.resource_type, rows, last_updated);
+        self.write_parts(&cols, rows.len(), |json, zstd, i| {
+            let r = &rows[i];
+            let mut version = itoa::Buffer::new();
+            json.push(
+                &r.prepared
+                    .stamped_pieces(&mut version, r.version_id, &stamp),
+                zstd,
+            )
+        })
+    }
+
+    /// Append a batch of the table's schema.
     ///
     /// # Errors
     /// On I/O or Parquet errors.
     pub fn write(&mut self, b: &RecordBatch) -> Result<(), LakeError> {
-        self.rows += b.num_rows() as u64;
-        self.writer.write(b).map_err(|e| pq_err(&self.path, e))
+        let mut cols = b.columns().to_vec();
+        if cols.len() != self.schema.fields().len() {
+            return Err(pq_err(
+                &self.path,
+                "batch does not have the table's columns",
+            ));
+        }
+        let resource = cols.remove(RESOURCE_COLUMN);
+        let resource = resource
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| pq_err(&self.path, "column resource is not text"))?;
+        self.write_parts(&cols, b.num_rows(), |json, zstd, i| {
+            json.push(&[resource.value(i)], zstd)
+        })
+    }
+
+    /// Append `n` rows: `cols` are the columns but `resource` (in the table's order), `json`
+    /// pushes row `i`'s document. Cuts row groups at [`ROW_GROUP_ROWS`].
+    fn write_parts(
+        &mut self,
+        cols: &[ArrayRef],
+        n: usize,
+        mut json: impl FnMut(
+            &mut json_column::JsonColumn,
+            &mut json_column::Zstd,
+            usize,
+        ) -> parquet::errors::Result<()>,
+    ) -> Result<(), LakeError> {
+        let path = self.path.clone();
+        let err = |e| pq_err(&path, e);
+        let fields: Vec<_> = (0..self.schema.fields().len())
+            .filter(|&i| i != RESOURCE_COLUMN)
+            .map(|i| self.schema.field(i).clone())
+            .collect();
+        let mut done = 0;
+        while done < n {
+            if self.group.is_none() {
+                let mut columns = self
+                    .columns
+                    .create_column_writers(self.row_groups)
+                    .map_err(err)?;
+                self.row_groups += 1;
+                columns.remove(RESOURCE_COLUMN);
+                let descr = self.file.schema_descr().column(RESOURCE_COLUMN);
+                self.group = Some(Group {
+                    columns,
+                    json: json_column::JsonColumn::new(descr),
+                    rows: 0,
+                });
+            }
+            let Some(group) = self.group.as_mut() else {
+                continue;
+            };
+            let take = (ROW_GROUP_ROWS - group.rows).min(n - done);
+            for ((field, col), writer) in fields.iter().zip(cols).zip(&mut group.columns) {
+                let part = col.slice(done, take);
+                for leaf in compute_leaves(field, &part).map_err(err)? {
+                    writer.write(&leaf).map_err(err)?;
+                }
+            }
+            for i in done..done + take {
+                json(&mut group.json, &mut self.zstd, i).map_err(err)?;
+            }
+            group.rows += take;
+            done += take;
+            self.rows += take as u64;
+            if group.rows >= ROW_GROUP_ROWS {
+                self.close_group()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Write the open row group, if any.
+    fn close_group(&mut self) -> Result<(), LakeError> {
+        let Some(group) = self.group.take() else {
+            return Ok(());
+        };
+        let err = |e| pq_err(&self.path, e);
+        let mut rg = self.file.next_row_group().map_err(err)?;
+        let mut columns = group.columns.into_iter();
+        let mut json = Some(group.json);
+        for leaf in 0..=columns.len() {
+            if leaf == RESOURCE_COLUMN {
+                if let Some(json) = json.take() {
+                    let (data, close) = json.close(&mut self.zstd).map_err(err)?;
+                    rg.append_column(&data, close).map_err(err)?;
+                }
+            } else if let Some(column) = columns.next() {
+                column
+                    .close()
+                    .map_err(err)?
+                    .append_to_row_group(&mut rg)
+                    .map_err(err)?;
+            }
+        }
+        rg.close().map_err(err)?;
+        Ok(())
     }
 
     /// Close and fsync the file; returns its row count.
     ///
     /// # Errors
     /// On I/O or Parquet errors.
-    pub fn finish(self) -> Result<u64, LakeError> {
-        let file = self
-            .writer
-            .into_inner()
-            .map_err(|e| pq_err(&self.path, e))?;
+    pub fn finish(mut self) -> Result<u64, LakeError> {
+        self.close_group()?;
+        let file = self.file.into_inner().map_err(|e| pq_err(&self.path, e))?;
         file.sync_all().map_err(io_err(&self.path))?;
         Ok(self.rows)
     }
@@ -1397,6 +1566,7 @@ pub struct MergeStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use parquet::arrow::ArrowWriter;
 
     #[test]
     fn partial_dates_cover_their_precision() {
@@ -1438,6 +1608,140 @@ mod tests {
         drop(staged);
         assert!(lake.stage().is_ok());
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// Rows of varied sizes: some pages are cut by bytes, some by rows, over several row
+    /// groups; a few rows are incompressible.
+    fn varied_rows(n: usize) -> Vec<NewRow> {
+        let mut noise = 0x9e37_79b9_7f4a_7c15_u64;
+        (0..n)
+            .map(|i| {
+                let pad = match i % 7 {
+                    0 => 20_000,
+                    1 => 0,
+                    _ => 300 + i % 2_000,
+                };
+                let text: String = if i % 97 == 0 {
+                    (0..pad)
+                        .map(|_| {
+                            noise ^= noise << 13;
+                            noise ^= noise >> 7;
+                            noise ^= noise << 17;
+                            char::from(b'a' + (noise % 26) as u8)
+                        })
+                        .collect()
+                } else {
+                    "x".repeat(pad)
+                };
+                let json = serde_json::json!({"resourceType": "Patient", "id": format!("p{i:06}"),
+                    "meta": {"profile": ["x"]}, "name": [{"text": text}],
+                    "identifier": [{"system": "s", "value": format!("m{i}")}]});
+                NewRow {
+                    prepared: Prepared::new(Resource {
+                        resource_type: "Patient",
+                        id: format!("p{i:06}"),
+                        patient_id: Some(format!("p{i:06}")),
+                        json: Json::Tree(json),
+                        deleted: false,
+                    }),
+                    version_id: 1 + (i % 3) as i64,
+                }
+            })
+            .collect()
+    }
+
+    /// `TableWriter` writes the `resource` column itself: the file must read back as the
+    /// `ArrowWriter` file of the same rows does, with the same column chunk metadata.
+    #[test]
+    fn table_writer_matches_arrow_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = varied_rows(20_000);
+        let at = 1_700_000_000_123;
+        let ours = dir.path().join("ours.parquet");
+        write_file(&ours, "Patient", rows.clone(), at).unwrap();
+        let theirs = dir.path().join("theirs.parquet");
+        let mut w = ArrowWriter::try_new(
+            File::create(&theirs).unwrap(),
+            schema("Patient"),
+            Some(writer_props("Patient")),
+        )
+        .unwrap();
+        for chunk in rows.chunks(WRITE_BATCH_ROWS) {
+            w.write(&batch("Patient", chunk, at).unwrap()).unwrap();
+        }
+        w.close().unwrap();
+
+        let read = |p: &Path| -> Vec<RecordBatch> {
+            open_batches(p, &[]).unwrap().map(|b| b.unwrap()).collect()
+        };
+        let (a, b) = (read(&ours), read(&theirs));
+        assert_eq!(a.len(), b.len());
+        assert_eq!(a, b);
+        let docs = strings(&a[0], "resource", &ours).unwrap();
+        assert_eq!(
+            docs.value(3),
+            rows[3].prepared.stamped(rows[3].version_id, &instant(at))
+        );
+
+        let meta = |p: &Path| {
+            let f = File::open(p).unwrap();
+            ParquetRecordBatchReaderBuilder::try_new_with_options(
+                f,
+                parquet::arrow::arrow_reader::ArrowReaderOptions::new()
+                    .with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Required),
+            )
+            .unwrap()
+            .metadata()
+            .clone()
+        };
+        let (ma, mb) = (meta(&ours), meta(&theirs));
+        assert_eq!(ma.num_row_groups(), 3);
+        assert_eq!(ma.num_row_groups(), mb.num_row_groups());
+        assert_eq!(
+            ma.file_metadata().key_value_metadata(),
+            mb.file_metadata().key_value_metadata()
+        );
+        assert_eq!(
+            ma.file_metadata().schema_descr(),
+            mb.file_metadata().schema_descr()
+        );
+        let offsets = ma.offset_index().unwrap();
+        for (g, (ra, rb)) in ma.row_groups().iter().zip(mb.row_groups()).enumerate() {
+            assert_eq!(ra.num_rows(), rb.num_rows());
+            assert_eq!(ra.sorting_columns(), rb.sorting_columns());
+            let (ca, cb) = (ra.column(RESOURCE_COLUMN), rb.column(RESOURCE_COLUMN));
+            assert_eq!(ca.compression(), cb.compression());
+            assert_eq!(ca.encodings_mask(), cb.encodings_mask());
+            assert_eq!(ca.num_values(), cb.num_values());
+            assert_eq!(ca.statistics(), cb.statistics());
+            assert_eq!(ca.dictionary_page_offset(), None);
+            assert_eq!(ca.page_encoding_stats(), cb.page_encoding_stats());
+            // Every page is in the offset index; the pages cover the row group's rows.
+            let pages = offsets[g][RESOURCE_COLUMN].page_locations();
+            assert_eq!(pages[0].first_row_index, 0);
+            assert!(pages
+                .windows(2)
+                .all(|w| w[0].first_row_index < w[1].first_row_index
+                    && w[1].first_row_index - w[0].first_row_index <= 256));
+            let sizes: i64 = pages
+                .iter()
+                .map(|p| i64::from(p.compressed_page_size))
+                .sum();
+            assert_eq!(sizes, ca.compressed_size());
+            assert_eq!(ca.data_page_offset(), pages[0].offset);
+            assert_eq!(
+                ma.column_index().unwrap()[g][RESOURCE_COLUMN],
+                mb.column_index().unwrap()[g][RESOURCE_COLUMN]
+            );
+            // The other columns are written as before.
+            for c in (0..ra.num_columns()).filter(|&c| c != RESOURCE_COLUMN) {
+                assert_eq!(
+                    ra.column(c).compressed_size(),
+                    rb.column(c).compressed_size(),
+                    "column {c}"
+                );
+            }
+        }
     }
 
     #[test]
