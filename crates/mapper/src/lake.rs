@@ -734,6 +734,22 @@ pub fn write_file(
     rows: Vec<NewRow>,
     last_updated: i64,
 ) -> Result<u64, LakeError> {
+    let (rows, file) = write_file_unsynced(path, resource_type, rows, last_updated)?;
+    sync_file(path, &file)?;
+    Ok(rows)
+}
+
+/// [`write_file`] without the fsync: returns the row count and the open file, which the caller
+/// must pass to [`sync_file`] before anything refers to it.
+///
+/// # Errors
+/// On I/O or Parquet errors.
+pub fn write_file_unsynced(
+    path: &Path,
+    resource_type: &str,
+    rows: Vec<NewRow>,
+    last_updated: i64,
+) -> Result<(u64, File), LakeError> {
     let mut w = TableWriter::create(path, resource_type)?;
     // Batches smaller than a row group keep each batch's buffers (the JSON column is ~8 KB a
     // row) small enough for the allocator to reuse, instead of mapping and zeroing fresh
@@ -749,7 +765,15 @@ pub fn write_file(
         w.write_rows(&chunk, last_updated)?;
         chunk.clear();
     }
-    w.finish()
+    w.close()
+}
+
+/// Flush a written file's data to disk.
+///
+/// # Errors
+/// When the fsync fails.
+pub fn sync_file(path: &Path, file: &File) -> Result<(), LakeError> {
+    file.sync_all().map_err(io_err(path))
 }
 
 /// A table file being written batch by batch.
@@ -937,11 +961,21 @@ impl TableWriter {
     ///
     /// # Errors
     /// On I/O or Parquet errors.
-    pub fn finish(mut self) -> Result<u64, LakeError> {
+    pub fn finish(self) -> Result<u64, LakeError> {
+        let path = self.path.clone();
+        let (rows, file) = self.close()?;
+        sync_file(&path, &file)?;
+        Ok(rows)
+    }
+
+    /// Close the file without fsync; returns its row count and the file, for [`sync_file`].
+    ///
+    /// # Errors
+    /// On I/O or Parquet errors.
+    pub fn close(mut self) -> Result<(u64, File), LakeError> {
         self.close_group()?;
         let file = self.file.into_inner().map_err(|e| pq_err(&self.path, e))?;
-        file.sync_all().map_err(io_err(&self.path))?;
-        Ok(self.rows)
+        Ok((self.rows, file))
     }
 }
 

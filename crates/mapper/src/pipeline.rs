@@ -1772,10 +1772,35 @@ pub fn run(paths: &[PathBuf], opts: &Options) -> Result<RunReport, RunError> {
 
     let (tx, rx) = std::sync::mpsc::sync_channel::<WriteJob>(0);
     let writer = std::thread::spawn(move || -> Result<(), LakeError> {
+        // Files are fsynced by a thread of their own, so that the writer goes on to the next
+        // file while the disk catches up; both are joined before anything is published.
+        let (sync_tx, sync_rx) = std::sync::mpsc::channel::<(PathBuf, std::fs::File)>();
+        let syncer = std::thread::spawn(move || -> Result<(), LakeError> {
+            for (path, file) in sync_rx {
+                lake::sync_file(&path, &file)?;
+            }
+            Ok(())
+        });
+        let mut written = Ok(());
         for job in rx {
-            lake::write_file(&job.path, job.resource_type, job.rows, now)?;
+            match lake::write_file_unsynced(&job.path, job.resource_type, job.rows, now) {
+                Ok((_, file)) => {
+                    if sync_tx.send((job.path, file)).is_err() {
+                        break; // the syncer stopped on an error, which its join returns
+                    }
+                }
+                Err(e) => {
+                    written = Err(e);
+                    break;
+                }
+            }
         }
-        Ok(())
+        drop(sync_tx);
+        let synced = syncer.join().map_err(|_| LakeError::Parquet {
+            path: "(syncer)".into(),
+            message: "the file syncer panicked".into(),
+        });
+        written.and(synced?)
     });
     let mut tables = Tables {
         lake: &lake,
