@@ -496,7 +496,7 @@ impl Compiled {
     }
 
     fn amounts(&self, row: &Row<'_>, groups: &[FieldSet]) -> Result<Vec<Amount>, ValueError> {
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(groups.len());
         for g in groups {
             if let Some(value) = self.get(row, g, "value")? {
                 out.push(Amount {

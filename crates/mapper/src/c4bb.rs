@@ -153,7 +153,9 @@ impl Doc {
         Self {
             w,
             meta_end,
-            index: Vec::new(),
+            // Room for an ExplanationOfBenefit's parameters, the most any type indexes here,
+            // so the list does not grow by reallocation for every resource.
+            index: Vec::with_capacity(10),
         }
     }
 
@@ -1457,7 +1459,8 @@ fn adjustment(w: &mut JsonWriter, a: &ingest::model::Adjustment) -> Result<(), M
 
 /// Claim totals: the claim-level amounts, else the sum of the lines' amounts per category.
 fn totals<'c>(c: &'c Claim) -> Result<Vec<(&'c str, f64)>, MapError> {
-    let mut sums: Vec<(&'c str, f64)> = Vec::new();
+    // Room for the usual categories (a carrier claim has eight or nine).
+    let mut sums: Vec<(&'c str, f64)> = Vec::with_capacity(12);
     let mut add = |cat: &'c str, v: &str| -> Result<(), MapError> {
         let x = parse_amount(v)?;
         match sums.iter_mut().find(|(c, _)| *c == cat) {
