@@ -495,32 +495,6 @@ pub struct NewRow {
     pub version_id: i64,
 }
 
-/// Build one record batch of a type from new rows, stamped with `last_updated` (epoch ms).
-///
-/// # Errors
-/// When Arrow rejects the columns (never for rows this crate made).
-pub fn batch(
-    resource_type: &str,
-    rows: &[NewRow],
-    last_updated: i64,
-) -> Result<RecordBatch, LakeError> {
-    let stamp = instant(last_updated);
-    let mut resource = StringBuilder::with_capacity(
-        rows.len(),
-        rows.iter().map(|r| r.prepared.text.len() + 64).sum(),
-    );
-    for r in rows {
-        let _ = r
-            .prepared
-            .write_stamped(&mut resource, r.version_id, &stamp);
-        resource.append_value("");
-    }
-    let mut cols = columns_but_resource(resource_type, rows, last_updated);
-    cols.insert(RESOURCE_COLUMN, Arc::new(resource.finish()));
-    RecordBatch::try_new(schema(resource_type), cols)
-        .map_err(|e| pq_err(Path::new(resource_type), e))
-}
-
 /// The place of `resource` among a table's columns (and its Parquet leaves).
 const RESOURCE_COLUMN: usize = 5;
 
@@ -784,7 +758,8 @@ pub fn sync_file(path: &Path, file: &File) -> Result<(), LakeError> {
 pub struct TableWriter {
     path: PathBuf,
     resource_type: String,
-    schema: SchemaRef,
+    /// The table's fields but `resource`, in order.
+    fields: Vec<arrow::datatypes::FieldRef>,
     file: SerializedFileWriter<File>,
     columns: ArrowRowGroupWriterFactory,
     row_groups: usize,
@@ -820,10 +795,12 @@ impl TableWriter {
         let file = SerializedFileWriter::new(file, parquet_schema.root_schema_ptr(), props)
             .map_err(err)?;
         let columns = ArrowRowGroupWriterFactory::new(&file, schema.clone());
+        let mut fields = schema.fields().to_vec();
+        fields.remove(RESOURCE_COLUMN);
         Ok(Self {
             path: path.to_path_buf(),
             resource_type: resource_type.to_string(),
-            schema,
+            fields,
             file,
             columns,
             row_groups: 0,
@@ -857,7 +834,7 @@ impl TableWriter {
     /// On I/O or Parquet errors.
     pub fn write(&mut self, b: &RecordBatch) -> Result<(), LakeError> {
         let mut cols = b.columns().to_vec();
-        if cols.len() != self.schema.fields().len() {
+        if cols.len() != self.fields.len() + 1 {
             return Err(pq_err(
                 &self.path,
                 "batch does not have the table's columns",
@@ -885,33 +862,15 @@ impl TableWriter {
             usize,
         ) -> parquet::errors::Result<()>,
     ) -> Result<(), LakeError> {
-        let path = self.path.clone();
-        let err = |e| pq_err(&path, e);
-        let fields: Vec<_> = (0..self.schema.fields().len())
-            .filter(|&i| i != RESOURCE_COLUMN)
-            .map(|i| self.schema.field(i).clone())
-            .collect();
         let mut done = 0;
         while done < n {
-            if self.group.is_none() {
-                let mut columns = self
-                    .columns
-                    .create_column_writers(self.row_groups)
-                    .map_err(err)?;
-                self.row_groups += 1;
-                columns.remove(RESOURCE_COLUMN);
-                let descr = self.file.schema_descr().column(RESOURCE_COLUMN);
-                self.group = Some(Group {
-                    columns,
-                    json: json_column::JsonColumn::new(descr),
-                    rows: 0,
-                });
-            }
-            let Some(group) = self.group.as_mut() else {
-                continue;
+            let mut group = match self.group.take() {
+                Some(group) => group,
+                None => self.open_group()?,
             };
+            let err = |e| pq_err(&self.path, e);
             let take = (ROW_GROUP_ROWS - group.rows).min(n - done);
-            for ((field, col), writer) in fields.iter().zip(cols).zip(&mut group.columns) {
+            for ((field, col), writer) in self.fields.iter().zip(cols).zip(&mut group.columns) {
                 let part = col.slice(done, take);
                 for leaf in compute_leaves(field, &part).map_err(err)? {
                     writer.write(&leaf).map_err(err)?;
@@ -924,34 +883,44 @@ impl TableWriter {
             done += take;
             self.rows += take as u64;
             if group.rows >= ROW_GROUP_ROWS {
-                self.close_group()?;
+                self.close_group(group)?;
+            } else {
+                self.group = Some(group);
             }
         }
         Ok(())
     }
 
-    /// Write the open row group, if any.
-    fn close_group(&mut self) -> Result<(), LakeError> {
-        let Some(group) = self.group.take() else {
-            return Ok(());
-        };
+    /// Start the next row group: a column writer per leaf but `resource`, and its pages.
+    fn open_group(&mut self) -> Result<Group, LakeError> {
+        let mut columns = self
+            .columns
+            .create_column_writers(self.row_groups)
+            .map_err(|e| pq_err(&self.path, e))?;
+        self.row_groups += 1;
+        columns.remove(RESOURCE_COLUMN);
+        let descr = self.file.schema_descr().column(RESOURCE_COLUMN);
+        Ok(Group {
+            columns,
+            json: json_column::JsonColumn::new(descr),
+            rows: 0,
+        })
+    }
+
+    /// Write a row group's column chunks, in leaf order.
+    fn close_group(&mut self, group: Group) -> Result<(), LakeError> {
         let err = |e| pq_err(&self.path, e);
         let mut rg = self.file.next_row_group().map_err(err)?;
+        let append =
+            |column: ArrowColumnWriter, rg: &mut _| column.close()?.append_to_row_group(rg);
         let mut columns = group.columns.into_iter();
-        let mut json = Some(group.json);
-        for leaf in 0..=columns.len() {
-            if leaf == RESOURCE_COLUMN {
-                if let Some(json) = json.take() {
-                    let (data, close) = json.close(&mut self.zstd).map_err(err)?;
-                    rg.append_column(&data, close).map_err(err)?;
-                }
-            } else if let Some(column) = columns.next() {
-                column
-                    .close()
-                    .map_err(err)?
-                    .append_to_row_group(&mut rg)
-                    .map_err(err)?;
-            }
+        for column in columns.by_ref().take(RESOURCE_COLUMN) {
+            append(column, &mut rg).map_err(err)?;
+        }
+        let (data, close) = group.json.close(&mut self.zstd).map_err(err)?;
+        rg.append_column(&data, close).map_err(err)?;
+        for column in columns {
+            append(column, &mut rg).map_err(err)?;
         }
         rg.close().map_err(err)?;
         Ok(())
@@ -973,7 +942,9 @@ impl TableWriter {
     /// # Errors
     /// On I/O or Parquet errors.
     pub fn close(mut self) -> Result<(u64, File), LakeError> {
-        self.close_group()?;
+        if let Some(group) = self.group.take() {
+            self.close_group(group)?;
+        }
         let file = self.file.into_inner().map_err(|e| pq_err(&self.path, e))?;
         Ok((self.rows, file))
     }
@@ -1642,6 +1613,30 @@ mod tests {
         drop(staged);
         assert!(lake.stage().is_ok());
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// The record batch `ArrowWriter` would be given for new rows: the writer before
+    /// [`json_column`], kept as the oracle of [`table_writer_matches_arrow_writer`].
+    fn batch(
+        resource_type: &str,
+        rows: &[NewRow],
+        last_updated: i64,
+    ) -> Result<RecordBatch, LakeError> {
+        let stamp = instant(last_updated);
+        let mut resource = StringBuilder::with_capacity(
+            rows.len(),
+            rows.iter().map(|r| r.prepared.text.len() + 64).sum(),
+        );
+        for r in rows {
+            let _ = r
+                .prepared
+                .write_stamped(&mut resource, r.version_id, &stamp);
+            resource.append_value("");
+        }
+        let mut cols = columns_but_resource(resource_type, rows, last_updated);
+        cols.insert(RESOURCE_COLUMN, Arc::new(resource.finish()));
+        RecordBatch::try_new(schema(resource_type), cols)
+            .map_err(|e| pq_err(Path::new(resource_type), e))
     }
 
     /// Rows of varied sizes: some pages are cut by bytes, some by rows, over several row
