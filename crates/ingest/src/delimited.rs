@@ -5,17 +5,15 @@
 //! Streams row by row: memory holds one record's rows at a time.
 
 use std::fs::File;
-use std::io::{BufReader, Read};
 use std::path::Path;
 use std::sync::Arc;
-
-use csv::{ByteRecord, ReaderBuilder};
 
 use crate::layout::{
     compile, compile_groups, parse_date, parse_decimal, parse_int, Field, FieldSet,
 };
 use crate::layout::{trim, FieldSource, FieldType, Mapping};
 use crate::model::*;
+use crate::split::{Record, Splitter};
 use crate::{Error, FileSummary, Item, Reader, Reason, Reject, Stage};
 
 /// Reads a delimited file with one mapping.
@@ -40,71 +38,24 @@ pub fn read_header(path: &Path, delimiter: u8) -> Result<Vec<String>, Error> {
         path: path.display().to_string(),
         source,
     })?;
-    let mut rdr = ReaderBuilder::new()
-        .delimiter(delimiter)
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(BomSkip::new(BufReader::new(file)));
-    let mut rec = ByteRecord::new();
-    match rdr.read_byte_record(&mut rec) {
-        Ok(true) => Ok(header_names(&rec)),
-        Ok(false) | Err(_) => Ok(Vec::new()),
+    // A header is short: a small buffer, not the 1 MiB a whole read uses. Quoted or not, a
+    // header's names read the same unless one holds a quote.
+    let mut rdr = Splitter::with_read_size(file, delimiter, Some(b'"'), 64 << 10);
+    let mut rec = Record::default();
+    match rdr.read_record(&mut rec) {
+        Ok(Some(_)) => Ok(header_names(rec.iter())),
+        Ok(None) | Err(_) => Ok(Vec::new()),
     }
 }
 
-fn header_names(rec: &ByteRecord) -> Vec<String> {
-    let mut names: Vec<String> = rec
-        .iter()
+fn header_names<'a>(fields: impl Iterator<Item = &'a [u8]>) -> Vec<String> {
+    let mut names: Vec<String> = fields
         .map(|f| String::from_utf8_lossy(f).trim().to_string())
         .collect();
     while names.last().is_some_and(|n| n.is_empty()) {
         names.pop();
     }
     names
-}
-
-/// Skips a UTF-8 byte-order mark at the start of a stream.
-struct BomSkip<R> {
-    inner: R,
-    checked: bool,
-    pending: Vec<u8>,
-}
-
-impl<R: Read> BomSkip<R> {
-    fn new(inner: R) -> Self {
-        Self {
-            inner,
-            checked: false,
-            pending: Vec::new(),
-        }
-    }
-}
-
-impl<R: Read> Read for BomSkip<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if !self.checked {
-            self.checked = true;
-            let mut head = [0u8; 3];
-            let mut n = 0;
-            while n < 3 {
-                let k = self.inner.read(&mut head[n..])?;
-                if k == 0 {
-                    break;
-                }
-                n += k;
-            }
-            if head[..n] != [0xEF, 0xBB, 0xBF] {
-                self.pending.extend_from_slice(&head[..n]);
-            }
-        }
-        if !self.pending.is_empty() {
-            let k = self.pending.len().min(buf.len());
-            buf[..k].copy_from_slice(&self.pending[..k]);
-            self.pending.drain(..k);
-            return Ok(k);
-        }
-        self.inner.read(buf)
-    }
 }
 
 /// A layout compiled against one file's header.
@@ -117,6 +68,10 @@ struct Compiled {
     line: FieldSet,
     groups: Vec<(String, Vec<FieldSet>)>,
     line_groups: Vec<(String, Vec<FieldSet>)>,
+    /// The line's fields, looked up once per file rather than by name on every row.
+    line_fields: LineFields,
+    /// The claim's amount groups, likewise.
+    claim_amounts: Vec<AmountField>,
     coverages: Vec<FieldSet>,
 }
 
@@ -161,6 +116,8 @@ impl Compiled {
             .iter()
             .map(|t| compile(t, header, &path))
             .collect::<Result<_, _>>()?;
+        let line_fields = LineFields::new(&line, find_groups(&line_groups, "amount"));
+        let claim_amounts = AmountField::all(find_groups(&groups, "amount"));
         let col = |name: &str| header.iter().position(|h| h == name);
         let missing = |name: &str| Error::Mapping {
             path: path.display().to_string(),
@@ -184,6 +141,8 @@ impl Compiled {
             part,
             line,
             groups,
+            line_fields,
+            claim_amounts,
             line_groups,
             coverages,
             mapping,
@@ -252,6 +211,88 @@ impl PartyNames {
     const RENDERING: Self = party_names!("rendering");
 }
 
+/// An amount group of a mapping: its category and the field holding the value.
+struct AmountField {
+    category: Text,
+    value: Field,
+}
+
+impl AmountField {
+    fn all(groups: &[FieldSet]) -> Vec<Self> {
+        groups
+            .iter()
+            .filter_map(|g| {
+                Some(Self {
+                    category: g.attr("category").unwrap_or("submitted").into(),
+                    value: g.one("value")?.clone(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// A party's fields in a field set (see [`PartyNames`]).
+struct PartyFields {
+    npi: Option<Field>,
+    id: Option<Field>,
+    id_kind: Option<Text>,
+    name: Option<Field>,
+    tax_id: Option<Field>,
+    state: Option<Field>,
+    postal_code: Option<Field>,
+}
+
+impl PartyFields {
+    fn new(set: &FieldSet, names: &PartyNames) -> Self {
+        let one = |name| set.one(name).cloned();
+        Self {
+            npi: one(names.npi),
+            id: one(names.id),
+            id_kind: set.attr(names.id_kind).map(Text::from),
+            name: one(names.name),
+            tax_id: one(names.tax_id),
+            state: one(names.state),
+            postal_code: one(names.postal_code),
+        }
+    }
+}
+
+/// The fields of a claim line, each row of a claim being one line.
+struct LineFields {
+    number: Option<Field>,
+    service_code: Option<Field>,
+    modifiers: Vec<Field>,
+    revenue_code: Option<Field>,
+    ndc: Option<Field>,
+    quantity: Option<Field>,
+    from: Option<Field>,
+    thru: Option<Field>,
+    place_of_service: Option<Field>,
+    payment_status: Option<Field>,
+    rendering: PartyFields,
+    amounts: Vec<AmountField>,
+}
+
+impl LineFields {
+    fn new(set: &FieldSet, amounts: &[FieldSet]) -> Self {
+        let one = |name| set.one(name).cloned();
+        Self {
+            number: one("number"),
+            service_code: one("service_code"),
+            modifiers: set.all("modifiers").to_vec(),
+            revenue_code: one("revenue_code"),
+            ndc: one("ndc"),
+            quantity: one("quantity"),
+            from: one("from"),
+            thru: one("thru"),
+            place_of_service: one("place_of_service"),
+            payment_status: one("payment_status"),
+            rendering: PartyFields::new(set, &PartyNames::RENDERING),
+            amounts: AmountField::all(amounts),
+        }
+    }
+}
+
 /// A code with its version and one companion value (`poa`, `date`).
 type Coded = (Text, Option<Text>, Option<Text>);
 
@@ -260,7 +301,20 @@ type ValueError = (Reason, String);
 
 /// One row with its text fields, for value lookups.
 struct Row<'a> {
-    fields: Vec<&'a str>,
+    /// The record's bytes, checked to be UTF-8.
+    all: &'a str,
+    record: &'a Record,
+}
+
+impl Row<'_> {
+    /// Field `i`, or `""` past the row's end. A field's ends are character boundaries of
+    /// `all` (the bytes around it are ASCII), so `get` finds it.
+    fn field(&self, i: usize) -> &str {
+        self.record
+            .range(i)
+            .and_then(|r| self.all.get(r))
+            .unwrap_or("")
+    }
 }
 
 impl Compiled {
@@ -269,12 +323,9 @@ impl Compiled {
         let joined;
         let raw = match &f.source {
             FieldSource::Const(c) => c.as_str(),
-            FieldSource::Column(i) => row.fields.get(*i).copied().unwrap_or(""),
+            FieldSource::Column(i) => row.field(*i),
             FieldSource::Concat(cols) => {
-                let parts: Vec<&str> = cols
-                    .iter()
-                    .map(|i| trim(row.fields.get(*i).copied().unwrap_or("")))
-                    .collect();
+                let parts: Vec<&str> = cols.iter().map(|i| trim(row.field(*i))).collect();
                 if parts.iter().any(|p| p.is_empty()) {
                     return Ok(None);
                 }
@@ -333,6 +384,18 @@ impl Compiled {
         }
     }
 
+    /// The value of a field the mapping may not have.
+    fn opt<T: From<Text>>(
+        &self,
+        row: &Row<'_>,
+        f: &Option<Field>,
+    ) -> Result<Option<T>, ValueError> {
+        match f {
+            Some(f) => Ok(self.value(row, f)?.map(T::from)),
+            None => Ok(None),
+        }
+    }
+
     /// A named field's value, as [`Text`] (canonical claims and members) or `String`.
     fn get<T: From<Text>>(
         &self,
@@ -377,7 +440,7 @@ impl Compiled {
         let Some((i, codes)) = &self.change else {
             return Ok(Change::Upsert);
         };
-        let raw = trim(row.fields.get(*i).copied().unwrap_or(""));
+        let raw = trim(row.field(*i));
         match codes.get(raw).map(String::as_str) {
             Some("upsert") => Ok(Change::Upsert),
             Some("replace") => Ok(Change::Replace),
@@ -396,17 +459,21 @@ impl Compiled {
         set: &FieldSet,
         names: &PartyNames,
     ) -> Result<Option<Party>, ValueError> {
+        self.party_of(row, &PartyFields::new(set, names))
+    }
+
+    fn party_of(&self, row: &Row<'_>, f: &PartyFields) -> Result<Option<Party>, ValueError> {
         let id: Option<Text> = self
-            .get(row, set, names.npi)?
+            .opt(row, &f.npi)?
             .filter(|n: &Text| n.bytes().any(|b| b != b'0'));
         let (id, id_kind) = match id {
             Some(id) => (Some(id), Some("npi".into())),
-            None => match self.get(row, set, names.id)? {
-                Some(id) => (Some(id), set.attr(names.id_kind).map(Text::from)),
+            None => match self.opt(row, &f.id)? {
+                Some(id) => (Some(id), f.id_kind.clone()),
                 None => (None, None),
             },
         };
-        let party_name = self.get(row, set, names.name)?;
+        let party_name = self.opt(row, &f.name)?;
         if id.is_none() && party_name.is_none() {
             return Ok(None);
         }
@@ -415,11 +482,11 @@ impl Compiled {
             id_kind,
             name: party_name,
             person: false,
-            tax_id: self.get(row, set, names.tax_id)?,
+            tax_id: self.opt(row, &f.tax_id)?,
             address_lines: Vec::new(),
             city: None,
-            state: self.get(row, set, names.state)?,
-            postal_code: self.get(row, set, names.postal_code)?,
+            state: self.opt(row, &f.state)?,
+            postal_code: self.opt(row, &f.postal_code)?,
         }))
     }
 
@@ -486,21 +553,22 @@ impl Compiled {
                 None => Ok(None),
             }
         };
+        let (versions, extras) = (g.all("version"), g.all(extra));
         let mut out = Vec::new();
         for (i, f) in g.all("code").iter().enumerate() {
             if let Some(code) = self.value(row, f)? {
-                out.push((code, at(g.all("version"), i)?, at(g.all(extra), i)?));
+                out.push((code, at(versions, i)?, at(extras, i)?));
             }
         }
         Ok(out)
     }
 
-    fn amounts(&self, row: &Row<'_>, groups: &[FieldSet]) -> Result<Vec<Amount>, ValueError> {
-        let mut out = Vec::with_capacity(groups.len());
-        for g in groups {
-            if let Some(value) = self.get(row, g, "value")? {
+    fn amounts(&self, row: &Row<'_>, fields: &[AmountField]) -> Result<Vec<Amount>, ValueError> {
+        let mut out = Vec::with_capacity(fields.len());
+        for f in fields {
+            if let Some(value) = self.value(row, &f.value)? {
                 out.push(Amount {
-                    category: g.attr("category").unwrap_or("submitted").into(),
+                    category: f.category.clone(),
                     value,
                 });
             }
@@ -613,12 +681,13 @@ impl Compiled {
         }
         let mut lines = Vec::with_capacity(rows.len());
         let has_lines = !self.line.fields.is_empty();
+        let lf = &self.line_fields;
+        let line_adjustments = self.line_groups("adjustment");
         for (i, row) in rows.iter().enumerate() {
             if !has_lines {
                 break;
             }
-            let l = &self.line;
-            let number = match self.get::<Text>(row, l, "number")? {
+            let number = match self.opt::<Text>(row, &lf.number)? {
                 Some(n) => n.parse::<u32>().map_err(|_| {
                     (
                         Reason::BadNumber,
@@ -627,27 +696,33 @@ impl Compiled {
                 })?,
                 None => i as u32 + 1,
             };
-            let rendering = self.party(row, l, &PartyNames::RENDERING)?.map(|mut p| {
+            let rendering = self.party_of(row, &lf.rendering)?.map(|mut p| {
                 p.person = true;
                 p
             });
+            let mut modifiers = Vec::new();
+            for f in &lf.modifiers {
+                if let Some(v) = self.value(row, f)? {
+                    modifiers.push(v);
+                }
+            }
             lines.push(ClaimLine {
                 number,
-                service_code: self.get(row, l, "service_code")?,
-                modifiers: self.list(row, l, "modifiers")?,
-                revenue_code: self.get(row, l, "revenue_code")?,
+                service_code: self.opt(row, &lf.service_code)?,
+                modifiers,
+                revenue_code: self.opt(row, &lf.revenue_code)?,
                 ndc: self
-                    .get(row, l, "ndc")?
+                    .opt(row, &lf.ndc)?
                     .filter(|n: &Text| n.bytes().any(|b| b != b'0')),
-                quantity: self.get(row, l, "quantity")?,
-                from: self.get(row, l, "from")?,
-                thru: self.get(row, l, "thru")?,
-                place_of_service: self.get(row, l, "place_of_service")?,
+                quantity: self.opt(row, &lf.quantity)?,
+                from: self.opt(row, &lf.from)?,
+                thru: self.opt(row, &lf.thru)?,
+                place_of_service: self.opt(row, &lf.place_of_service)?,
                 rendering,
                 diagnosis_pointers: Vec::new(),
-                amounts: self.amounts(row, self.line_groups("amount"))?,
-                adjustments: self.adjustments(row, self.line_groups("adjustment"))?,
-                payment_status: self.get(row, l, "payment_status")?,
+                amounts: self.amounts(row, &lf.amounts)?,
+                adjustments: self.adjustments(row, line_adjustments)?,
+                payment_status: self.opt(row, &lf.payment_status)?,
             });
         }
         Ok(Claim {
@@ -674,7 +749,7 @@ impl Compiled {
             diagnoses,
             procedures,
             supporting,
-            amounts: self.amounts(first, self.groups("amount"))?,
+            amounts: self.amounts(first, &self.claim_amounts)?,
             adjustments: self.adjustments(first, self.groups("adjustment"))?,
             adjudicated: self.get::<Text>(first, p, "adjudicated")?.as_deref() == Some("true"),
             payment_status: self.get(first, p, "payment_status")?,
@@ -726,7 +801,7 @@ impl Compiled {
 
 /// One physical row as read, with its position.
 struct RawRow {
-    record: ByteRecord,
+    record: Record,
     line: u64,
     byte: u64,
 }
@@ -738,40 +813,32 @@ impl Reader for DelimitedReader {
             source,
         };
         let file = File::open(path).map_err(io)?;
-        let mut builder = ReaderBuilder::new();
-        builder
-            .delimiter(self.mapping.delimiter())
-            .has_headers(false)
-            .flexible(true);
-        match &self.mapping.source.quote {
-            Some(q) => builder.quote(q.as_bytes()[0]),
-            None => builder.quoting(false),
-        };
-        let mut rdr = builder.from_reader(BomSkip::new(BufReader::with_capacity(1 << 20, file)));
-        let mut rec = ByteRecord::new();
-        let header = match rdr.read_byte_record(&mut rec) {
-            Ok(true) => header_names(&rec),
-            Ok(false) => return Ok(FileSummary::default()),
-            Err(e) => return Err(io(csv_io(e))),
+        let quote = self.mapping.source.quote.as_ref().map(|q| q.as_bytes()[0]);
+        let mut rdr = Splitter::new(file, self.mapping.delimiter(), quote);
+        let mut rec = Record::default();
+        let header = match rdr.read_record(&mut rec) {
+            Ok(Some(_)) => header_names(rec.iter()),
+            Ok(None) => return Ok(FileSummary::default()),
+            Err(e) => return Err(io(e)),
         };
         let layout = Compiled::new(self.mapping.clone(), &header)?;
         let file_name: Arc<str> = Arc::from(path.display().to_string());
         let mut summary = FileSummary::default();
         let mut group: Vec<RawRow> = Vec::new();
         let mut group_key: Vec<u8> = Vec::new();
-        let mut spare: Vec<ByteRecord> = Vec::new();
+        let mut spare: Vec<Record> = Vec::new();
         loop {
-            let pos = rdr.position().clone();
-            match rdr.read_byte_record(&mut rec) {
-                Ok(true) => {}
-                Ok(false) => break,
+            let pos = rdr.position();
+            match rdr.read_record(&mut rec) {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
                 Err(e) => {
-                    // A csv-level error (e.g. unbalanced quotes) rejects the rest of the row.
+                    // The rows read so far are records; the rest of the file is not read.
                     flush(&layout, &file_name, &mut group, &mut spare, emit);
                     let position = Position {
                         file: file_name.clone(),
-                        line: pos.line(),
-                        byte_offset: pos.byte(),
+                        line: pos.line,
+                        byte_offset: pos.byte,
                         ..Default::default()
                     };
                     emit(Err(Reject::new(
@@ -781,10 +848,7 @@ impl Reader for DelimitedReader {
                         e.to_string(),
                         "",
                     )));
-                    if matches!(e.kind(), csv::ErrorKind::Io(_)) {
-                        return Err(io(csv_io(e)));
-                    }
-                    continue;
+                    return Err(io(e));
                 }
             }
             summary.units += 1;
@@ -806,20 +870,13 @@ impl Reader for DelimitedReader {
             let record = std::mem::replace(&mut rec, spare.pop().unwrap_or_default());
             group.push(RawRow {
                 record,
-                line: pos.line(),
-                byte: pos.byte(),
+                line: pos.line,
+                byte: pos.byte,
             });
         }
         flush(&layout, &file_name, &mut group, &mut spare, emit);
-        summary.bytes = rdr.position().byte();
+        summary.bytes = rdr.position().byte;
         Ok(summary)
-    }
-}
-
-fn csv_io(e: csv::Error) -> std::io::Error {
-    match e.into_kind() {
-        csv::ErrorKind::Io(e) => e,
-        other => std::io::Error::other(format!("{other:?}")),
     }
 }
 
@@ -846,7 +903,7 @@ fn flush(
     layout: &Compiled,
     file: &Arc<str>,
     rows: &mut Vec<RawRow>,
-    spare: &mut Vec<ByteRecord>,
+    spare: &mut Vec<Record>,
     emit: &mut dyn FnMut(Item),
 ) {
     if rows.is_empty() {
@@ -889,24 +946,21 @@ fn build(
                 ),
             ));
         }
-        // One UTF-8 check over the record's bytes; a field is then valid exactly when both
-        // its ends fall on character boundaries, which `str::get` checks.
-        let field_of = |at: usize| (0..n).find(|&i| r.record.range(i).is_some_and(|g| g.end > at));
-        let bad = |at: usize| {
-            let field = field_of(at).map_or(n, |i| i + 1);
+        // One UTF-8 check over the record's bytes checks every field (see `split::Record`);
+        // fields are then taken from it as the mapping asks for them.
+        let field_of =
+            |at: usize| (0..n).find(|&i| r.record.range(i).is_some_and(|g| g.contains(&at)));
+        let all = std::str::from_utf8(r.record.as_slice()).map_err(|e| {
+            let field = field_of(e.valid_up_to()).map_or(n, |i| i + 1);
             (
                 Reason::Encoding,
                 format!("line {}: field {field}: invalid UTF-8", r.line),
             )
-        };
-        let all = std::str::from_utf8(r.record.as_slice()).map_err(|e| bad(e.valid_up_to()))?;
-        let mut fields = Vec::with_capacity(n);
-        for i in 0..n {
-            let range = r.record.range(i).unwrap_or(0..0);
-            let start = range.start;
-            fields.push(all.get(range).ok_or_else(|| bad(start))?);
-        }
-        parsed.push(Row { fields });
+        })?;
+        parsed.push(Row {
+            all,
+            record: &r.record,
+        });
     }
     let first = &parsed[0];
     match layout.mapping.source.record.as_str() {

@@ -12,6 +12,7 @@ pub mod formulary;
 pub mod layout;
 pub mod model;
 pub mod reject;
+mod split;
 pub mod synth;
 pub mod x12;
 
