@@ -4,6 +4,7 @@
 //! empty field (CMS RIF), and rows grouped into one record by a key column (claim lines).
 //! Streams row by row: memory holds one record's rows at a time.
 
+use std::borrow::Borrow;
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
@@ -231,20 +232,21 @@ impl AmountField {
     }
 }
 
-/// A party's fields in a field set (see [`PartyNames`]).
-struct PartyFields {
-    npi: Option<Field>,
-    id: Option<Field>,
+/// A party's fields in a field set (see [`PartyNames`]): borrowed from the set (`&Field`)
+/// for a party read once per record, owned (`Field`) when kept for every row.
+struct PartyFields<F> {
+    npi: Option<F>,
+    id: Option<F>,
     id_kind: Option<Text>,
-    name: Option<Field>,
-    tax_id: Option<Field>,
-    state: Option<Field>,
-    postal_code: Option<Field>,
+    name: Option<F>,
+    tax_id: Option<F>,
+    state: Option<F>,
+    postal_code: Option<F>,
 }
 
-impl PartyFields {
-    fn new(set: &FieldSet, names: &PartyNames) -> Self {
-        let one = |name| set.one(name).cloned();
+impl<'a> PartyFields<&'a Field> {
+    fn new(set: &'a FieldSet, names: &PartyNames) -> Self {
+        let one = |name| set.one(name);
         Self {
             npi: one(names.npi),
             id: one(names.id),
@@ -253,6 +255,18 @@ impl PartyFields {
             tax_id: one(names.tax_id),
             state: one(names.state),
             postal_code: one(names.postal_code),
+        }
+    }
+
+    fn owned(self) -> PartyFields<Field> {
+        PartyFields {
+            npi: self.npi.cloned(),
+            id: self.id.cloned(),
+            id_kind: self.id_kind,
+            name: self.name.cloned(),
+            tax_id: self.tax_id.cloned(),
+            state: self.state.cloned(),
+            postal_code: self.postal_code.cloned(),
         }
     }
 }
@@ -269,7 +283,7 @@ struct LineFields {
     thru: Option<Field>,
     place_of_service: Option<Field>,
     payment_status: Option<Field>,
-    rendering: PartyFields,
+    rendering: PartyFields<Field>,
     amounts: Vec<AmountField>,
 }
 
@@ -287,7 +301,7 @@ impl LineFields {
             thru: one("thru"),
             place_of_service: one("place_of_service"),
             payment_status: one("payment_status"),
-            rendering: PartyFields::new(set, &PartyNames::RENDERING),
+            rendering: PartyFields::new(set, &PartyNames::RENDERING).owned(),
             amounts: AmountField::all(amounts),
         }
     }
@@ -388,7 +402,7 @@ impl Compiled {
     fn opt<T: From<Text>>(
         &self,
         row: &Row<'_>,
-        f: &Option<Field>,
+        f: Option<&Field>,
     ) -> Result<Option<T>, ValueError> {
         match f {
             Some(f) => Ok(self.value(row, f)?.map(T::from)),
@@ -403,10 +417,7 @@ impl Compiled {
         set: &FieldSet,
         name: &str,
     ) -> Result<Option<T>, ValueError> {
-        match set.one(name) {
-            Some(f) => Ok(self.value(row, f)?.map(T::from)),
-            None => Ok(None),
-        }
+        self.opt(row, set.one(name))
     }
 
     fn list<T: From<Text>>(
@@ -462,18 +473,21 @@ impl Compiled {
         self.party_of(row, &PartyFields::new(set, names))
     }
 
-    fn party_of(&self, row: &Row<'_>, f: &PartyFields) -> Result<Option<Party>, ValueError> {
-        let id: Option<Text> = self
-            .opt(row, &f.npi)?
-            .filter(|n: &Text| n.bytes().any(|b| b != b'0'));
+    fn party_of<F: Borrow<Field>>(
+        &self,
+        row: &Row<'_>,
+        f: &PartyFields<F>,
+    ) -> Result<Option<Party>, ValueError> {
+        let get = |field: &Option<F>| self.opt(row, field.as_ref().map(Borrow::borrow));
+        let id: Option<Text> = get(&f.npi)?.filter(|n: &Text| n.bytes().any(|b| b != b'0'));
         let (id, id_kind) = match id {
             Some(id) => (Some(id), Some("npi".into())),
-            None => match self.opt(row, &f.id)? {
+            None => match get(&f.id)? {
                 Some(id) => (Some(id), f.id_kind.clone()),
                 None => (None, None),
             },
         };
-        let party_name = self.opt(row, &f.name)?;
+        let party_name = get(&f.name)?;
         if id.is_none() && party_name.is_none() {
             return Ok(None);
         }
@@ -482,11 +496,11 @@ impl Compiled {
             id_kind,
             name: party_name,
             person: false,
-            tax_id: self.opt(row, &f.tax_id)?,
+            tax_id: get(&f.tax_id)?,
             address_lines: Vec::new(),
             city: None,
-            state: self.opt(row, &f.state)?,
-            postal_code: self.opt(row, &f.postal_code)?,
+            state: get(&f.state)?,
+            postal_code: get(&f.postal_code)?,
         }))
     }
 
@@ -687,7 +701,7 @@ impl Compiled {
             if !has_lines {
                 break;
             }
-            let number = match self.opt::<Text>(row, &lf.number)? {
+            let number = match self.opt::<Text>(row, lf.number.as_ref())? {
                 Some(n) => n.parse::<u32>().map_err(|_| {
                     (
                         Reason::BadNumber,
@@ -708,21 +722,21 @@ impl Compiled {
             }
             lines.push(ClaimLine {
                 number,
-                service_code: self.opt(row, &lf.service_code)?,
+                service_code: self.opt(row, lf.service_code.as_ref())?,
                 modifiers,
-                revenue_code: self.opt(row, &lf.revenue_code)?,
+                revenue_code: self.opt(row, lf.revenue_code.as_ref())?,
                 ndc: self
-                    .opt(row, &lf.ndc)?
+                    .opt(row, lf.ndc.as_ref())?
                     .filter(|n: &Text| n.bytes().any(|b| b != b'0')),
-                quantity: self.opt(row, &lf.quantity)?,
-                from: self.opt(row, &lf.from)?,
-                thru: self.opt(row, &lf.thru)?,
-                place_of_service: self.opt(row, &lf.place_of_service)?,
+                quantity: self.opt(row, lf.quantity.as_ref())?,
+                from: self.opt(row, lf.from.as_ref())?,
+                thru: self.opt(row, lf.thru.as_ref())?,
+                place_of_service: self.opt(row, lf.place_of_service.as_ref())?,
                 rendering,
                 diagnosis_pointers: Vec::new(),
                 amounts: self.amounts(row, &lf.amounts)?,
                 adjustments: self.adjustments(row, line_adjustments)?,
-                payment_status: self.opt(row, &lf.payment_status)?,
+                payment_status: self.opt(row, lf.payment_status.as_ref())?,
             });
         }
         Ok(Claim {
