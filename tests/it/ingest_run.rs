@@ -103,6 +103,42 @@ fn broken_rows_become_rejects_and_the_run_goes_on() {
     assert_eq!(out.status.code(), Some(3));
 }
 
+/// A line far longer than any record (17 MiB with no line end) is one reject with its line,
+/// read past without being held, and every claim around it is ingested as from the clean file.
+#[test]
+fn an_oversized_line_is_one_reject_and_the_rest_of_the_file_reads() {
+    let clean = std::fs::read_to_string(root().join("samples/plain/claims.csv")).unwrap();
+    let mut lines: Vec<&str> = clean.lines().collect();
+    let huge = "9".repeat(17 << 20);
+    lines.insert(3, &huge);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("claims.csv");
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let eobs = |lake: &std::path::Path| -> Vec<String> {
+        export(lake)
+            .into_iter()
+            .filter(|r| r["resourceType"] == "ExplanationOfBenefit")
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (with_huge, without) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (code, out) = ingest(with_huge.path(), &[file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = ingest(without.path(), &["samples/plain/claims.csv"]);
+    assert_eq!(code, 0, "{out}");
+    let rej = rejects(with_huge.path());
+    assert_eq!(rej.len(), 1, "{rej:?}");
+    assert_eq!(rej[0]["reason"], "malformed");
+    assert_eq!(rej[0]["line"], 4);
+    assert!(rej[0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("longer than 16 MiB"));
+    let got = eobs(with_huge.path());
+    assert!(!got.is_empty());
+    assert_eq!(got, eobs(without.path()));
+}
+
 #[test]
 fn an_unknown_layout_fails_the_run_cleanly() {
     let lake = tempfile::tempdir().unwrap();

@@ -14,7 +14,7 @@ use crate::layout::{
 };
 use crate::layout::{trim, FieldSource, FieldType, Mapping};
 use crate::model::*;
-use crate::split::{Record, Splitter};
+use crate::split::{Record, Splitter, MAX_RECORD};
 use crate::{Error, FileSummary, Item, Reader, Reason, Reject, Stage};
 
 /// Reads a delimited file with one mapping.
@@ -866,6 +866,29 @@ impl Reader for DelimitedReader {
                 }
             }
             summary.units += 1;
+            if rec.is_oversized() {
+                flush(&layout, &file_name, &mut group, &mut spare, emit);
+                group_key.clear();
+                let position = Position {
+                    file: file_name.clone(),
+                    line: pos.line,
+                    byte_offset: pos.byte,
+                    ..Default::default()
+                };
+                emit(Err(Reject::new(
+                    position,
+                    Stage::Parse,
+                    Reason::Malformed,
+                    format!(
+                        "line {}: a record longer than {} MiB (not delimited text, or a quote \
+                         never closed); read past",
+                        pos.line,
+                        MAX_RECORD >> 20
+                    ),
+                    "",
+                )));
+                continue;
+            }
             if rec.len() == 1
                 && rec
                     .get(0)

@@ -18,6 +18,11 @@ use std::ops::Range;
 /// Bytes read from the file at a time; a record longer than this grows the buffer.
 const READ_SIZE: usize = 1 << 20;
 
+/// The longest record kept (a CMS RIF line is under 2 KB). A longer one (a file that is not
+/// delimited text, a quote never closed) is read on without being kept, and comes back as
+/// [`Record::is_oversized`], so that memory stays bounded whatever the input.
+pub(crate) const MAX_RECORD: usize = 16 << 20;
+
 /// The UTF-8 byte-order mark, skipped at the start of a stream (offsets count after it).
 const BOM: &[u8] = &[0xEF, 0xBB, 0xBF];
 
@@ -31,12 +36,24 @@ const BOM: &[u8] = &[0xEF, 0xBB, 0xBF];
 pub(crate) struct Record {
     bytes: Vec<u8>,
     bounds: Vec<(usize, usize)>,
+    oversized: bool,
 }
 
 impl Record {
     fn clear(&mut self) {
         self.bytes.clear();
         self.bounds.clear();
+        self.oversized = false;
+    }
+
+    /// Whether the record was longer than [`MAX_RECORD`]: it was read past, and has no fields.
+    pub(crate) fn is_oversized(&self) -> bool {
+        self.oversized
+    }
+
+    fn drop_oversized(&mut self) {
+        self.clear();
+        self.oversized = true;
     }
 
     /// Number of fields.
@@ -86,6 +103,8 @@ pub(crate) struct Splitter<R> {
     rdr: R,
     /// Bytes asked of the stream at a time, at least.
     read_size: usize,
+    /// The longest record kept ([`MAX_RECORD`]).
+    max_record: usize,
     buf: Vec<u8>,
     /// The unread bytes are `buf[at..len]`.
     at: usize,
@@ -117,6 +136,7 @@ impl<R: Read> Splitter<R> {
         Self {
             rdr,
             read_size,
+            max_record: MAX_RECORD,
             buf: vec![0; read_size],
             at: 0,
             len: 0,
@@ -213,10 +233,30 @@ impl<R: Read> Splitter<R> {
                 break scanned + i;
             }
             scanned = self.len - self.at;
+            if scanned > self.max_record {
+                if let Some(q) = self.quote {
+                    return self.read_quoted(rec, pos, q);
+                }
+                self.skip_line()?;
+                rec.drop_oversized();
+                self.end_of_record()?;
+                return Ok(Some(pos));
+            }
             if !self.fill()? {
                 break scanned;
             }
         };
+        if line_len > self.max_record {
+            // Found whole, but too long to keep all the same.
+            if let Some(q) = self.quote {
+                return self.read_quoted(rec, pos, q);
+            }
+            self.at += line_len;
+            self.byte += line_len as u64;
+            rec.drop_oversized();
+            self.end_of_record()?;
+            return Ok(Some(pos));
+        }
         let line = &self.buf[self.at..self.at + line_len];
         if let Some(q) = self.quote.filter(|&q| memchr::memchr(q, line).is_some()) {
             if !quoted_line(line, self.delimiter, q, rec, &mut self.scratch) {
@@ -241,6 +281,24 @@ impl<R: Read> Splitter<R> {
         self.byte += line_len as u64;
         self.end_of_record()?;
         Ok(Some(pos))
+    }
+
+    /// Read on to the end of the line without keeping it (the line holds no `\n` or `\r`
+    /// before its end, so no lines are counted).
+    fn skip_line(&mut self) -> io::Result<()> {
+        loop {
+            let rest = &self.buf[self.at..self.len];
+            if let Some(i) = memchr::memchr2(b'\n', b'\r', rest) {
+                self.at += i;
+                self.byte += i as u64;
+                return Ok(());
+            }
+            self.byte += rest.len() as u64;
+            self.at = self.len;
+            if !self.fill()? {
+                return Ok(());
+            }
+        }
     }
 
     /// After a record's last field: consume the byte that ends its line (`\n` or `\r`). The
@@ -272,13 +330,27 @@ impl<R: Read> Splitter<R> {
         let mut st = St::FieldStart;
         let mut start = 0;
         let mut i = self.at;
+        // Past `max_record` bytes the record is read on (to know where it ends) but not kept.
+        let mut keep = true;
         loop {
             if i == self.len {
-                // Keep the record's bytes seen so far: `fill` moves them to the front.
+                // The record's bytes seen so far stay while it is kept: `fill` moves them to
+                // the front. Once it is not, they go.
+                if keep && i - self.at > self.max_record {
+                    keep = false;
+                    rec.drop_oversized();
+                }
+                if !keep {
+                    self.consume(i - self.at);
+                }
                 let done = i - self.at;
                 if !self.fill()? {
+                    if keep && done > self.max_record {
+                        rec.drop_oversized();
+                    } else if keep {
+                        rec.end_field(start);
+                    }
                     self.consume(done);
-                    rec.end_field(start);
                     return Ok(Some(pos));
                 }
                 i = self.at + done;
@@ -286,12 +358,18 @@ impl<R: Read> Splitter<R> {
             let b = self.buf[i];
             match st {
                 St::FieldStart | St::Unquoted | St::QuoteInQuoted if b == d => {
-                    rec.end_field(start);
-                    start = rec.bytes.len();
+                    if keep {
+                        rec.end_field(start);
+                        start = rec.bytes.len();
+                    }
                     st = St::FieldStart;
                 }
                 St::FieldStart | St::Unquoted | St::QuoteInQuoted if b == b'\n' || b == b'\r' => {
-                    rec.end_field(start);
+                    if keep && i - self.at > self.max_record {
+                        rec.drop_oversized();
+                    } else if keep {
+                        rec.end_field(start);
+                    }
                     self.consume(i - self.at);
                     self.end_of_record()?;
                     return Ok(Some(pos));
@@ -299,12 +377,20 @@ impl<R: Read> Splitter<R> {
                 St::FieldStart if b == q => st = St::Quoted,
                 St::Quoted if b == q => st = St::QuoteInQuoted,
                 St::QuoteInQuoted if b == q => {
-                    rec.bytes.push(q);
+                    if keep {
+                        rec.bytes.push(q);
+                    }
                     st = St::Quoted;
                 }
-                St::Quoted => rec.bytes.push(b),
+                St::Quoted => {
+                    if keep {
+                        rec.bytes.push(b);
+                    }
+                }
                 St::FieldStart | St::Unquoted | St::QuoteInQuoted => {
-                    rec.bytes.push(b);
+                    if keep {
+                        rec.bytes.push(b);
+                    }
                     st = St::Unquoted;
                 }
             }
@@ -543,6 +629,56 @@ mod tests {
         let mut rec = Record::default();
         rdr.read_record(&mut rec).unwrap();
         assert!(std::str::from_utf8(rec.as_slice()).is_ok());
+    }
+
+    /// A record longer than the cap is read past, not kept: the records around it, their
+    /// fields and positions are csv's, and the buffer stays small.
+    #[test]
+    fn an_oversized_record_is_read_past() {
+        let long = "x".repeat(5_000);
+        // Read in small pieces (the record is found to be long as it comes) and in large ones
+        // (it is found whole).
+        for (read_size, sizes) in [(64, vec![7, 300]), (1 << 16, vec![1 << 16])] {
+            for quote in [None, Some(b'"')] {
+                for (middle, closed) in [
+                    (format!("a|{long}|b"), true),
+                    (format!("\"{long}\n{long}\"|b"), true),
+                    (format!("\"{long}"), false),
+                ] {
+                    let data = format!("h|1\r\n{middle}\nz|2\n");
+                    let want = oracle(data.as_bytes(), b'|', quote).0;
+                    let rdr = Pieces {
+                        data: data.as_bytes(),
+                        sizes: sizes.clone(),
+                        turn: 0,
+                    };
+                    let mut s = Splitter::with_read_size(rdr, b'|', quote, read_size);
+                    s.max_record = 1_000;
+                    let mut rec = Record::default();
+                    let mut got = Vec::new();
+                    while let Some(pos) = s.read_record(&mut rec).unwrap() {
+                        let fields: Vec<Vec<u8>> = rec.iter().map(<[u8]>::to_vec).collect();
+                        got.push((rec.is_oversized(), fields, pos.line, pos.byte));
+                    }
+                    if read_size == 64 {
+                        assert!(s.buf.len() < 4_000, "buffer grew to {}", s.buf.len());
+                    }
+                    assert_eq!(got.len(), want.len(), "{quote:?} {closed}");
+                    for (g, w) in got.iter().zip(&want) {
+                        let oversized = w.0.iter().map(Vec::len).sum::<usize>() > 1_000;
+                        assert_eq!(g.0, oversized, "{quote:?} {closed} {read_size}");
+                        if !oversized {
+                            assert_eq!(g.1, w.0);
+                        }
+                        assert_eq!((g.2, g.3), (w.1, w.2));
+                    }
+                    if quote.is_some() && !closed {
+                        // The quote never closes: the rest of the file is that one record.
+                        assert_eq!(got.len(), 2);
+                    }
+                }
+            }
+        }
     }
 
     #[test]
