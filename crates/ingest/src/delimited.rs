@@ -14,7 +14,7 @@ use crate::layout::{
 };
 use crate::layout::{trim, FieldSource, FieldType, Mapping};
 use crate::model::*;
-use crate::split::{Record, Splitter, MAX_RECORD};
+use crate::split::{Pos, Record, Splitter, MAX_RECORD};
 use crate::{Error, FileSummary, Item, Reader, Reason, Reject, Stage};
 
 /// Reads a delimited file with one mapping.
@@ -849,19 +849,7 @@ impl Reader for DelimitedReader {
                 Err(e) => {
                     // The rows read so far are records; the rest of the file is not read.
                     flush(&layout, &file_name, &mut group, &mut spare, emit);
-                    let position = Position {
-                        file: file_name.clone(),
-                        line: pos.line,
-                        byte_offset: pos.byte,
-                        ..Default::default()
-                    };
-                    emit(Err(Reject::new(
-                        position,
-                        Stage::Parse,
-                        Reason::Malformed,
-                        e.to_string(),
-                        "",
-                    )));
+                    emit(Err(malformed(&file_name, pos, e.to_string())));
                     return Err(io(e));
                 }
             }
@@ -869,24 +857,13 @@ impl Reader for DelimitedReader {
             if rec.is_oversized() {
                 flush(&layout, &file_name, &mut group, &mut spare, emit);
                 group_key.clear();
-                let position = Position {
-                    file: file_name.clone(),
-                    line: pos.line,
-                    byte_offset: pos.byte,
-                    ..Default::default()
-                };
-                emit(Err(Reject::new(
-                    position,
-                    Stage::Parse,
-                    Reason::Malformed,
-                    format!(
-                        "line {}: a record longer than {} MiB (not delimited text, or a quote \
-                         never closed); read past",
-                        pos.line,
-                        MAX_RECORD >> 20
-                    ),
-                    "",
-                )));
+                let message = format!(
+                    "line {}: a record longer than {} MiB (not delimited text, or a quote never \
+                     closed); read past",
+                    pos.line,
+                    MAX_RECORD >> 20
+                );
+                emit(Err(malformed(&file_name, pos, message)));
                 continue;
             }
             if rec.len() == 1
@@ -915,6 +892,17 @@ impl Reader for DelimitedReader {
         summary.bytes = rdr.position().byte;
         Ok(summary)
     }
+}
+
+/// The reject of a row that could not be read as a record (its bytes are not kept).
+fn malformed(file: &Arc<str>, pos: Pos, message: String) -> Reject {
+    let position = Position {
+        file: file.clone(),
+        line: pos.line,
+        byte_offset: pos.byte,
+        ..Default::default()
+    };
+    Reject::new(position, Stage::Parse, Reason::Malformed, message, "")
 }
 
 fn raw_text(layout: &Compiled, rows: &[RawRow]) -> String {
