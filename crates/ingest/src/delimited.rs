@@ -5,17 +5,19 @@
 //! Streams row by row: memory holds one record's rows at a time.
 
 use std::borrow::Borrow;
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::layout::{
-    compile, compile_groups, parse_date, parse_decimal, parse_int, Field, FieldSet,
+    compile, compile_groups, parse_date, parse_decimal, parse_int, CodeTable, Field, FieldSet,
 };
 use crate::layout::{trim, FieldSource, FieldType, Mapping};
 use crate::model::*;
 use crate::split::{Pos, Record, Splitter, MAX_RECORD};
 use crate::{Error, FileSummary, Item, Reader, Reason, Reject, Stage};
+use rustc_hash::FxBuildHasher;
 
 /// Reads a delimited file with one mapping.
 #[derive(Debug, Clone)]
@@ -97,25 +99,40 @@ impl Compiled {
             "claim" => (mapping.claim.as_ref().unwrap_or(&empty), CLAIM_GROUPS),
             _ => (mapping.formulary_drug.as_ref().unwrap_or(&empty), &[]),
         };
+        // Code tables are found once here, not by name for every value.
+        let tables: HashMap<String, Arc<CodeTable>, FxBuildHasher> = mapping
+            .codes
+            .iter()
+            .map(|(name, t)| (name.clone(), Arc::new(CodeTable::new(t))))
+            .collect();
+        let resolved = |mut set: FieldSet| -> Result<FieldSet, Error> {
+            set.resolve_codes(&tables)
+                .map_err(|message| Error::Mapping {
+                    path: path.display().to_string(),
+                    message,
+                })?;
+            Ok(set)
+        };
         let scalars = without(table, group_names);
-        let part = compile(&scalars, header, &path)?;
+        let part = resolved(compile(&scalars, header, &path)?)?;
         let mut groups = Vec::new();
         for g in group_names {
-            groups.push((g.to_string(), compile_groups(table, g, header, &path)?));
+            let sets = compile_groups(table, g, header, &path)?;
+            let sets = sets.into_iter().map(&resolved).collect::<Result<_, _>>()?;
+            groups.push((g.to_string(), sets));
         }
         let line_table = mapping.line.clone().unwrap_or_default();
-        let line = compile(&without(&line_table, LINE_GROUPS), header, &path)?;
+        let line = resolved(compile(&without(&line_table, LINE_GROUPS), header, &path)?)?;
         let mut line_groups = Vec::new();
         for g in LINE_GROUPS {
-            line_groups.push((
-                g.to_string(),
-                compile_groups(&line_table, g, header, &path)?,
-            ));
+            let sets = compile_groups(&line_table, g, header, &path)?;
+            let sets = sets.into_iter().map(&resolved).collect::<Result<_, _>>()?;
+            line_groups.push((g.to_string(), sets));
         }
         let coverages = mapping
             .coverage
             .iter()
-            .map(|t| compile(t, header, &path))
+            .map(|t| resolved(compile(t, header, &path)?))
             .collect::<Result<_, _>>()?;
         let line_fields = LineFields::new(&line, find_groups(&line_groups, "amount"));
         let claim_amounts = AmountField::all(find_groups(&groups, "amount"));
@@ -377,24 +394,19 @@ impl Compiled {
                 )
             })?,
         };
-        match &f.codes {
+        match &f.table {
             None => Ok(Some(typed)),
-            Some(table) => {
-                let codes = self.mapping.codes.get(table).ok_or_else(|| {
-                    (
-                        Reason::UnknownCode,
-                        format!("{}: no code table {table:?}", f.label),
-                    )
-                })?;
-                match codes.get(typed.as_str()).or_else(|| codes.get("*")) {
-                    Some(v) if v.is_empty() => Ok(None),
-                    Some(v) => Ok(Some(v.as_str().into())),
-                    None => Err((
-                        Reason::UnknownCode,
-                        format!("{}: code {typed:?} is not in table {table:?}", f.label),
-                    )),
-                }
-            }
+            Some(table) => match table.translate(&typed) {
+                Some(v) => Ok(v.clone()),
+                None => Err((
+                    Reason::UnknownCode,
+                    format!(
+                        "{}: code {typed:?} is not in table {:?}",
+                        f.label,
+                        f.codes.as_deref().unwrap_or_default()
+                    ),
+                )),
+            },
         }
     }
 
@@ -1007,5 +1019,82 @@ fn build(
         _ => layout
             .formulary_drug(first, position)
             .map(|d| SourceRecord::FormularyDrug(Box::new(d))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAPPING: &str = r#"
+[source]
+name = "t"
+delimiter = "|"
+record = "member"
+detect = ["ID"]
+
+[codes.sex]
+"1" = "male"
+"2" = "female"
+"0" = ""
+"*" = "unknown"
+
+[codes.strict]
+"A" = "active"
+
+[member]
+member_id = "ID"
+gender = { column = "SEX", codes = "sex" }
+"#;
+
+    fn read(mapping: &str, data: &str) -> Result<Vec<Item>, Error> {
+        let m = Mapping::parse(Path::new("t.toml"), mapping).expect("mapping parses");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("members.txt");
+        std::fs::write(&path, data).expect("written");
+        let mut items = Vec::new();
+        DelimitedReader::new(Arc::new(m)).read(&path, &mut |i| items.push(i))?;
+        Ok(items)
+    }
+
+    fn gender(item: &Item) -> Option<&str> {
+        match item {
+            Ok(SourceRecord::Member(m)) => m.gender.as_deref(),
+            other => panic!("not a member: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn code_tables_translate_default_and_empty() {
+        let items = read(MAPPING, "ID|SEX\na|1\nb|2\nc|0\nd|7\ne|\n").unwrap();
+        let got: Vec<Option<&str>> = items.iter().map(gender).collect();
+        assert_eq!(
+            got,
+            [Some("male"), Some("female"), None, Some("unknown"), None]
+        );
+        // Without a default, an unlisted code is a reject naming the code and the table.
+        let strict = MAPPING.replace("codes = \"sex\"", "codes = \"strict\"");
+        let items = read(&strict, "ID|SEX\na|A\nb|B\n").unwrap();
+        let err = items[1].as_ref().unwrap_err();
+        assert_eq!(err.reason, Reason::UnknownCode);
+        assert!(
+            err.message.contains("\"B\"") && err.message.contains("strict"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn a_field_naming_a_missing_code_table_fails_the_read_up_front() {
+        let typo = MAPPING.replace("codes = \"sex\"", "codes = \"sx\"");
+        match read(&typo, "ID|SEX\na|1\n") {
+            Err(Error::Mapping { message, .. }) => {
+                assert!(
+                    message.contains("gender") && message.contains("\"sx\""),
+                    "{message}"
+                );
+            }
+            other => panic!("expected a mapping error, got {other:?}"),
+        }
     }
 }

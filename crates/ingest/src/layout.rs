@@ -203,6 +203,37 @@ pub struct Field {
     pub ty: FieldType,
     /// The code table that translates it, if any.
     pub codes: Option<String>,
+    /// That table, once [`FieldSet::resolve_codes`] has found it in the mapping.
+    pub table: Option<std::sync::Arc<CodeTable>>,
+}
+
+/// A `[codes.*]` table of a mapping, ready for lookups: each source code's translation
+/// (`None` where it translates to nothing), and the `"*"` default for codes not listed.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CodeTable {
+    codes: HashMap<Box<str>, Option<Text>, FxBuildHasher>,
+    default: Option<Option<Text>>,
+}
+
+impl CodeTable {
+    /// Compile a table as the mapping file gives it.
+    pub fn new(table: &BTreeMap<String, String>) -> Self {
+        let value = |v: &String| (!v.is_empty()).then(|| Text::from(v.as_str()));
+        Self {
+            codes: table
+                .iter()
+                .filter(|(k, _)| k.as_str() != "*")
+                .map(|(k, v)| (k.as_str().into(), value(v)))
+                .collect(),
+            default: table.get("*").map(value),
+        }
+    }
+
+    /// What `code` translates to: `Some(None)` when to nothing, `None` when the table has
+    /// neither the code nor a default.
+    pub fn translate(&self, code: &str) -> Option<&Option<Text>> {
+        self.codes.get(code).or(self.default.as_ref())
+    }
 }
 
 /// A compiled set of named fields for one record part; repeated fields expand to several.
@@ -226,6 +257,29 @@ impl FieldSet {
     /// All fields of that name (a repeated group), in order.
     pub fn all(&self, name: &str) -> &[Field] {
         self.fields.get(name).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Give every field that names a code table that table from `tables`.
+    ///
+    /// # Errors
+    /// The message naming the field and table, when a field names a table that is not there.
+    pub fn resolve_codes(
+        &mut self,
+        tables: &HashMap<String, std::sync::Arc<CodeTable>, FxBuildHasher>,
+    ) -> Result<(), String> {
+        for (name, fields) in &mut self.fields {
+            for f in fields {
+                if let Some(t) = &f.codes {
+                    let table = tables.get(t).ok_or_else(|| {
+                        format!(
+                            "field {name} names code table {t:?}, which the mapping does not have"
+                        )
+                    })?;
+                    f.table = Some(table.clone());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A non-field attribute.
@@ -291,6 +345,7 @@ fn compile_spec(
             label: c.clone(),
             ty: FieldType::Text,
             codes: None,
+            table: None,
         }]),
         toml::Value::Array(items) => {
             let mut out = Vec::new();
@@ -318,6 +373,7 @@ fn compile_spec(
                     label: v.to_string(),
                     ty,
                     codes,
+                    table: None,
                 }]);
             }
             if let Some(toml::Value::Array(cols)) = t.get("concat") {
@@ -335,6 +391,7 @@ fn compile_spec(
                     label,
                     ty,
                     codes,
+                    table: None,
                 }]);
             }
             let c = t
@@ -363,6 +420,7 @@ fn compile_spec(
                         label: n,
                         ty,
                         codes: codes.clone(),
+                        table: None,
                     }),
                     None if optional => {}
                     None => return Err(bad(format!("column {n:?} is not in the file's header"))),
