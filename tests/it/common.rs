@@ -47,6 +47,15 @@ pub fn ingest(lake: &Path, paths: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), format!("{stdout}{stderr}"))
 }
 
+/// The ids of one type's resources in the lake's current snapshot, in export order.
+pub fn exported_ids(lake: &Path, resource_type: &str) -> Vec<String> {
+    export(lake)
+        .into_iter()
+        .filter(|r| r["resourceType"] == resource_type)
+        .map(|r| r["id"].as_str().expect("an id").to_string())
+        .collect()
+}
+
 /// All resources of the lake's current snapshot, via `fhirlake export`.
 pub fn export(lake: &Path) -> Vec<Value> {
     let out = bin()

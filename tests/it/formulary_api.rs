@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use crate::common::{bin, export, ids, ingest, Server};
+use crate::common::{bin, export, exported_ids, ids, ingest, Server};
 
 const USDF: &str = "http://hl7.org/fhir/us/davinci-drug-formulary/StructureDefinition";
 
@@ -148,11 +148,7 @@ fn a_full_extract_replaces_its_formularies() {
     let small = gen("10", "f10.xml");
     let lake = work.path().join("lake");
     let items = |lake: &std::path::Path| -> BTreeSet<String> {
-        export(lake)
-            .into_iter()
-            .filter(|r| r["resourceType"] == "Basic")
-            .map(|r| r["id"].as_str().unwrap().to_string())
-            .collect()
+        exported_ids(lake, "Basic").into_iter().collect()
     };
     assert_eq!(ingest(&lake, &[&big]).0, 0);
     let before = items(&lake);

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::common::{bin, export, ingest, key, root, stable, succeed};
+use crate::common::{bin, export, exported_ids, ingest, key, root, stable, succeed};
 
 /// A file of the lake's current snapshot, as text.
 fn snapshot_file(lake: &std::path::Path, name: &str) -> String {
@@ -67,11 +67,7 @@ fn broken_rows_become_rejects_and_the_run_goes_on() {
         );
     }
     // Good claims of the same file are in the lake: read = accepted + rejected.
-    let eobs: Vec<String> = export(lake.path())
-        .into_iter()
-        .filter(|r| r["resourceType"] == "ExplanationOfBenefit")
-        .map(|r| r["id"].as_str().unwrap().to_string())
-        .collect();
+    let eobs = exported_ids(lake.path(), "ExplanationOfBenefit");
     assert_eq!(eobs, vec!["professional-B-1", "professional-B-8"]);
     let report: Value = serde_json::from_str(&snapshot_file(lake.path(), "report.json")).unwrap();
     let claims = report["sources"]
@@ -114,13 +110,7 @@ fn an_oversized_line_is_one_reject_and_the_rest_of_the_file_reads() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("claims.csv");
     std::fs::write(&file, lines.join("\n") + "\n").unwrap();
-    let eobs = |lake: &std::path::Path| -> Vec<String> {
-        export(lake)
-            .into_iter()
-            .filter(|r| r["resourceType"] == "ExplanationOfBenefit")
-            .map(|r| r["id"].as_str().unwrap().to_string())
-            .collect()
-    };
+    let eobs = |lake: &std::path::Path| exported_ids(lake, "ExplanationOfBenefit");
     let (with_huge, without) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (code, out) = ingest(with_huge.path(), &[file.to_str().unwrap()]);
     assert_eq!(code, 0, "{out}");

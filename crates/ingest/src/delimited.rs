@@ -68,7 +68,6 @@ struct Compiled {
     group_col: Option<usize>,
     change: Option<(usize, std::collections::BTreeMap<String, String>)>,
     part: FieldSet,
-    line: FieldSet,
     groups: Vec<(String, Vec<FieldSet>)>,
     line_groups: Vec<(String, Vec<FieldSet>)>,
     /// The line's fields, looked up once per file rather than by name on every row.
@@ -157,7 +156,6 @@ impl Compiled {
             group_col,
             change,
             part,
-            line,
             groups,
             line_fields,
             claim_amounts,
@@ -290,6 +288,8 @@ impl<'a> PartyFields<&'a Field> {
 
 /// The fields of a claim line, each row of a claim being one line.
 struct LineFields {
+    /// Whether the mapping has a `[line]` table at all (a claim without lines has none).
+    declared: bool,
     number: Option<Field>,
     service_code: Option<Field>,
     modifiers: Vec<Field>,
@@ -308,6 +308,7 @@ impl LineFields {
     fn new(set: &FieldSet, amounts: &[FieldSet]) -> Self {
         let one = |name| set.one(name).cloned();
         Self {
+            declared: !set.fields.is_empty(),
             number: one("number"),
             service_code: one("service_code"),
             modifiers: set.all("modifiers").to_vec(),
@@ -438,8 +439,13 @@ impl Compiled {
         set: &FieldSet,
         name: &str,
     ) -> Result<Vec<T>, ValueError> {
+        self.values(row, set.all(name))
+    }
+
+    /// The non-empty values of a list of fields, in order.
+    fn values<T: From<Text>>(&self, row: &Row<'_>, fields: &[Field]) -> Result<Vec<T>, ValueError> {
         let mut out = Vec::new();
-        for f in set.all(name) {
+        for f in fields {
             if let Some(v) = self.value(row, f)? {
                 out.push(T::from(v));
             }
@@ -706,7 +712,7 @@ impl Compiled {
             }
         }
         let mut lines = Vec::with_capacity(rows.len());
-        let has_lines = !self.line.fields.is_empty();
+        let has_lines = self.line_fields.declared;
         let lf = &self.line_fields;
         let line_adjustments = self.line_groups("adjustment");
         for (i, row) in rows.iter().enumerate() {
@@ -726,16 +732,10 @@ impl Compiled {
                 p.person = true;
                 p
             });
-            let mut modifiers = Vec::new();
-            for f in &lf.modifiers {
-                if let Some(v) = self.value(row, f)? {
-                    modifiers.push(v);
-                }
-            }
             lines.push(ClaimLine {
                 number,
                 service_code: self.opt(row, lf.service_code.as_ref())?,
-                modifiers,
+                modifiers: self.values(row, &lf.modifiers)?,
                 revenue_code: self.opt(row, lf.revenue_code.as_ref())?,
                 ndc: self
                     .opt(row, lf.ndc.as_ref())?

@@ -83,6 +83,16 @@ impl Record {
         &self.bytes
     }
 
+    /// End the last field of a record of `len` bytes (as read), or drop the record when it is
+    /// longer than `max`.
+    fn end_last_field(&mut self, start: usize, len: usize, max: usize) {
+        if len > max {
+            self.drop_oversized();
+        } else {
+            self.end_field(start);
+        }
+    }
+
     /// End a field that started at `start` at the end of the buffer.
     fn end_field(&mut self, start: usize) {
         self.bounds.push((start, self.bytes.len()));
@@ -234,13 +244,7 @@ impl<R: Read> Splitter<R> {
             }
             scanned = self.len - self.at;
             if scanned > self.max_record {
-                if let Some(q) = self.quote {
-                    return self.read_quoted(rec, pos, q);
-                }
-                self.skip_line()?;
-                rec.drop_oversized();
-                self.end_of_record()?;
-                return Ok(Some(pos));
+                return self.read_past(rec, pos);
             }
             if !self.fill()? {
                 break scanned;
@@ -248,14 +252,7 @@ impl<R: Read> Splitter<R> {
         };
         if line_len > self.max_record {
             // Found whole, but too long to keep all the same.
-            if let Some(q) = self.quote {
-                return self.read_quoted(rec, pos, q);
-            }
-            self.at += line_len;
-            self.byte += line_len as u64;
-            rec.drop_oversized();
-            self.end_of_record()?;
-            return Ok(Some(pos));
+            return self.read_past(rec, pos);
         }
         let line = &self.buf[self.at..self.at + line_len];
         if let Some(q) = self.quote.filter(|&q| memchr::memchr(q, line).is_some()) {
@@ -264,9 +261,7 @@ impl<R: Read> Splitter<R> {
                 rec.clear();
                 return self.read_quoted(rec, pos, q);
             }
-            self.at += line_len;
-            self.byte += line_len as u64;
-            self.end_of_record()?;
+            self.end_line(line_len)?;
             return Ok(Some(pos));
         }
         rec.bytes.extend_from_slice(line);
@@ -276,9 +271,25 @@ impl<R: Read> Splitter<R> {
             start = at + 1;
         });
         rec.bounds.push((start, line_len));
-        // The line holds no `\n`: no lines to count.
-        self.at += line_len;
-        self.byte += line_len as u64;
+        self.end_line(line_len)?;
+        Ok(Some(pos))
+    }
+
+    /// Consume a line of `len` bytes (it holds no `\n`: no lines to count) and its end.
+    fn end_line(&mut self, len: usize) -> io::Result<()> {
+        self.at += len;
+        self.byte += len as u64;
+        self.end_of_record()
+    }
+
+    /// A record longer than `max_record`: read on to its end, keeping nothing. An unquoted
+    /// one ends with its line; a quoted one where the quoting rules say.
+    fn read_past(&mut self, rec: &mut Record, pos: Pos) -> io::Result<Option<Pos>> {
+        if let Some(q) = self.quote {
+            return self.read_quoted(rec, pos, q);
+        }
+        self.skip_line()?;
+        rec.drop_oversized();
         self.end_of_record()?;
         Ok(Some(pos))
     }
@@ -345,10 +356,8 @@ impl<R: Read> Splitter<R> {
                 }
                 let done = i - self.at;
                 if !self.fill()? {
-                    if keep && done > self.max_record {
-                        rec.drop_oversized();
-                    } else if keep {
-                        rec.end_field(start);
+                    if keep {
+                        rec.end_last_field(start, done, self.max_record);
                     }
                     self.consume(done);
                     return Ok(Some(pos));
@@ -365,10 +374,8 @@ impl<R: Read> Splitter<R> {
                     st = St::FieldStart;
                 }
                 St::FieldStart | St::Unquoted | St::QuoteInQuoted if b == b'\n' || b == b'\r' => {
-                    if keep && i - self.at > self.max_record {
-                        rec.drop_oversized();
-                    } else if keep {
-                        rec.end_field(start);
+                    if keep {
+                        rec.end_last_field(start, i - self.at, self.max_record);
                     }
                     self.consume(i - self.at);
                     self.end_of_record()?;
