@@ -18,7 +18,8 @@ use ingest::model::{Change, Claim, ClaimKind, ClaimLine, CoverageSpan, Member, P
 
 use crate::ids::{fhir_id, fhir_id_of, org_ref, practitioner_ref};
 use crate::jw::JsonWriter;
-use crate::registry::IndexValue;
+use crate::lake::index_params;
+use crate::registry::{IndexLists, IndexValue, SearchParam};
 use crate::resource::{Json, Written};
 use crate::{MapError, Resource};
 
@@ -132,7 +133,9 @@ impl Systems {
 struct Doc {
     w: JsonWriter,
     meta_end: usize,
-    index: Vec<(&'static str, Vec<IndexValue>)>,
+    /// The type's search parameters, in the order of `index`'s lists.
+    params: &'static [&'static SearchParam],
+    index: IndexLists,
 }
 
 impl Doc {
@@ -150,18 +153,23 @@ impl Doc {
         w.close_array();
         let meta_end = w.len();
         w.close();
+        let params = index_params(resource_type);
         Self {
             w,
             meta_end,
-            // Room for an ExplanationOfBenefit's parameters, the most any type indexes here,
-            // so the list does not grow by reallocation for every resource.
-            index: Vec::with_capacity(10),
+            params,
+            // Room for a claim's values, so that the list does not grow by reallocation for
+            // every resource.
+            index: IndexLists::empty(params.len(), 16),
         }
     }
 
-    /// Add index values of a parameter.
-    fn index(&mut self, code: &'static str, values: Vec<IndexValue>) {
-        self.index.push((code, values));
+    /// Add index values of a parameter (values of a parameter the type has no column for
+    /// are dropped, as the lake would not store them).
+    fn index(&mut self, code: &'static str, values: impl IntoIterator<Item = IndexValue>) {
+        if let Some(i) = self.params.iter().position(|p| p.code == code) {
+            self.index.extend_list(i, values);
+        }
     }
 
     /// Close the resource.
@@ -178,6 +186,14 @@ impl Doc {
 fn token(system: &str, code: &str) -> IndexValue {
     IndexValue::Token {
         system: system.into(),
+        code: code.into(),
+    }
+}
+
+/// [`token`] of a system known when compiling, which is kept without copying it.
+fn static_token(system: &'static str, code: &str) -> IndexValue {
+    IndexValue::Token {
+        system: Text::const_new(system),
         code: code.into(),
     }
 }
@@ -649,10 +665,10 @@ fn map_coverage(m: &Member, c: &CoverageSpan, systems: &Systems) -> Result<Resou
         }
         w.close();
     }
-    let refs = vec![IndexValue::Reference(patient_ref.into())];
-    doc.index("patient", refs.clone());
-    doc.index("beneficiary", refs);
-    doc.index("payor", vec![IndexValue::Reference(payor.into())]);
+    let patient = IndexValue::Reference(patient_ref.into());
+    doc.index("patient", [patient.clone()]);
+    doc.index("beneficiary", [patient]);
+    doc.index("payor", [IndexValue::Reference(payor.into())]);
     doc.index("identifier", tokens);
     Ok(Resource {
         resource_type: "Coverage",
@@ -1356,32 +1372,32 @@ pub fn map_claim_with(
     }
 
     // Index values, as the registry's extractors would find them in this JSON.
-    let mut service_date = Vec::with_capacity(1 + served_dates.len() + served_periods.len());
-    service_date.push(IndexValue::Date {
+    let service_date = std::iter::once(IndexValue::Date {
         start: Some(start.into()),
         end: billable_end.map(Text::from),
-    });
-    service_date.extend(served_dates.iter().map(|d| date_value(d)));
-    service_date.extend(served_periods.iter().map(|(f, t)| IndexValue::Date {
+    })
+    .chain(served_dates.iter().map(|d| date_value(d)))
+    .chain(served_periods.iter().map(|(f, t)| IndexValue::Date {
         start: Some((*f).into()),
         end: Some((*t).into()),
     }));
-    let mut service_start: Vec<IndexValue> = std::iter::once(start)
+    // Start dates, a run of equal ones written once.
+    let mut last = None;
+    let service_start = std::iter::once(start)
         .chain(served_dates.iter().copied())
         .chain(served_periods.iter().map(|p| p.0))
-        .map(date_value)
-        .collect();
-    service_start.dedup();
-    doc.index("patient", vec![IndexValue::Reference(patient_ref.into())]);
-    doc.index("type", vec![token(CLAIM_TYPE, claim_type)]);
+        .filter(|d| last.replace(*d) != Some(*d))
+        .map(date_value);
+    doc.index("patient", [IndexValue::Reference(patient_ref.into())]);
+    doc.index("type", [static_token(CLAIM_TYPE, claim_type)]);
     doc.index("identifier", identifier_tokens);
     doc.index("service-date", service_date);
     doc.index("service-start-date", service_start);
-    doc.index("billable-period-start", vec![date_value(start)]);
-    doc.index("provider", vec![IndexValue::Reference(provider.into())]);
+    doc.index("billable-period-start", [date_value(start)]);
+    doc.index("provider", [IndexValue::Reference(provider.into())]);
     doc.index("care-team", team_refs);
-    doc.index("coverage", vec![IndexValue::Reference(coverage_ref.into())]);
-    doc.index("insurer", vec![IndexValue::Reference(insurer.into())]);
+    doc.index("coverage", [IndexValue::Reference(coverage_ref.into())]);
+    doc.index("insurer", [IndexValue::Reference(insurer.into())]);
 
     out.push(Resource {
         resource_type: "ExplanationOfBenefit",

@@ -49,7 +49,7 @@ use parquet::file::writer::SerializedFileWriter;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::registry::{self, IndexValue, ParamType, SearchParam};
+use crate::registry::{self, IndexLists, IndexValue, ParamType, SearchParam};
 use crate::{Json, Resource};
 
 mod json_column;
@@ -333,7 +333,7 @@ pub struct Prepared {
     meta: MetaSlot,
     /// Index values, one list per non-common search parameter of the type, in
     /// [`index_params`] order.
-    pub index: Vec<Vec<IndexValue>>,
+    pub index: IndexLists,
     /// Whether the source deleted it.
     pub deleted: bool,
 }
@@ -382,21 +382,7 @@ impl Prepared {
     /// builder wrote its JSON directly brings its text and index values along.
     pub fn new(r: Resource) -> Self {
         let (text, meta, index) = match r.json {
-            Json::Text(w) => {
-                let meta = MetaSlot::Append(w.meta_end);
-                let mut by_code = w.index;
-                let index = index_params(r.resource_type)
-                    .iter()
-                    .map(|p| {
-                        by_code
-                            .iter_mut()
-                            .find(|(code, _)| *code == p.code)
-                            .map(|(_, v)| std::mem::take(v))
-                            .unwrap_or_default()
-                    })
-                    .collect();
-                (w.text, meta, index)
-            }
+            Json::Text(w) => (w.text, MetaSlot::Append(w.meta_end), w.index),
             Json::Tree(json) => Self::from_tree(r.resource_type, json),
         };
         let content_hash = hash_text(&text);
@@ -412,7 +398,7 @@ impl Prepared {
         }
     }
 
-    fn from_tree(resource_type: &str, mut json: Value) -> (String, MetaSlot, Vec<Vec<IndexValue>>) {
+    fn from_tree(resource_type: &str, mut json: Value) -> (String, MetaSlot, IndexLists) {
         if let Some(meta) = json.get_mut("meta").and_then(Value::as_object_mut) {
             meta.remove("versionId");
             meta.remove("lastUpdated");
@@ -430,10 +416,11 @@ impl Prepared {
             }
             _ => MetaSlot::Create(text.len().saturating_sub(1)),
         };
-        let index = index_params(resource_type)
-            .iter()
-            .map(|p| (p.extract)(&json))
-            .collect();
+        let params = index_params(resource_type);
+        let mut index = IndexLists::empty(0, 0);
+        for p in params {
+            index.push_list((p.extract)(&json));
+        }
         (text, meta, index)
     }
 
@@ -523,9 +510,7 @@ fn columns_but_resource(resource_type: &str, rows: &[NewRow], last_updated: i64)
         Arc::new(hashes.finish()),
     ];
     for (i, p) in params.iter().enumerate() {
-        let values = rows
-            .iter()
-            .map(|r| r.prepared.index.get(i).map(Vec::as_slice).unwrap_or(&[]));
+        let values = rows.iter().map(|r| r.prepared.index.get(i));
         index_arrays(p, values, &mut cols);
     }
     cols

@@ -1311,20 +1311,11 @@ fn index_wrong(root: &Path, t: &str, path: String, message: &str) -> LakeError {
 
 /// Memory a buffered row takes: its own size and what it holds on the heap.
 fn weight(p: &lake::Prepared) -> usize {
-    let index: usize = p
-        .index
-        .iter()
-        .map(|list| {
-            std::mem::size_of::<Vec<crate::registry::IndexValue>>()
-                + list.capacity() * std::mem::size_of::<crate::registry::IndexValue>()
-                + list.iter().map(|v| v.heap_bytes()).sum::<usize>()
-        })
-        .sum();
     std::mem::size_of::<Option<lake::NewRow>>()
         + p.text.capacity()
         + p.id.capacity()
         + p.patient_id.as_ref().map_or(0, String::capacity)
-        + index
+        + p.index.heap_bytes()
 }
 
 impl<'a> Tables<'a> {

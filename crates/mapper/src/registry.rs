@@ -80,6 +80,95 @@ impl IndexValue {
     }
 }
 
+/// The index values of one resource: a list per search parameter of its type, in
+/// [`crate::lake::index_params`] order, all held in one vector.
+///
+/// A claim is indexed by ten parameters; a vector per parameter was ten allocations (and
+/// ten frees on another thread) for every claim written.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct IndexLists {
+    values: Vec<IndexValue>,
+    /// Where each list ends in `values`.
+    ends: Vec<u32>,
+}
+
+impl IndexLists {
+    /// `lists` empty lists, with room for `values` values.
+    pub fn empty(lists: usize, values: usize) -> Self {
+        Self {
+            values: Vec::with_capacity(values),
+            ends: vec![0; lists],
+        }
+    }
+
+    /// Append a list after the last.
+    pub fn push_list(&mut self, values: impl IntoIterator<Item = IndexValue>) {
+        self.values.extend(values);
+        self.ends.push(self.values.len() as u32);
+    }
+
+    /// Add values at the end of list `i` (a list past the last is ignored). Appending to the
+    /// last non-empty list or after it is a push; an earlier list moves the values after it.
+    pub fn extend_list(&mut self, i: usize, values: impl IntoIterator<Item = IndexValue>) {
+        let Some(&end) = self.ends.get(i) else {
+            return;
+        };
+        let at = end as usize;
+        let before = self.values.len();
+        if at == before {
+            self.values.extend(values);
+        } else {
+            self.values.splice(at..at, values);
+        }
+        let added = (self.values.len() - before) as u32;
+        for e in &mut self.ends[i..] {
+            *e += added;
+        }
+    }
+
+    /// The values of list `i` (none past the last list).
+    pub fn get(&self, i: usize) -> &[IndexValue] {
+        let Some(&end) = self.ends.get(i) else {
+            return &[];
+        };
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.values[start as usize..end as usize]
+    }
+
+    /// The number of lists.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there are no lists.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The lists in order.
+    pub fn iter(&self) -> impl Iterator<Item = &[IndexValue]> + '_ {
+        (0..self.ends.len()).map(|i| self.get(i))
+    }
+
+    /// Bytes held on the heap: both vectors and the values' own text.
+    pub fn heap_bytes(&self) -> usize {
+        self.values.capacity() * std::mem::size_of::<IndexValue>()
+            + self.ends.capacity() * std::mem::size_of::<u32>()
+            + self
+                .values
+                .iter()
+                .map(IndexValue::heap_bytes)
+                .sum::<usize>()
+    }
+}
+
+/// Printed as the list of lists it stands for.
+impl std::fmt::Debug for IndexLists {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
 /// A declared search parameter.
 #[derive(Debug, Clone, Copy)]
 pub struct SearchParam {
@@ -399,6 +488,42 @@ pub fn resource_types() -> Vec<&'static str> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn r(s: &str) -> IndexValue {
+        IndexValue::Reference(s.into())
+    }
+
+    #[test]
+    fn index_lists_fill_in_any_order_and_read_as_lists() {
+        let mut by_push = IndexLists::default();
+        by_push.push_list([r("a")]);
+        by_push.push_list([]);
+        by_push.push_list([r("c1"), r("c2")]);
+        by_push.push_list([]);
+
+        // The same lists, filled out of order and in pieces.
+        let mut by_place = IndexLists::empty(4, 0);
+        by_place.extend_list(2, [r("c1")]);
+        by_place.extend_list(0, [r("a")]);
+        by_place.extend_list(2, [r("c2")]);
+        by_place.extend_list(4, [r("past the last list")]);
+        by_place.extend_list(1, []);
+        assert_eq!(by_place, by_push);
+
+        assert_eq!(by_place.len(), 4);
+        assert_eq!(by_place.get(0), &[r("a")]);
+        assert!(by_place.get(1).is_empty());
+        assert_eq!(by_place.get(2), &[r("c1"), r("c2")]);
+        assert!(by_place.get(3).is_empty() && by_place.get(9).is_empty());
+        assert_eq!(
+            by_place.iter().map(<[_]>::len).collect::<Vec<_>>(),
+            [1, 0, 2, 0]
+        );
+        // Printed as the list of lists it stands for.
+        let lists: Vec<Vec<IndexValue>> = by_place.iter().map(<[_]>::to_vec).collect();
+        assert_eq!(format!("{by_place:?}"), format!("{lists:?}"));
+        assert!(IndexLists::default().is_empty());
+    }
 
     #[test]
     fn extractors_follow_the_paths() {

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::registry::IndexValue;
+use crate::registry::IndexLists;
 
 /// One FHIR resource produced by the mapper.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,8 +38,9 @@ pub struct Written {
     pub text: String,
     /// Byte offset of the `}` that closes the non-empty `meta` object.
     pub meta_end: usize,
-    /// Index values by search parameter code; parameters not listed have none.
-    pub index: Vec<(&'static str, Vec<IndexValue>)>,
+    /// Index values, a list per search parameter of the resource's type in
+    /// [`crate::lake::index_params`] order.
+    pub index: IndexLists,
 }
 
 impl Json {
