@@ -74,6 +74,8 @@ struct Compiled {
     line_fields: LineFields,
     /// The claim's amount groups, likewise.
     claim_amounts: Vec<AmountField>,
+    /// The claim's own fields, parties and care team, likewise.
+    claim_fields: ClaimFields,
     coverages: Vec<FieldSet>,
 }
 
@@ -135,6 +137,7 @@ impl Compiled {
             .collect::<Result<_, _>>()?;
         let line_fields = LineFields::new(&line, find_groups(&line_groups, "amount"));
         let claim_amounts = AmountField::all(find_groups(&groups, "amount"));
+        let claim_fields = ClaimFields::new(&part, &groups);
         let col = |name: &str| header.iter().position(|h| h == name);
         let missing = |name: &str| Error::Mapping {
             path: path.display().to_string(),
@@ -159,6 +162,7 @@ impl Compiled {
             groups,
             line_fields,
             claim_amounts,
+            claim_fields,
             line_groups,
             coverages,
             mapping,
@@ -325,6 +329,76 @@ impl LineFields {
     }
 }
 
+/// The fields a claim reads from its first row, each row of a claim repeating them.
+struct ClaimFields {
+    kind: Option<Field>,
+    claim_id: Option<Field>,
+    member_id: Option<Field>,
+    coverage_key: Option<Field>,
+    type_code: Option<Field>,
+    type_of_bill: Option<Field>,
+    from: Option<Field>,
+    thru: Option<Field>,
+    created: Option<Field>,
+    received: Option<Field>,
+    adjudicated: Option<Field>,
+    payment_status: Option<Field>,
+    network_status: Option<Field>,
+    /// Identifier groups with a value field: the identifier's kind and that field.
+    identifiers: Vec<(Text, Field)>,
+    payer: PartyFields<Field>,
+    billing: PartyFields<Field>,
+    facility: PartyFields<Field>,
+    care_team: Vec<CareTeamFields>,
+}
+
+/// A care team group: the member's role, whether they are a person, and their fields.
+struct CareTeamFields {
+    role: Text,
+    person: bool,
+    party: PartyFields<Field>,
+}
+
+impl ClaimFields {
+    fn new(set: &FieldSet, groups: &[(String, Vec<FieldSet>)]) -> Self {
+        let one = |name| set.one(name).cloned();
+        let party = |names| PartyFields::new(set, names).owned();
+        Self {
+            kind: one("kind"),
+            claim_id: one("claim_id"),
+            member_id: one("member_id"),
+            coverage_key: one("coverage_key"),
+            type_code: one("type_code"),
+            type_of_bill: one("type_of_bill"),
+            from: one("from"),
+            thru: one("thru"),
+            created: one("created"),
+            received: one("received"),
+            adjudicated: one("adjudicated"),
+            payment_status: one("payment_status"),
+            network_status: one("network_status"),
+            identifiers: find_groups(groups, "identifier")
+                .iter()
+                .filter_map(|g| {
+                    let kind = g.attr("kind").unwrap_or("claim").into();
+                    Some((kind, g.one("value")?.clone()))
+                })
+                .collect(),
+            payer: party(&PartyNames::PAYER),
+            billing: party(&PartyNames::BILLING),
+            facility: party(&PartyNames::FACILITY),
+            care_team: find_groups(groups, "care_team")
+                .iter()
+                .map(|g| CareTeamFields {
+                    role: g.attr("role").unwrap_or("rendering").into(),
+                    person: g.attr("person") != Some("false"),
+                    party: PartyFields::new(g, &PartyNames::PROVIDER).owned(),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// A code with its version and one companion value (`poa`, `date`).
 type Coded = (Text, Option<Text>, Option<Text>);
 
@@ -459,8 +533,18 @@ impl Compiled {
         set: &FieldSet,
         name: &str,
     ) -> Result<T, ValueError> {
-        self.get(row, set, name)?.ok_or_else(|| {
-            let label = set.one(name).map(|f| f.label.as_str()).unwrap_or(name);
+        self.required_of(row, set.one(name), name)
+    }
+
+    /// [`Self::required`] of a field looked up already (`name` for the message).
+    fn required_of<T: From<Text>>(
+        &self,
+        row: &Row<'_>,
+        f: Option<&Field>,
+        name: &str,
+    ) -> Result<T, ValueError> {
+        self.opt(row, f)?.ok_or_else(|| {
+            let label = f.map(|f| f.label.as_str()).unwrap_or(name);
             (Reason::MissingValue, format!("{name} ({label}) is empty"))
         })
     }
@@ -631,8 +715,8 @@ impl Compiled {
         let Some(first) = rows.first() else {
             return Err((Reason::Malformed, "empty record".into()));
         };
-        let p = &self.part;
-        let kind_text: Text = self.required(first, p, "kind")?;
+        let cf = &self.claim_fields;
+        let kind_text: Text = self.required_of(first, cf.kind.as_ref(), "kind")?;
         let kind = ClaimKind::parse(&kind_text).ok_or_else(|| {
             (
                 Reason::UnknownCode,
@@ -640,10 +724,10 @@ impl Compiled {
             )
         })?;
         let mut identifiers = Vec::new();
-        for g in self.groups("identifier") {
-            if let Some(value) = self.get(first, g, "value")? {
+        for (kind, f) in &cf.identifiers {
+            if let Some(value) = self.value(first, f)? {
                 identifiers.push(Ident {
-                    kind: g.attr("kind").unwrap_or("claim").into(),
+                    kind: kind.clone(),
                     value,
                 });
             }
@@ -704,11 +788,10 @@ impl Compiled {
             supporting.push(Supporting { category, value });
         }
         let mut care_team = Vec::new();
-        for g in self.groups("care_team") {
-            if let Some(party) = self.party(first, g, &PartyNames::PROVIDER)? {
-                let mut party = party;
-                party.person = g.attr("person") != Some("false");
-                care_team.push((g.attr("role").unwrap_or("rendering").into(), party));
+        for member in &cf.care_team {
+            if let Some(mut party) = self.party_of(first, &member.party)? {
+                party.person = member.person;
+                care_team.push((member.role.clone(), party));
             }
         }
         let mut lines = Vec::with_capacity(rows.len());
@@ -753,33 +836,32 @@ impl Compiled {
         }
         Ok(Claim {
             kind: Some(kind),
-            claim_id: self.required(first, p, "claim_id")?,
-            member_id: self.required(first, p, "member_id")?,
-            coverage_key: self.get(first, p, "coverage_key")?,
+            claim_id: self.required_of(first, cf.claim_id.as_ref(), "claim_id")?,
+            member_id: self.required_of(first, cf.member_id.as_ref(), "member_id")?,
+            coverage_key: self.opt(first, cf.coverage_key.as_ref())?,
             member_identifiers: Vec::new(),
             member: None,
             identifiers,
             change: self.change(first)?,
-            type_code: self.get(first, p, "type_code")?,
-            type_of_bill: self.get(first, p, "type_of_bill")?,
-            from: self.get(first, p, "from")?,
-            thru: self.get(first, p, "thru")?,
-            created: self.get(first, p, "created")?,
-            received: self.get(first, p, "received")?,
-            payer: self
-                .party(first, p, &PartyNames::PAYER)?
-                .unwrap_or_default(),
-            billing: self.party(first, p, &PartyNames::BILLING)?,
-            facility: self.party(first, p, &PartyNames::FACILITY)?,
+            type_code: self.opt(first, cf.type_code.as_ref())?,
+            type_of_bill: self.opt(first, cf.type_of_bill.as_ref())?,
+            from: self.opt(first, cf.from.as_ref())?,
+            thru: self.opt(first, cf.thru.as_ref())?,
+            created: self.opt(first, cf.created.as_ref())?,
+            received: self.opt(first, cf.received.as_ref())?,
+            payer: self.party_of(first, &cf.payer)?.unwrap_or_default(),
+            billing: self.party_of(first, &cf.billing)?,
+            facility: self.party_of(first, &cf.facility)?,
             care_team,
             diagnoses,
             procedures,
             supporting,
             amounts: self.amounts(first, &self.claim_amounts)?,
             adjustments: self.adjustments(first, self.groups("adjustment"))?,
-            adjudicated: self.get::<Text>(first, p, "adjudicated")?.as_deref() == Some("true"),
-            payment_status: self.get(first, p, "payment_status")?,
-            network_status: self.get(first, p, "network_status")?,
+            adjudicated: self.opt::<Text>(first, cf.adjudicated.as_ref())?.as_deref()
+                == Some("true"),
+            payment_status: self.opt(first, cf.payment_status.as_ref())?,
+            network_status: self.opt(first, cf.network_status.as_ref())?,
             lines,
             position,
         })
@@ -1062,6 +1144,109 @@ gender = { column = "SEX", codes = "sex" }
             Ok(SourceRecord::Member(m)) => m.gender.as_deref(),
             other => panic!("not a member: {other:?}"),
         }
+    }
+
+    /// A claim layout with a field of every kind a claim reads from its first row: scalars,
+    /// an identifier group, parties (a constant payer, a billing provider) and care team
+    /// members (one not a person).
+    const CLAIMS: &str = r#"
+[source]
+name = "t"
+delimiter = "|"
+record = "claim"
+detect = ["CLM"]
+group_by = "CLM"
+
+[codes.kind]
+P = "professional"
+
+[claim]
+kind = { column = "KIND", codes = "kind" }
+claim_id = "CLM"
+member_id = "MBR"
+coverage_key = "PLAN"
+from = "FROM"
+adjudicated = { value = "true" }
+payer_id = { value = "PAYER1" }
+payer_name = { value = "A Plan" }
+billing_npi = "BILL"
+identifier = [{ kind = "group", value = "GRP" }, { kind = "absent" }]
+care_team = [
+  { role = "referring", provider_npi = "REF" },
+  { role = "supervisor", person = "false", provider_npi = "SUP" },
+]
+
+[line]
+number = "LN"
+"#;
+
+    #[test]
+    fn claim_fields_read_from_the_first_row_and_name_what_is_missing() {
+        let header = "KIND|CLM|MBR|PLAN|FROM|BILL|GRP|REF|SUP|LN\n";
+        let rows = "P|c1|m1|gold|2024|1234567893|g7|1111111111|2222222222|1\n\
+                    P|c1|m1|gold|2024|1234567893|g7|1111111111|2222222222|2\n\
+                    P||m2|gold|2024|||||1\n\
+                    P|c3||gold|2024|||||1\n";
+        let m = Mapping::parse(Path::new("t.toml"), CLAIMS).expect("mapping parses");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("claims.txt");
+        std::fs::write(&path, format!("{header}{rows}")).expect("written");
+        let mut items = Vec::new();
+        DelimitedReader::new(Arc::new(m))
+            .read(&path, &mut |i| items.push(i))
+            .unwrap();
+        assert_eq!(items.len(), 3);
+
+        let Ok(SourceRecord::Claim(c)) = &items[0] else {
+            panic!("not a claim: {:?}", items[0]);
+        };
+        assert_eq!(c.kind, Some(ClaimKind::Professional));
+        assert_eq!((c.claim_id.as_str(), c.member_id.as_str()), ("c1", "m1"));
+        assert_eq!(c.coverage_key.as_deref(), Some("gold"));
+        assert_eq!(c.from.as_deref(), Some("2024"));
+        assert!(c.adjudicated);
+        assert_eq!(
+            (c.payer.id.as_deref(), c.payer.name.as_deref()),
+            (Some("PAYER1"), Some("A Plan"))
+        );
+        let billing = c.billing.as_ref().expect("billing provider");
+        assert_eq!(
+            (billing.id.as_deref(), billing.id_kind.as_deref()),
+            (Some("1234567893"), Some("npi"))
+        );
+        let ids: Vec<(&str, &str)> = c
+            .identifiers
+            .iter()
+            .map(|i| (i.kind.as_str(), i.value.as_str()))
+            .collect();
+        assert_eq!(ids, [("group", "g7")]);
+        let team: Vec<(&str, Option<&str>, bool)> = c
+            .care_team
+            .iter()
+            .map(|(role, p)| (role.as_str(), p.id.as_deref(), p.person))
+            .collect();
+        assert_eq!(
+            team,
+            [
+                ("referring", Some("1111111111"), true),
+                ("supervisor", Some("2222222222"), false)
+            ]
+        );
+        assert_eq!(c.lines.iter().map(|l| l.number).collect::<Vec<_>>(), [1, 2]);
+
+        // A required field left empty is a reject naming the field and its column.
+        let missing = |i: usize| {
+            let r = items[i].as_ref().expect_err("a reject");
+            (r.reason, r.message.clone())
+        };
+        assert_eq!(
+            missing(1),
+            (Reason::MissingValue, "claim_id (CLM) is empty".to_string())
+        );
+        assert_eq!(
+            missing(2),
+            (Reason::MissingValue, "member_id (MBR) is empty".to_string())
+        );
     }
 
     #[test]
