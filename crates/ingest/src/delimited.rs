@@ -1132,7 +1132,7 @@ gender = { column = "SEX", codes = "sex" }
     fn read(mapping: &str, data: &str) -> Result<Vec<Item>, Error> {
         let m = Mapping::parse(Path::new("t.toml"), mapping).expect("mapping parses");
         let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("members.txt");
+        let path = dir.path().join("extract.txt");
         std::fs::write(&path, data).expect("written");
         let mut items = Vec::new();
         DelimitedReader::new(Arc::new(m)).read(&path, &mut |i| items.push(i))?;
@@ -1187,14 +1187,7 @@ number = "LN"
                     P|c1|m1|gold|2024|1234567893|g7|1111111111|2222222222|2\n\
                     P||m2|gold|2024|||||1\n\
                     P|c3||gold|2024|||||1\n";
-        let m = Mapping::parse(Path::new("t.toml"), CLAIMS).expect("mapping parses");
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("claims.txt");
-        std::fs::write(&path, format!("{header}{rows}")).expect("written");
-        let mut items = Vec::new();
-        DelimitedReader::new(Arc::new(m))
-            .read(&path, &mut |i| items.push(i))
-            .unwrap();
+        let items = read(CLAIMS, &format!("{header}{rows}")).unwrap();
         assert_eq!(items.len(), 3);
 
         let Ok(SourceRecord::Claim(c)) = &items[0] else {
