@@ -158,9 +158,10 @@ impl Doc {
             w,
             meta_end,
             params,
-            // Room for a claim's values, so that the list does not grow by reallocation for
-            // every resource.
-            index: IndexLists::empty(params.len(), 16),
+            // Room for one and a half values a parameter: an ExplanationOfBenefit's (eleven
+            // parameters, a claim of two or three lines) without growing, and no more than a
+            // few for the side products, whose rows are held and weighed by capacity.
+            index: IndexLists::empty(params.len(), params.len() * 3 / 2),
         }
     }
 
