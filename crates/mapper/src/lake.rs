@@ -1532,6 +1532,13 @@ impl Staged {
         fs::rename(&self.dir, &fin).map_err(io_err(&fin))?;
         sync_dir(&self.lake.snapshots())?;
         write_atomic(self.lake.root(), "CURRENT", self.name.as_bytes())?;
+        // Files this run wrote and then replaced (side products written out early, then
+        // rewritten with a richer description) are in no snapshot: remove them now rather
+        // than at the next run, so that the lake holds only what its snapshots list. The
+        // snapshot is published either way; what is left is removed by the next run.
+        if let Err(e) = self.lake.collect_garbage() {
+            tracing::warn!(error = %e, "removing table files no snapshot lists");
+        }
         Ok(manifest)
     }
 }
@@ -1586,6 +1593,31 @@ mod tests {
         }
         let (s, _) = date_range("2021-03-04T10:00:00+02:00").unwrap();
         assert_eq!(instant(s), "2021-03-04T08:00:00.000Z");
+    }
+
+    #[test]
+    fn publishing_removes_the_files_no_snapshot_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::new(dir.path());
+        let staged = lake.stage().unwrap();
+        let data = lake.data_dir("Patient");
+        fs::create_dir_all(&data).unwrap();
+        // Two files written by the run: one the snapshot lists, one it replaced.
+        let (kept, replaced) = (data.join("a-00001.parquet"), data.join("a-00002.parquet"));
+        write_file(&kept, "Patient", varied_rows(3), 0).unwrap();
+        write_file(&replaced, "Patient", varied_rows(3), 0).unwrap();
+        let files = BTreeMap::from([(
+            "Patient".to_string(),
+            vec![TableFile {
+                path: "data/Patient/a-00001.parquet".into(),
+                rows: 3,
+                number: 1,
+            }],
+        )]);
+        let counts = BTreeMap::from([("Patient".to_string(), 3)]);
+        staged.publish(counts, files, BTreeMap::new()).unwrap();
+        assert!(kept.is_file());
+        assert!(!replaced.exists());
     }
 
     #[test]
