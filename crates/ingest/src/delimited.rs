@@ -116,20 +116,21 @@ impl Compiled {
         };
         let scalars = without(table, group_names);
         let part = resolved(compile(&scalars, header, &path)?)?;
-        let mut groups = Vec::new();
-        for g in group_names {
-            let sets = compile_groups(table, g, header, &path)?;
-            let sets = sets.into_iter().map(&resolved).collect::<Result<_, _>>()?;
-            groups.push((g.to_string(), sets));
-        }
+        // Each named group of a table, its field sets compiled and resolved.
+        let groups_of = |table, names: &[&str]| -> Result<Vec<(String, Vec<FieldSet>)>, Error> {
+            names
+                .iter()
+                .map(|g| {
+                    let sets = compile_groups(table, g, header, &path)?;
+                    let sets = sets.into_iter().map(&resolved).collect::<Result<_, _>>()?;
+                    Ok((g.to_string(), sets))
+                })
+                .collect()
+        };
+        let groups = groups_of(table, group_names)?;
         let line_table = mapping.line.clone().unwrap_or_default();
         let line = resolved(compile(&without(&line_table, LINE_GROUPS), header, &path)?)?;
-        let mut line_groups = Vec::new();
-        for g in LINE_GROUPS {
-            let sets = compile_groups(&line_table, g, header, &path)?;
-            let sets = sets.into_iter().map(&resolved).collect::<Result<_, _>>()?;
-            line_groups.push((g.to_string(), sets));
-        }
+        let line_groups = groups_of(&line_table, LINE_GROUPS)?;
         let coverages = mapping
             .coverage
             .iter()
@@ -794,14 +795,12 @@ impl Compiled {
                 care_team.push((member.role.clone(), party));
             }
         }
-        let mut lines = Vec::with_capacity(rows.len());
-        let has_lines = self.line_fields.declared;
         let lf = &self.line_fields;
+        // Without a `[line]` table a claim has no lines, however many rows it has.
+        let line_rows = if lf.declared { rows } else { &[] };
+        let mut lines = Vec::with_capacity(line_rows.len());
         let line_adjustments = self.line_groups("adjustment");
-        for (i, row) in rows.iter().enumerate() {
-            if !has_lines {
-                break;
-            }
+        for (i, row) in line_rows.iter().enumerate() {
             let number = match self.opt::<Text>(row, lf.number.as_ref())? {
                 Some(n) => n.parse::<u32>().map_err(|_| {
                     (
