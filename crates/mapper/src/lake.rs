@@ -645,8 +645,9 @@ fn writer_props(resource_type: &str) -> WriterProperties {
             nulls_first: false,
         }]
     };
-    // The JSON and the hashes are unique per row: dictionary encoding would only cost time,
-    // and min/max statistics of whole documents help no query.
+    // Values unique to a row ([`unique_columns`]) are not dictionary-encoded: a dictionary as
+    // large as the values would only cost time. Min/max statistics of whole documents and
+    // of hashes help no query.
     //
     // Data pages are version 2, which compresses the values straight from the encoder's
     // buffer (a version 1 page first copies them, levels and values, into one more buffer:
@@ -662,29 +663,28 @@ fn writer_props(resource_type: &str) -> WriterProperties {
         .set_data_page_row_count_limit(256)
         .set_write_batch_size(256)
         .set_statistics_enabled(EnabledStatistics::Page)
-        .set_column_dictionary_enabled(unique("resource"), false)
         .set_column_statistics_enabled(unique("resource"), EnabledStatistics::None)
-        .set_column_dictionary_enabled(unique("content_hash"), false)
         .set_column_statistics_enabled(unique("content_hash"), EnabledStatistics::None)
-        .set_column_dictionary_enabled(unique("id"), false)
         .set_column_bloom_filter_enabled("id".into(), true)
         .set_column_bloom_filter_enabled("patient_id".into(), true)
         .set_sorting_columns(Some(sort))
         .set_created_by("fhirlake".into());
     let zstd = Compression::ZSTD(ZstdLevel::try_new(json_column::ZSTD_LEVEL).unwrap_or_default());
-    for path in zstd_columns() {
-        props = props.set_column_compression(path.clone(), zstd);
+    for path in unique_columns() {
+        props = props
+            .set_column_compression(path.clone(), zstd)
+            .set_column_dictionary_enabled(path.clone(), false);
     }
     props.build()
 }
 
-/// The columns compressed with zstd: those whose values are unique to a row (the JSON, its
-/// hash, the id, the identifiers), where it saves the most space. The others (dates,
-/// references, codes) are mostly dictionary indexes in short pages, which Snappy compresses at
-/// a fraction of zstd's cost per page: zstd took about 4.5 % of a carrier run's CPU on them,
-/// and made a fresh compression context, with fresh memory, for every column of every row
-/// group.
-fn zstd_columns() -> &'static [parquet::schema::types::ColumnPath] {
+/// The columns whose values are unique to a row (the JSON, its hash, the id, the
+/// identifiers): PLAIN and zstd-compressed, where zstd saves the most space. The others
+/// (dates, references, codes) are dictionary-encoded, their pages mostly short runs of
+/// dictionary indexes, which Snappy compresses at a fraction of zstd's cost per page: zstd
+/// took about 4.5 % of a carrier run's CPU on them, and made a fresh compression context,
+/// with fresh memory, for every column of every row group.
+fn unique_columns() -> &'static [parquet::schema::types::ColumnPath] {
     static PATHS: std::sync::OnceLock<Vec<parquet::schema::types::ColumnPath>> =
         std::sync::OnceLock::new();
     PATHS.get_or_init(|| {
@@ -1813,17 +1813,22 @@ mod tests {
                 );
             }
         }
-        // The JSON, hash, id and identifiers are zstd, the other columns Snappy; every path
-        // given zstd is a column (a misspelt one would silently be Snappy).
+        // The JSON, hash, id and identifiers are PLAIN and zstd, the other columns Snappy;
+        // every path named unique is a column (a misspelt one would silently be Snappy).
         let columns = ma.row_groups()[0].columns();
-        for path in zstd_columns() {
+        for path in unique_columns() {
             assert!(
                 columns.iter().any(|c| c.column_path() == path),
                 "{path} is not a Patient column"
             );
         }
         for c in columns {
-            let want = if zstd_columns().contains(c.column_path()) {
+            let unique = unique_columns().contains(c.column_path());
+            assert_eq!(
+                c.dictionary_page_offset().is_some(),
+                !unique && c.num_values() > 0
+            );
+            let want = if unique {
                 Compression::ZSTD(ZstdLevel::try_new(json_column::ZSTD_LEVEL).unwrap())
             } else {
                 Compression::SNAPPY
