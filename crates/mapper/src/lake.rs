@@ -654,7 +654,7 @@ fn writer_props(resource_type: &str) -> WriterProperties {
     // for the JSON column that is a copy of every document). Values that are not
     // dictionary-encoded stay PLAIN, the encoding every reader knows (version 2 would
     // otherwise pick the DELTA encodings).
-    let unique = |c: &str| parquet::schema::types::ColumnPath::from(c);
+    let column = |c: &str| parquet::schema::types::ColumnPath::from(c);
     let mut props = WriterProperties::builder()
         .set_writer_version(WriterVersion::PARQUET_2_0)
         .set_encoding(Encoding::PLAIN)
@@ -663,8 +663,8 @@ fn writer_props(resource_type: &str) -> WriterProperties {
         .set_data_page_row_count_limit(256)
         .set_write_batch_size(256)
         .set_statistics_enabled(EnabledStatistics::Page)
-        .set_column_statistics_enabled(unique("resource"), EnabledStatistics::None)
-        .set_column_statistics_enabled(unique("content_hash"), EnabledStatistics::None)
+        .set_column_statistics_enabled(column("resource"), EnabledStatistics::None)
+        .set_column_statistics_enabled(column("content_hash"), EnabledStatistics::None)
         .set_column_bloom_filter_enabled("id".into(), true)
         .set_column_bloom_filter_enabled("patient_id".into(), true)
         .set_sorting_columns(Some(sort))
