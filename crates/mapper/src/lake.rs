@@ -1826,7 +1826,9 @@ mod tests {
             let unique = unique_columns().contains(c.column_path());
             assert_eq!(
                 c.dictionary_page_offset().is_some(),
-                !unique && c.num_values() > 0
+                !unique && c.num_values() > 0,
+                "dictionary of {}",
+                c.column_path()
             );
             let want = if unique {
                 Compression::ZSTD(ZstdLevel::try_new(json_column::ZSTD_LEVEL).unwrap())
