@@ -48,11 +48,12 @@ fn tune_allocator_for_serving() {
 /// holding on to the freed pages costs tens of MiB of peak RSS, not growth.
 ///
 /// Most of a run's memory is freed by a thread other than the one that allocated it: mapping
-/// threads build the documents, a writer thread frees them once written. mimalloc 3 hands a
-/// page whose owner has moved on to other pages ("abandoned") to whichever thread frees into
-/// it only if that thread is its original owner; with `page_reclaim_on_free` at 1 any freeing
-/// thread takes the page over and allocates from it next. On the 288 MB RIF carrier file that
-/// is about 5 % less CPU (4 % on the plain CSV file, none on 837P; `bench/RESULTS.md`).
+/// threads build the documents, a writer thread frees them once written. When a page's owner
+/// has moved on to other pages (the page is "abandoned"), mimalloc 3 by default lets a thread
+/// that frees into it take it over only if the page came from that thread's own heap; with
+/// `page_reclaim_on_free` at 1 any freeing thread takes the page over and allocates from it
+/// next. On the 288 MB RIF carrier file that is about 5 % less CPU (3–4 % on the plain CSV
+/// file, none on 837P; `bench/RESULTS.md`).
 fn tune_allocator_for_ingest() {
     set_option(MI_OPTION_PURGE_DELAY, -1, &["MIMALLOC_PURGE_DELAY"]);
     set_option(
@@ -814,9 +815,13 @@ mod tests {
         assert_eq!(get(MI_OPTION_PAGE_RECLAIM_ON_FREE + 1), 2);
         assert_eq!(get(MI_OPTION_PAGE_RECLAIM_ON_FREE + 2), 4);
         assert_eq!(get(MI_OPTION_PAGE_RECLAIM_ON_FREE + 7), 32);
-        let untuned = ["MIMALLOC_PAGE_RECLAIM_ON_FREE", "MIMALLOC_PURGE_DELAY"]
-            .iter()
-            .all(|name| std::env::var_os(name).is_none());
+        let untuned = [
+            "MIMALLOC_PAGE_RECLAIM_ON_FREE",
+            "MIMALLOC_ABANDONED_RECLAIM_ON_FREE",
+            "MIMALLOC_PURGE_DELAY",
+        ]
+        .iter()
+        .all(|name| std::env::var_os(name).is_none());
         if untuned {
             assert_eq!(get(MI_OPTION_PAGE_RECLAIM_ON_FREE), 0);
             tune_allocator_for_ingest();
