@@ -42,7 +42,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::arrow_writer::{compute_leaves, ArrowColumnWriter, ArrowRowGroupWriterFactory};
 use parquet::arrow::{add_encoded_arrow_schema_to_metadata, ArrowSchemaConverter};
-use parquet::basic::{Compression, Encoding, ZstdLevel};
+use parquet::basic::{Compression, Encoding};
 use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersion};
 use parquet::file::writer::SerializedFileWriter;
@@ -669,7 +669,7 @@ fn writer_props(resource_type: &str) -> WriterProperties {
         .set_column_bloom_filter_enabled("patient_id".into(), true)
         .set_sorting_columns(Some(sort))
         .set_created_by("fhirlake".into());
-    let zstd = Compression::ZSTD(ZstdLevel::try_new(json_column::ZSTD_LEVEL).unwrap_or_default());
+    let zstd = json_column::compression();
     for path in unique_columns() {
         props = props
             .set_column_compression(path.clone(), zstd)
@@ -1831,7 +1831,7 @@ mod tests {
                 c.column_path()
             );
             let want = if unique {
-                Compression::ZSTD(ZstdLevel::try_new(json_column::ZSTD_LEVEL).unwrap())
+                json_column::compression()
             } else {
                 Compression::SNAPPY
             };

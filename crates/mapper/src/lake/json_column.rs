@@ -20,8 +20,14 @@ use parquet::file::metadata::{ColumnChunkMetaData, OffsetIndexBuilder, PageEncod
 use parquet::file::writer::{SerializedPageWriter, TrackedWrite};
 use parquet::schema::types::ColumnDescPtr;
 
-/// The zstd level of every column ([`super::writer_props`] sets the same for the others).
+/// The zstd level of this column and of the other columns unique to a row
+/// ([`super::unique_columns`]).
 pub(super) const ZSTD_LEVEL: i32 = 1;
+
+/// The codec of the columns unique to a row, this one among them: zstd at [`ZSTD_LEVEL`].
+pub(super) fn compression() -> Compression {
+    Compression::ZSTD(ZstdLevel::try_new(ZSTD_LEVEL).unwrap_or_default())
+}
 
 /// A page is cut when its values reach this many bytes (parquet-rs's default page size)…
 const PAGE_BYTES: usize = 1 << 20;
@@ -139,7 +145,7 @@ impl JsonColumn {
         self.flush_page(zstd)?;
         let data = self.sink.into_inner()?;
         let metadata = ColumnChunkMetaData::builder(self.descr)
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(ZSTD_LEVEL)?))
+            .set_compression(compression())
             .set_encodings_mask(EncodingMask::new_from_encodings(
                 [Encoding::PLAIN, Encoding::RLE].iter(),
             ))
