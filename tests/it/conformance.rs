@@ -96,6 +96,29 @@ fn check_eob(e: &Value) -> Result<(), String> {
     if kind.starts_with("Professional") && e["diagnosis"].as_array().is_none_or(|d| d.is_empty()) {
         return Err("diagnosis".into());
     }
+    // The benefit payment status slice is required by every profile, "-Basis" included: on the
+    // header of institutional and pharmacy EOBs, on each item of professional ones.
+    let header: Vec<String> = e["adjudication"]
+        .as_array()
+        .map(|a| a.iter().flat_map(|x| codes(&x["category"])).collect())
+        .unwrap_or_default();
+    if !kind.starts_with("Professional") && !header.contains(&"benefitpaymentstatus".to_string()) {
+        return Err("adjudication:benefitpaymentstatus".into());
+    }
+    if kind.starts_with("Professional") {
+        for it in items {
+            let cats: Vec<String> = it["adjudication"]
+                .as_array()
+                .map(|a| a.iter().flat_map(|x| codes(&x["category"])).collect())
+                .unwrap_or_default();
+            if !cats.contains(&"benefitpaymentstatus".to_string()) {
+                return Err("item.adjudication:benefitpaymentstatus".into());
+            }
+            if !basis && cats.len() < 2 {
+                return Err("item.adjudication:adjudicationamounttype".into());
+            }
+        }
+    }
     if !basis {
         let totals = e["total"].as_array().ok_or("total")?;
         if totals.is_empty()
@@ -104,26 +127,6 @@ fn check_eob(e: &Value) -> Result<(), String> {
                 .any(|t| !t["amount"]["value"].is_number() || codes(&t["category"]).is_empty())
         {
             return Err("total:adjudicationamounttype".into());
-        }
-        let header: Vec<String> = e["adjudication"]
-            .as_array()
-            .map(|a| a.iter().flat_map(|x| codes(&x["category"])).collect())
-            .unwrap_or_default();
-        if !kind.starts_with("Professional")
-            && !header.contains(&"benefitpaymentstatus".to_string())
-        {
-            return Err("adjudication:benefitpaymentstatus".into());
-        }
-        if kind.starts_with("Professional") {
-            for it in items {
-                let cats: Vec<String> = it["adjudication"]
-                    .as_array()
-                    .map(|a| a.iter().flat_map(|x| codes(&x["category"])).collect())
-                    .unwrap_or_default();
-                if !cats.contains(&"benefitpaymentstatus".to_string()) || cats.len() < 2 {
-                    return Err("item.adjudication:benefitpaymentstatus + amounts".into());
-                }
-            }
         }
     }
     Ok(())
@@ -143,6 +146,13 @@ fn c4bb_required_elements_and_resolvable_references() {
         }
         if r["meta"]["lastUpdated"].as_str().is_none() {
             failures.push(format!("{key}: meta.lastUpdated"));
+        }
+        // No identifier given twice (an 837's subscriber id is also the member id).
+        let mut seen = BTreeSet::new();
+        for i in r["identifier"].as_array().into_iter().flatten() {
+            if !seen.insert((i["system"].to_string(), i["value"].to_string())) {
+                failures.push(format!("{key}: identifier {} given twice", i["system"]));
+            }
         }
         let result = match r["resourceType"].as_str().unwrap() {
             "ExplanationOfBenefit" => {

@@ -288,11 +288,13 @@ pub fn payer_ref(payer: &Party) -> Option<String> {
     Some(org_ref("payer", payer_key(payer)?))
 }
 
-/// What a provider is filed as: a Practitioner by NPI for persons, else an Organization by
-/// identifier kind and value (or name). `None`: neither can be named.
+/// What a provider is filed as: a Practitioner by identifier kind (an NPI unless the source
+/// says otherwise) and value for persons, else an Organization by identifier kind and value (or
+/// name). `None`: neither can be named.
 fn provider_key(p: &Party) -> Option<(&'static str, &str, &str)> {
     if p.person {
-        return Some(("Practitioner", "npi", p.id.as_deref()?));
+        let kind = p.id_kind.as_deref().unwrap_or("npi");
+        return Some(("Practitioner", kind, p.id.as_deref()?));
     }
     let key = p.id.as_deref().or(p.name.as_deref())?;
     Some(("Organization", p.id_kind.as_deref().unwrap_or("org"), key))
@@ -302,7 +304,7 @@ fn provider_key(p: &Party) -> Option<(&'static str, &str, &str)> {
 pub fn provider_ref(p: &Party) -> Option<String> {
     let (_, kind, key) = provider_key(p)?;
     Some(if p.person {
-        practitioner_ref(key)
+        practitioner_ref(kind, key)
     } else {
         org_ref(kind, key)
     })
@@ -418,7 +420,10 @@ pub fn provider_resource(p: &Party, systems: &Systems) -> Option<Resource> {
         w.key("identifier");
         w.open_array();
         if let Some(pid) = &p.id {
-            let kind = p.id_kind.as_deref().unwrap_or("org");
+            let kind = p
+                .id_kind
+                .as_deref()
+                .unwrap_or(if practitioner { "npi" } else { "org" });
             if kind == "npi" {
                 identifier(
                     w,
@@ -510,16 +515,25 @@ pub fn map_member(m: &Member, systems: &Systems) -> Result<Vec<Resource>, MapErr
     let mut tokens = Vec::new();
     w.key("identifier");
     w.open_array();
+    let member_system = systems.uri("member");
     identifier(
         w,
         Some((CS_V2_0203, "MB")),
-        &systems.uri("member"),
+        &member_system,
         &m.member_id,
         &mut tokens,
     );
-    for i in &m.identifiers {
+    for (n, i) in m.identifiers.iter().enumerate() {
         // The type comes after system and value here (it is added to the element last).
         let system = systems.uri(&i.kind);
+        // An identifier given twice (an 837's subscriber id is also the member id) is written once.
+        let repeated = (system == member_system && i.value == m.member_id)
+            || m.identifiers[..n]
+                .iter()
+                .any(|e| e.value == i.value && systems.uri(&e.kind) == system);
+        if repeated {
+            continue;
+        }
         w.open();
         w.kv("system", &system);
         w.kv("value", &i.value);
@@ -916,8 +930,13 @@ pub fn eob_capacity(c: &Claim) -> usize {
     let line_amounts: usize = c.lines.iter().map(|l| l.amounts.len()).sum();
     let line_adjustments: usize = c.lines.iter().map(|l| l.adjustments.len()).sum();
     let modifiers: usize = c.lines.iter().map(|l| l.modifiers.len()).sum();
-    // Totals, payment and each line's payment status come with adjudication.
-    let adjudication = if c.adjudicated { 1280 + 768 * lines } else { 0 };
+    // Totals, payment and each line's payment status come with adjudication; without it, the
+    // benefit payment status alone (on the header or on each line).
+    let adjudication = if c.adjudicated {
+        1280 + 768 * lines
+    } else {
+        256 * (lines + 1)
+    };
     1024 + 64 * (c.identifiers.len() + c.amounts.len())
         + 384 * (c.diagnoses.len() + c.care_team.len())
         + 320 * (c.supporting.len() + c.procedures.len())
@@ -1317,7 +1336,19 @@ pub fn map_claim_with(
     }
     w.close_array();
 
-    // Header adjudication and totals.
+    // Header adjudication and totals. The institutional and pharmacy profiles, their
+    // "-Basis" (non-financial) ones included, require the benefit payment status slice of the
+    // header adjudication; the professional ones require it on each item (see `map_line`).
+    let header_status = matches!(
+        kind,
+        ClaimKind::Inpatient | ClaimKind::Outpatient | ClaimKind::Pharmacy
+    );
+    if !c.adjudicated && header_status {
+        w.key("adjudication");
+        w.open_array();
+        status_adjudication(w, "benefitpaymentstatus", network);
+        w.close_array();
+    }
     if c.adjudicated {
         let mut any = false;
         let mut open_adj = |w: &mut JsonWriter| {
@@ -1327,10 +1358,7 @@ pub fn map_claim_with(
                 any = true;
             }
         };
-        if matches!(
-            kind,
-            ClaimKind::Inpatient | ClaimKind::Outpatient | ClaimKind::Pharmacy
-        ) {
+        if header_status {
             open_adj(w);
             status_adjudication(w, "benefitpaymentstatus", network);
         }
@@ -1635,22 +1663,25 @@ fn map_line<'a>(
         }
         w.close_array();
     }
-    if c.adjudicated {
-        let professional = matches!(kind, ClaimKind::Professional);
-        if professional || !l.amounts.is_empty() || !l.adjustments.is_empty() {
-            w.key("adjudication");
-            w.open_array();
-            if professional {
-                status_adjudication(w, "benefitpaymentstatus", network);
-            }
+    // A professional item carries the benefit payment status under every profile, "-Basis"
+    // included; amounts and adjustments come only with the source's adjudication.
+    let professional = matches!(kind, ClaimKind::Professional);
+    let adjudicated = c.adjudicated && (!l.amounts.is_empty() || !l.adjustments.is_empty());
+    if professional || adjudicated {
+        w.key("adjudication");
+        w.open_array();
+        if professional {
+            status_adjudication(w, "benefitpaymentstatus", network);
+        }
+        if c.adjudicated {
             for a in &l.amounts {
                 amount_adjudication(w, &a.category, |w| amount_value(w, &a.value))?;
             }
             for a in &l.adjustments {
                 adjustment(w, a)?;
             }
-            w.close_array();
         }
+        w.close_array();
     }
     w.close();
     Ok(served)

@@ -64,9 +64,9 @@ pub fn org_id(kind: &str, key: &str) -> String {
     fhir_id_of(&[kind, "-", key])
 }
 
-/// The id of a Practitioner from their NPI.
-pub fn practitioner_id(npi: &str) -> String {
-    fhir_id_of(&["npi-", npi])
+/// The id of a Practitioner from their identifier kind (`npi`, …) and value.
+pub fn practitioner_id(kind: &str, key: &str) -> String {
+    fhir_id_of(&[kind, "-", key])
 }
 
 /// `Organization/` + [`org_id`], in one string.
@@ -75,8 +75,8 @@ pub fn org_ref(kind: &str, key: &str) -> String {
 }
 
 /// `Practitioner/` + [`practitioner_id`], in one string.
-pub fn practitioner_ref(npi: &str) -> String {
-    reference_of("Practitioner", &["npi-", npi])
+pub fn practitioner_ref(kind: &str, key: &str) -> String {
+    reference_of("Practitioner", &[kind, "-", key])
 }
 
 #[cfg(test)]
@@ -90,8 +90,12 @@ mod tests {
             format!("Organization/{}", org_id("tin", "12-3"))
         );
         assert_eq!(
-            practitioner_ref("1234567893"),
+            practitioner_ref("npi", "1234567893"),
             "Practitioner/npi-1234567893"
+        );
+        assert_eq!(
+            practitioner_ref("tax", "123"),
+            format!("Practitioner/{}", practitioner_id("tax", "123"))
         );
         for parts in [
             &["npi-", "1234567893"][..],
