@@ -197,7 +197,7 @@ fn providers_of_rejected_claims_still_come_from_the_claims_that_map() {
     let ids: Vec<String> = export(lake.path()).iter().map(key).collect();
     for want in [
         "ExplanationOfBenefit/professional-B-1",
-        "Organization/npi-1487654321",
+        "Organization/npi-1487654323",
         "Practitioner/npi-1234567893",
     ] {
         assert!(ids.iter().any(|i| i == want), "{want} not in {ids:?}");

@@ -278,7 +278,7 @@ pub fn plain(
             for l in 1..=1 + rng.below(3) {
                 let billed = rng.below(50_000);
                 let line = format!(
-                    "C{claim:09},PROF,{id},PPO-GOLD,ORIGINAL,{day},{day},{day},{day},1487654321,Harbor Family Medicine,1234567893,\"Lee, Grace\",{dx},,,{l},{},,1,11,,,{}.{:02},{}.{:02},{}.{:02},{}.{:02},,,,,,,,,paid,in",
+                    "C{claim:09},PROF,{id},PPO-GOLD,ORIGINAL,{day},{day},{day},{day},1487654323,Harbor Family Medicine,1234567893,\"Lee, Grace\",{dx},,,{l},{},,1,11,,,{}.{:02},{}.{:02},{}.{:02},{}.{:02},,,,,,,,,paid,in",
                     rng.pick(&HCPCS),
                     billed / 100,
                     billed % 100,
