@@ -266,8 +266,9 @@ struct GenerateArgs {
     /// Output file (X12 or formulary XML).
     #[arg(long, required_unless_present = "dataset")]
     out: Option<PathBuf>,
-    /// Write a delimited dataset into this folder instead: rif/ (CMS RIF beneficiaries and
-    /// carrier claims, shaped on samples/rif) and plain/ (the plain CSV layout).
+    /// Write a delimited dataset into this folder instead: rif/ (CMS RIF beneficiaries,
+    /// carrier, inpatient, outpatient and Part D event claims, shaped on samples/rif) and
+    /// plain/ (the plain CSV layout).
     #[arg(long)]
     dataset: Option<PathBuf>,
     /// Members, with --dataset.
@@ -780,6 +781,32 @@ fn generate_dataset(dir: &Path, a: &GenerateArgs) -> Result<ExitCode> {
         a.claims_per_member,
         a.seed,
     )?;
+    // Inpatient stays are rarer than office visits; every member fills prescriptions.
+    let claims = a.members * a.claims_per_member;
+    let mut institutional = Vec::new();
+    for (name, shape, template, count) in [
+        (
+            "inpatient",
+            &synth::INPATIENT,
+            "synthea-inpatient.csv",
+            claims / 10,
+        ),
+        (
+            "outpatient",
+            &synth::OUTPATIENT,
+            "synthea-outpatient.csv",
+            claims / 2,
+        ),
+        ("pde", &synth::PDE, "synthea-pde.csv", claims),
+    ] {
+        let t =
+            Template::load(&Path::new("samples/rif").join(template), b'|').with_context(|| {
+                format!("reading the {name} template (run from the repository root)")
+            })?;
+        let out = &mut create(dir.join(format!("rif/{name}.txt")))?;
+        let (bytes, rows) = synth::rif_claims(&t, shape, out, a.members, count, a.seed)?;
+        institutional.push(format!("{name} {bytes} bytes ({rows} lines)"));
+    }
     let (pm, pc, prow) = synth::plain(
         &mut create(dir.join("plain/members.csv"))?,
         &mut create(dir.join("plain/claims.csv"))?,
@@ -787,7 +814,10 @@ fn generate_dataset(dir: &Path, a: &GenerateArgs) -> Result<ExitCode> {
         a.claims_per_member,
         a.seed,
     )?;
-    println!("rif: beneficiaries {b} bytes, carrier {c} bytes ({rows} lines)");
+    println!(
+        "rif: beneficiaries {b} bytes, carrier {c} bytes ({rows} lines), {}",
+        institutional.join(", ")
+    );
     println!("plain: members {pm} bytes, claims {pc} bytes ({prow} lines)");
     Ok(ExitCode::SUCCESS)
 }

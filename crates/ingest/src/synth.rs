@@ -110,15 +110,6 @@ const GIVEN: [&str; 8] = [
     "John", "Ana", "Wei", "Maria", "Sam", "Noor", "Luis", "Grace",
 ];
 
-fn rif_date(rng: &mut Rng, year0: u32) -> String {
-    format!(
-        "{:02}-{}-{}",
-        1 + rng.below(28),
-        MONTHS[rng.below(12) as usize],
-        year0 + rng.below(5) as u32
-    )
-}
-
 fn money(rng: &mut Rng, max_cents: u64) -> String {
     let c = rng.below(max_cents);
     format!("{}.{:02}", c / 100, c % 100)
@@ -168,6 +159,251 @@ pub fn rif_beneficiaries(
     Ok(n)
 }
 
+/// How a column of a generated RIF claim file is filled, per claim or per line.
+#[derive(Debug, Clone, Copy)]
+pub enum Fill {
+    /// The member's `BENE_ID` (the members of [`rif_beneficiaries`]).
+    Member,
+    /// The claim's id: `-` and this base plus the claim's number (1-based).
+    ClaimId(u64),
+    /// The line's number within its claim (1-based).
+    LineNumber,
+    /// The claim's first date of service.
+    From,
+    /// The claim's last date of service (the first plus the stay).
+    Thru,
+    /// The claim's principal diagnosis (one ICD-10-CM code per claim).
+    Diagnosis,
+    /// One of these values.
+    Pick(&'static [&'static str]),
+    /// An amount below this many cents.
+    Money(u64),
+    /// The NPI of one of a thousand practitioners, with a valid check digit.
+    Npi,
+    /// The NPI of one of a hundred facilities or pharmacies (never a practitioner's).
+    OrgNpi,
+    /// A whole number in `lo..=hi`.
+    Number(u64, u64),
+}
+
+/// The shape of a generated RIF claim file: which template columns vary per claim and per line.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimShape {
+    /// Columns set once per claim.
+    pub claim: &'static [(&'static str, Fill)],
+    /// Columns set on each line.
+    pub line: &'static [(&'static str, Fill)],
+    /// Lines per claim are 1 to this many.
+    pub max_lines: u64,
+    /// The last date of service is 0 to this many days after the first.
+    pub max_stay_days: u64,
+}
+
+/// RIF carrier (professional) claims: 1–4 lines.
+pub const CARRIER: ClaimShape = ClaimShape {
+    claim: &[
+        ("BENE_ID", Fill::Member),
+        ("CLM_ID", Fill::ClaimId(300_000_000)),
+        ("CLM_FROM_DT", Fill::From),
+        ("CLM_THRU_DT", Fill::Thru),
+        ("PRNCPAL_DGNS_CD", Fill::Diagnosis),
+        ("ICD_DGNS_CD1", Fill::Diagnosis),
+    ],
+    line: &[
+        ("LINE_NUM", Fill::LineNumber),
+        ("HCPCS_CD", Fill::Pick(&HCPCS)),
+        ("LINE_NCH_PMT_AMT", Fill::Money(20_000)),
+        ("LINE_SBMTD_CHRG_AMT", Fill::Money(40_000)),
+        ("LINE_ALOWD_CHRG_AMT", Fill::Money(30_000)),
+    ],
+    max_lines: 4,
+    max_stay_days: 0,
+};
+
+const REVENUE: [&str; 6] = ["0120", "0250", "0300", "0450", "0636", "0730"];
+const DRG: [&str; 6] = ["193", "291", "375", "470", "690", "871"];
+const NDC: [&str; 6] = [
+    "00093505601",
+    "00378395177",
+    "50090443201",
+    "00603441521",
+    "00071015523",
+    "68180051303",
+];
+
+/// RIF inpatient claims: a stay of up to a week, 1–6 revenue center lines.
+pub const INPATIENT: ClaimShape = ClaimShape {
+    claim: &[
+        ("BENE_ID", Fill::Member),
+        ("CLM_ID", Fill::ClaimId(500_000_000)),
+        ("CLM_FROM_DT", Fill::From),
+        ("CLM_THRU_DT", Fill::Thru),
+        ("CLM_ADMSN_DT", Fill::From),
+        ("NCH_BENE_DSCHRG_DT", Fill::Thru),
+        ("NCH_WKLY_PROC_DT", Fill::Thru),
+        ("ADMTG_DGNS_CD", Fill::Diagnosis),
+        ("PRNCPAL_DGNS_CD", Fill::Diagnosis),
+        ("ICD_DGNS_CD1", Fill::Diagnosis),
+        ("CLM_DRG_CD", Fill::Pick(&DRG)),
+        ("CLM_PMT_AMT", Fill::Money(5_000_000)),
+        ("CLM_TOT_CHRG_AMT", Fill::Money(8_000_000)),
+        ("ORG_NPI_NUM", Fill::OrgNpi),
+        ("AT_PHYSN_NPI", Fill::Npi),
+        ("OP_PHYSN_NPI", Fill::Npi),
+    ],
+    line: &[
+        ("CLM_LINE_NUM", Fill::LineNumber),
+        ("REV_CNTR", Fill::Pick(&REVENUE)),
+        ("HCPCS_CD", Fill::Pick(&HCPCS)),
+        ("REV_CNTR_TOT_CHRG_AMT", Fill::Money(2_000_000)),
+        ("REV_CNTR_NCVRD_CHRG_AMT", Fill::Money(100_000)),
+        ("RNDRNG_PHYSN_NPI", Fill::Npi),
+    ],
+    max_lines: 6,
+    max_stay_days: 7,
+};
+
+/// RIF outpatient claims: one day, 1–4 revenue center lines.
+pub const OUTPATIENT: ClaimShape = ClaimShape {
+    claim: &[
+        ("BENE_ID", Fill::Member),
+        ("CLM_ID", Fill::ClaimId(600_000_000)),
+        ("CLM_FROM_DT", Fill::From),
+        ("CLM_THRU_DT", Fill::Thru),
+        ("NCH_WKLY_PROC_DT", Fill::Thru),
+        ("PRNCPAL_DGNS_CD", Fill::Diagnosis),
+        ("ICD_DGNS_CD1", Fill::Diagnosis),
+        ("CLM_PMT_AMT", Fill::Money(200_000)),
+        ("CLM_TOT_CHRG_AMT", Fill::Money(400_000)),
+        ("ORG_NPI_NUM", Fill::OrgNpi),
+        ("AT_PHYSN_NPI", Fill::Npi),
+        ("OP_PHYSN_NPI", Fill::Npi),
+    ],
+    line: &[
+        ("CLM_LINE_NUM", Fill::LineNumber),
+        ("REV_CNTR", Fill::Pick(&REVENUE)),
+        ("REV_CNTR_DT", Fill::From),
+        ("HCPCS_CD", Fill::Pick(&HCPCS)),
+        ("REV_CNTR_UNIT_CNT", Fill::Number(1, 4)),
+        ("REV_CNTR_TOT_CHRG_AMT", Fill::Money(100_000)),
+        ("REV_CNTR_PMT_AMT_AMT", Fill::Money(80_000)),
+        ("REV_CNTR_PRVDR_PMT_AMT", Fill::Money(80_000)),
+        ("RNDRNG_PHYSN_NPI", Fill::Npi),
+    ],
+    max_lines: 4,
+    max_stay_days: 0,
+};
+
+/// RIF Part D events (pharmacy claims): one row each, pharmacy and prescriber by NPI.
+pub const PDE: ClaimShape = ClaimShape {
+    claim: &[
+        ("BENE_ID", Fill::Member),
+        ("PDE_ID", Fill::ClaimId(700_000_000)),
+        ("RX_SRVC_RFRNC_NUM", Fill::ClaimId(700_000_000)),
+        ("SRVC_DT", Fill::From),
+        ("PD_DT", Fill::Thru),
+        ("SRVC_PRVDR_ID_QLFYR_CD", Fill::Pick(&["01"])),
+        ("SRVC_PRVDR_ID", Fill::OrgNpi),
+        ("PRSCRBR_ID_QLFYR_CD", Fill::Pick(&["01"])),
+        ("PRSCRBR_ID", Fill::Npi),
+        ("PROD_SRVC_ID", Fill::Pick(&NDC)),
+        ("QTY_DSPNSD_NUM", Fill::Number(10, 90)),
+        ("DAYS_SUPLY_NUM", Fill::Pick(&["30", "60", "90"])),
+        ("FILL_NUM", Fill::Number(0, 5)),
+        ("PTNT_PAY_AMT", Fill::Money(5_000)),
+        ("CVRD_D_PLAN_PD_AMT", Fill::Money(20_000)),
+        ("TOT_RX_CST_AMT", Fill::Money(30_000)),
+    ],
+    line: &[],
+    max_lines: 1,
+    max_stay_days: 0,
+};
+
+/// A valid NPI: `1` and eight digits from `n`, then the check digit (the Luhn algorithm over
+/// the number with the `80840` prefix, as US Core's `us-core-17` invariant checks it).
+pub fn npi(n: u64) -> String {
+    let base = format!("1{:08}", n % 100_000_000);
+    // 24 is what the doubled-and-summed digits of the 80840 prefix contribute.
+    let mut sum = 24;
+    for (i, d) in base.bytes().map(|b| u32::from(b - b'0')).enumerate() {
+        sum += if i % 2 == 0 {
+            let twice = 2 * d;
+            if twice > 9 {
+                twice - 9
+            } else {
+                twice
+            }
+        } else {
+            d
+        };
+    }
+    format!("{base}{}", (10 - sum % 10) % 10)
+}
+
+/// RIF claims of a shape: `claims` claims over `members` members (claim `n` is member
+/// `n % members`'s), from a template of the claim file. Returns (bytes, rows).
+///
+/// # Errors
+/// On write errors.
+pub fn rif_claims(
+    t: &Template,
+    shape: &ClaimShape,
+    w: &mut impl Write,
+    members: usize,
+    claims: usize,
+    seed: u64,
+) -> io::Result<(u64, u64)> {
+    let mut rng = Rng::new(seed);
+    let mut bytes = t.write_header(w)?;
+    let mut rows = 0;
+    let mut row = t.row.clone();
+    let at = |fills: &'static [(&'static str, Fill)]| -> Vec<(Option<usize>, Fill)> {
+        fills.iter().map(|(name, f)| (t.col(name), *f)).collect()
+    };
+    let (claim_cols, line_cols) = (at(shape.claim), at(shape.line));
+    for n in 1..=claims as u64 {
+        let member = (n - 1) % members.max(1) as u64;
+        let (day, month, year) = (
+            1 + rng.below(28 - shape.max_stay_days.min(27)),
+            rng.below(12) as usize,
+            2019 + rng.below(5),
+        );
+        let stay = rng.below(shape.max_stay_days + 1);
+        let date = |d: u64| format!("{d:02}-{}-{year}", MONTHS[month]);
+        let diagnosis = rng.pick(&ICD10);
+        let value = |f: Fill, line: u64, rng: &mut Rng| match f {
+            Fill::Member => format!("-{}", 10_000_000 + member),
+            Fill::ClaimId(base) => format!("-{}", base + n),
+            Fill::LineNumber => line.to_string(),
+            Fill::From => date(day),
+            Fill::Thru => date(day + stay),
+            Fill::Diagnosis => diagnosis.to_string(),
+            Fill::Pick(items) => rng.pick(items).to_string(),
+            Fill::Money(max) => money(rng, max),
+            Fill::Npi => npi(rng.below(1_000)),
+            Fill::OrgNpi => npi(50_000_000 + rng.below(100)),
+            Fill::Number(lo, hi) => (lo + rng.below(hi - lo + 1)).to_string(),
+        };
+        for &(i, f) in &claim_cols {
+            let v = value(f, 1, &mut rng);
+            if let Some(i) = i {
+                row[i] = v;
+            }
+        }
+        for l in 1..=1 + rng.below(shape.max_lines) {
+            for &(i, f) in &line_cols {
+                let v = value(f, l, &mut rng);
+                if let Some(i) = i {
+                    row[i] = v;
+                }
+            }
+            bytes += t.write_row(w, &row)?;
+            rows += 1;
+        }
+    }
+    Ok((bytes, rows))
+}
+
 /// RIF carrier claims: `claims_per_member` claims per member, 1–4 lines each.
 ///
 /// # Errors
@@ -179,61 +415,7 @@ pub fn rif_carrier(
     claims_per_member: usize,
     seed: u64,
 ) -> io::Result<(u64, u64)> {
-    let mut rng = Rng::new(seed);
-    let mut bytes = t.write_header(w)?;
-    let mut rows = 0;
-    let mut row = t.row.clone();
-    let idx = |name: &str| t.col(name);
-    let (bene, clm, line, from, thru, hcpcs, dx, dx1, pay, sub, allowed) = (
-        idx("BENE_ID"),
-        idx("CLM_ID"),
-        idx("LINE_NUM"),
-        idx("CLM_FROM_DT"),
-        idx("CLM_THRU_DT"),
-        idx("HCPCS_CD"),
-        idx("PRNCPAL_DGNS_CD"),
-        idx("ICD_DGNS_CD1"),
-        idx("LINE_NCH_PMT_AMT"),
-        idx("LINE_SBMTD_CHRG_AMT"),
-        idx("LINE_ALOWD_CHRG_AMT"),
-    );
-    let mut claim = 0u64;
-    for m in 0..members {
-        for _ in 0..claims_per_member {
-            claim += 1;
-            let date = rif_date(&mut rng, 2019);
-            let d = rng.pick(&ICD10).to_string();
-            for (i, v) in [
-                (bene, format!("-{}", 10_000_000 + m)),
-                (clm, format!("-{}", 300_000_000 + claim)),
-                (from, date.clone()),
-                (thru, date),
-                (dx, d.clone()),
-                (dx1, d),
-            ] {
-                if let Some(i) = i {
-                    row[i] = v;
-                }
-            }
-            let lines = 1 + rng.below(4);
-            for l in 1..=lines {
-                for (i, v) in [
-                    (line, l.to_string()),
-                    (hcpcs, rng.pick(&HCPCS).to_string()),
-                    (pay, money(&mut rng, 20_000)),
-                    (sub, money(&mut rng, 40_000)),
-                    (allowed, money(&mut rng, 30_000)),
-                ] {
-                    if let Some(i) = i {
-                        row[i] = v;
-                    }
-                }
-                bytes += t.write_row(w, &row)?;
-                rows += 1;
-            }
-        }
-    }
-    Ok((bytes, rows))
+    rif_claims(t, &CARRIER, w, members, members * claims_per_member, seed)
 }
 
 /// The plain CSV layout (`mappings/plain-members.toml`, `plain-claims.toml`): members and
@@ -296,4 +478,86 @@ pub fn plain(
         }
     }
     Ok((mb, cb, rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn npis_carry_their_check_digit() {
+        // Published examples of valid NPIs, and their bases.
+        assert_eq!(npi(23_456_789), "1234567893");
+        assert_eq!(npi(12_233_445), "1122334455");
+        for n in [0, 1, 99_999_999, 123_456_789_012] {
+            let v = npi(n);
+            assert_eq!(v.len(), 10);
+            // The check: with the prefix, every second digit from the right doubled.
+            let digits: Vec<u32> = format!("80840{v}")
+                .bytes()
+                .map(|b| u32::from(b - b'0'))
+                .collect();
+            let sum: u32 = digits
+                .iter()
+                .rev()
+                .enumerate()
+                .map(|(i, &d)| {
+                    if i % 2 == 1 {
+                        (2 * d) / 10 + (2 * d) % 10
+                    } else {
+                        d
+                    }
+                })
+                .sum();
+            assert_eq!(sum % 10, 0, "{v}");
+        }
+    }
+
+    /// Each shape fills columns its template has, and its files are what the mappings read:
+    /// claims grouped by id, one member per claim, dates in order, NPIs valid.
+    #[test]
+    fn claim_shapes_fit_their_templates() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../samples/rif");
+        for (shape, template, id) in [
+            (&CARRIER, "synthea-carrier.csv", "CLM_ID"),
+            (&INPATIENT, "synthea-inpatient.csv", "CLM_ID"),
+            (&OUTPATIENT, "synthea-outpatient.csv", "CLM_ID"),
+            (&PDE, "synthea-pde.csv", "PDE_ID"),
+        ] {
+            let t = Template::load(&root.join(template), b'|').expect("template");
+            for (name, _) in shape.claim.iter().chain(shape.line) {
+                assert!(t.col(name).is_some(), "{template} has no {name}");
+            }
+            let mut out = Vec::new();
+            let (bytes, rows) = rif_claims(&t, shape, &mut out, 7, 40, 3).expect("write");
+            assert_eq!(bytes, out.len() as u64);
+            let text = String::from_utf8(out).expect("utf-8");
+            let mut lines = text.lines();
+            let header: Vec<&str> = lines.next().expect("header").split('|').collect();
+            let col = |n: &str| header.iter().position(|h| *h == n).expect(n);
+            let first_date = shape.claim.iter().find(|(_, f)| matches!(f, Fill::From));
+            let (idc, bene, from) = (col(id), col("BENE_ID"), col(first_date.expect("date").0));
+            let mut claims = std::collections::BTreeMap::new();
+            let mut n = 0;
+            for l in lines {
+                let f: Vec<&str> = l.split('|').collect();
+                assert_eq!(f.len(), header.len(), "{template}: {l}");
+                let who = claims
+                    .entry(f[idc].to_string())
+                    .or_insert(f[bene].to_string());
+                assert_eq!(*who, f[bene], "{template}: a claim with two members");
+                assert!(f[from].len() == 11, "{template}: date {}", f[from]);
+                for (name, fill) in shape.claim.iter().chain(shape.line) {
+                    if matches!(fill, Fill::Npi | Fill::OrgNpi) {
+                        let v = f[col(name)];
+                        assert_eq!(v, npi(v[1..9].parse().expect("digits")), "{name}");
+                    }
+                }
+                n += 1;
+            }
+            assert_eq!(n, rows);
+            assert_eq!(claims.len(), 40, "{template}");
+            assert!(rows >= 40 && rows <= 40 * shape.max_lines);
+        }
+    }
 }

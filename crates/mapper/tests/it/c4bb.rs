@@ -349,6 +349,21 @@ fn inputs(tmp: &Path) -> (Vec<Arc<Mapping>>, Systems, Vec<(String, PathBuf)>) {
         7,
     )
     .expect("gen");
+    for (shape, t, n) in [
+        (
+            &ingest::synth::INPATIENT,
+            "synthea-inpatient.csv",
+            "inpatient.txt",
+        ),
+        (
+            &ingest::synth::OUTPATIENT,
+            "synthea-outpatient.csv",
+            "outpatient.txt",
+        ),
+        (&ingest::synth::PDE, "synthea-pde.csv", "pde.txt"),
+    ] {
+        ingest::synth::rif_claims(&template(t), shape, &mut create(&p(n)), 40, 40, 7).expect("gen");
+    }
     ingest::synth::plain(
         &mut create(&p("members.csv")),
         &mut create(&p("claims.csv")),
@@ -366,6 +381,9 @@ fn inputs(tmp: &Path) -> (Vec<Arc<Mapping>>, Systems, Vec<(String, PathBuf)>) {
     for n in [
         "beneficiaries.txt",
         "carrier.txt",
+        "inpatient.txt",
+        "outpatient.txt",
+        "pde.txt",
         "members.csv",
         "claims.csv",
         "gen.837",
