@@ -126,6 +126,58 @@ fn formulary_questions_answer_in_one_request() {
     let (_, b) = s.get("MedicationKnowledge?drug-name:exact=acetaminophen", None);
     assert!(ids(&b, "match").is_empty());
 
+    // 4. Where is a plan offered? Its service area is public usdf-InsurancePlanLocations
+    //    (samples/formulary/partd: S9999-001 in ME and NH, H9998-002 in ME).
+    let (st, b) = s.get("Location?address-state=NH", None);
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(ids(&b, "match"), vec!["Location/area-NH"]);
+    assert_eq!(b["entry"][0]["resource"]["address"]["state"], "NH");
+    let (st, b) = s.get(
+        "InsurancePlan?coverage-area=Location/area-ME&_include=InsurancePlan:coverage-area",
+        None,
+    );
+    assert_eq!(st, 200, "{b}");
+    let matched: BTreeSet<String> = ids(&b, "match").into_iter().collect();
+    assert_eq!(
+        matched,
+        BTreeSet::from([
+            "InsurancePlan/plan-H9998-002-000".to_string(),
+            "InsurancePlan/plan-S9999-001-000".to_string()
+        ])
+    );
+    let included: BTreeSet<String> = ids(&b, "include").into_iter().collect();
+    assert_eq!(
+        included,
+        BTreeSet::from([
+            "Location/area-ME".to_string(),
+            "Location/area-NH".to_string()
+        ])
+    );
+    let (st, cs) = s.get("metadata", None);
+    assert_eq!(st, 200);
+    let location = cs["rest"][0]["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "Location")
+        .expect("Location in the CapabilityStatement");
+    let params: BTreeSet<&str> = location["searchParam"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for p in [
+        "_id",
+        "_lastUpdated",
+        "address",
+        "address-city",
+        "address-state",
+        "address-postalcode",
+    ] {
+        assert!(params.contains(p), "Location search parameter {p}");
+    }
+
     // Member data stays gated on the same server.
     let (st, _) = s.get("ExplanationOfBenefit", None);
     assert_eq!(st, 401);

@@ -34,6 +34,7 @@ fn profiles(resource_type: &str) -> Vec<String> {
         "InsurancePlan" => vec![u("usdf-PayerInsurancePlan"), u("usdf-Formulary")],
         "Basic" => vec![u("usdf-FormularyItem")],
         "MedicationKnowledge" => vec![u("usdf-FormularyDrug")],
+        "Location" => vec![u("usdf-InsurancePlanLocation")],
         _ => Vec::new(),
     }
 }

@@ -447,14 +447,70 @@ pub fn formulary_extras() -> Vec<SearchParam> {
     ]
 }
 
+/// The Location search parameters the PDex formulary CapabilityStatement requires (the
+/// service areas of InsurancePlans, usdf-InsurancePlanLocation).
+pub fn location() -> Vec<SearchParam> {
+    const LOCATION: &str = "Location";
+    fn address(v: &Value) -> Vec<IndexValue> {
+        let mut out = Vec::new();
+        for part in [
+            "line",
+            "city",
+            "district",
+            "state",
+            "postalCode",
+            "country",
+            "text",
+        ] {
+            out.extend(strings(v, &format!("address.{part}")));
+        }
+        out
+    }
+    vec![
+        param!(
+            LOCATION,
+            "address",
+            String,
+            "http://hl7.org/fhir/SearchParameter/Location-address",
+            &[],
+            address
+        ),
+        param!(
+            LOCATION,
+            "address-city",
+            String,
+            "http://hl7.org/fhir/SearchParameter/Location-address-city",
+            &[],
+            |v| strings(v, "address.city")
+        ),
+        param!(
+            LOCATION,
+            "address-state",
+            String,
+            "http://hl7.org/fhir/SearchParameter/Location-address-state",
+            &[],
+            |v| strings(v, "address.state")
+        ),
+        param!(
+            LOCATION,
+            "address-postalcode",
+            String,
+            "http://hl7.org/fhir/SearchParameter/Location-address-postalcode",
+            &[],
+            |v| strings(v, "address.postalCode")
+        ),
+    ]
+}
+
 /// The whole registry: every supported parameter of every served resource type.
 pub fn all() -> &'static [SearchParam] {
     static ALL: std::sync::OnceLock<Vec<SearchParam>> = std::sync::OnceLock::new();
     ALL.get_or_init(|| {
         let mut v = c4bb();
-        for t in ["InsurancePlan", "Basic", "MedicationKnowledge"] {
+        for t in ["InsurancePlan", "Basic", "MedicationKnowledge", "Location"] {
             v.extend(common(t));
         }
+        v.extend(location());
         v.extend(crate::formulary::SEARCH_PARAMS.iter().copied());
         v.extend(formulary_extras());
         v

@@ -46,7 +46,8 @@ use keys::KeyStore;
 use validate::{bearer, RevocationList, Validator};
 
 /// Resource types served without a token: the PDex drug formulary holds no member data.
-pub const PUBLIC_RESOURCE_TYPES: &[&str] = &["InsurancePlan", "Basic", "MedicationKnowledge"];
+pub const PUBLIC_RESOURCE_TYPES: &[&str] =
+    &["InsurancePlan", "Basic", "MedicationKnowledge", "Location"];
 
 /// True when `resource_type` is public (formulary).
 pub fn is_public_resource(resource_type: &str) -> bool {

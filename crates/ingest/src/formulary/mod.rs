@@ -96,6 +96,26 @@ pub fn pharmacy_type_code(label: &str) -> Option<String> {
 }
 
 /// Multiply a decimal text by 100 without going through floating point (`0.1` → `10`).
+/// USPS codes of the states, the District of Columbia and the territories a plan's service
+/// area can name.
+const US_STATES: [&str; 56] = [
+    "AK", "AL", "AR", "AS", "AZ", "CA", "CO", "CT", "DC", "DE", "FL", "GA", "GU", "HI", "IA", "ID",
+    "IL", "IN", "KS", "KY", "LA", "MA", "MD", "ME", "MI", "MN", "MO", "MP", "MS", "MT", "NC", "ND",
+    "NE", "NH", "NJ", "NM", "NV", "NY", "OH", "OK", "OR", "PA", "PR", "RI", "SC", "SD", "TN", "TX",
+    "UT", "VA", "VI", "VT", "WA", "WI", "WV", "WY",
+];
+
+/// Whether `code` is the USPS code of a state, DC or a territory.
+pub fn is_us_state(code: &str) -> bool {
+    US_STATES.contains(&code)
+}
+
+/// The state a HIOS plan id was issued in: its sixth and seventh characters (after the
+/// five-digit issuer id), when they are a USPS state code.
+pub fn hios_state(plan_id: &str) -> Option<&str> {
+    plan_id.get(5..7).filter(|s| is_us_state(s))
+}
+
 pub(crate) fn rate_to_percent(rate: &str) -> Option<String> {
     let rate = rate.trim();
     let (neg, digits) = match rate.strip_prefix('-') {

@@ -583,7 +583,11 @@ fn plan_record(
             ..Party::default()
         },
         tiers,
-        coverage_areas: Vec::new(),
+        // The state the HIOS plan id was issued in (plans.json names no service area).
+        coverage_areas: super::hios_state(&plan_id)
+            .map(String::from)
+            .into_iter()
+            .collect(),
         period_start,
         period_end,
         contacts,

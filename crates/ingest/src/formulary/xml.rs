@@ -287,6 +287,8 @@ struct PlanAcc {
     plan: Option<Val>,
     segment: Option<Val>,
     hios: Option<Val>,
+    /// `State` elements: the plan's service area, USPS state codes.
+    states: Vec<Val>,
     problem: Option<Bad>,
 }
 
@@ -666,7 +668,7 @@ impl<R: BufRead> Parser<R> {
                 }
                 self.drug = Some(d);
             }
-            (Parent::Plan, "ContractId" | "PlanId" | "SegmentId" | "HiosPlanId") => {}
+            (Parent::Plan, "ContractId" | "PlanId" | "SegmentId" | "HiosPlanId" | "State") => {}
             (Parent::Tier, "TierLevelValue" | "TierLabel" | "SpecialtyTierYN") => {}
             (
                 Parent::Drug,
@@ -814,6 +816,7 @@ impl<R: BufRead> Parser<R> {
                         "PlanId" => p.plan = Some(val),
                         "SegmentId" => p.segment = Some(val),
                         "HiosPlanId" => p.hios = Some(val),
+                        "State" => p.states.push(val),
                         _ => {}
                     }
                 }
@@ -998,6 +1001,21 @@ impl<R: BufRead> Parser<R> {
                 Ok(None)
             }
         };
+        let mut areas: Vec<String> = Vec::new();
+        for v in &p.states {
+            if !super::is_us_state(&v.text) {
+                let message = format!("{}: {:?} is not a USPS state code", v.path, v.text);
+                return self.reject(
+                    Bad::at(v, Reason::Malformed, message),
+                    p.offset,
+                    Stage::Validate,
+                    raw,
+                );
+            }
+            if !areas.contains(&v.text) {
+                areas.push(v.text.clone());
+            }
+        }
         let result = (|| -> Result<(String, &'static str, Party), Bad> {
             if let Some(h) = check(
                 &p.hios,
@@ -1048,7 +1066,15 @@ impl<R: BufRead> Parser<R> {
         })();
         match result {
             Ok((id, kind, payer)) => {
-                self.plan_record(id, Some(kind), payer, p.line, p.offset, p.path)
+                // Without State elements, a HIOS plan id names the state it was issued in.
+                if areas.is_empty() && kind == "qhp" {
+                    areas.extend(super::hios_state(&id).map(String::from));
+                }
+                let mut item = self.plan_record(id, Some(kind), payer, p.line, p.offset, p.path);
+                if let Ok(SourceRecord::FormularyPlan(plan)) = &mut item {
+                    plan.coverage_areas = areas;
+                }
+                item
             }
             Err(bad) => self.reject(bad, p.offset, Stage::Validate, raw),
         }
@@ -1524,6 +1550,36 @@ mod tests {
             r.raw
         );
         assert!(summary.notices.is_empty(), "{:?}", summary.notices);
+    }
+
+    #[test]
+    fn a_plans_states_are_its_service_area() {
+        let tail = "</Formulary>\n<Trailer><FormularyCount>1</FormularyCount><DrugRecordCount>0</DrugRecordCount></Trailer></FormularyExtract>";
+        let xml = format!(
+            "{HEAD}<Plan><ContractId>S9999</ContractId><PlanId>001</PlanId><State>ME</State><State>NH</State><State>ME</State></Plan>\n<Plan><HiosPlanId>12345VT9876543</HiosPlanId></Plan>\n<Plan><HiosPlanId>12345XX9876543</HiosPlanId></Plan>\n<Plan><ContractId>H9999</ContractId><PlanId>002</PlanId><State>Maine</State></Plan>\n{tail}"
+        );
+        let (items, _) = read(&xml);
+        let areas: Vec<Result<Vec<String>, String>> = items
+            .iter()
+            // Not the formulary's own record (no plan).
+            .filter(|i| !matches!(i, Ok(SourceRecord::FormularyPlan(p)) if p.plan_id.is_empty()))
+            .map(|i| match i {
+                Ok(SourceRecord::FormularyPlan(p)) => Ok(p.coverage_areas.clone()),
+                Ok(other) => panic!("{other:?}"),
+                Err(r) => Err(r.message.clone()),
+            })
+            .collect();
+        assert_eq!(areas[0], Ok(vec!["ME".to_string(), "NH".to_string()]));
+        // A HIOS plan id names its state; "XX" is none.
+        assert_eq!(areas[1], Ok(vec!["VT".to_string()]));
+        assert_eq!(areas[2], Ok(vec![]));
+        let Err(message) = &areas[3] else {
+            panic!("{:?}", areas[3])
+        };
+        assert!(
+            message.contains("\"Maine\" is not a USPS state code"),
+            "{message}"
+        );
     }
 
     #[test]
