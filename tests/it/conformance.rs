@@ -237,3 +237,131 @@ fn c4bb_required_elements_and_resolvable_references() {
         );
     }
 }
+
+/// `expectation` of a CapabilityStatement element (SHALL, SHOULD, MAY), from its extension.
+fn expectation(v: &Value) -> &str {
+    v["extension"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| {
+            e["url"]
+                .as_str()
+                .is_some_and(|u| u.ends_with("capabilitystatement-expectation"))
+        })
+        .and_then(|e| e["valueCode"].as_str())
+        .unwrap_or("")
+}
+
+/// `/metadata` instantiates the C4BB 2.1.0 and PDex 2.0.1 server CapabilityStatements: every
+/// resource, interaction, search parameter and `_include` they mark SHALL is declared, and
+/// every SHALL search parameter is understood (it stays in the search's self link; unknown
+/// parameters are dropped from it).
+#[test]
+fn metadata_meets_every_shall_of_the_instantiated_capability_statements() {
+    let lake = sample_lake();
+    let s = crate::common::Server::start(lake.path());
+    let token = s.token("567834", "patient/*.rs");
+    let (st, ours) = s.get("metadata", None);
+    assert_eq!(st, 200);
+    let instantiates: Vec<&str> = ours["instantiates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for file in [
+        "CapabilityStatement-c4bb-carin-bb-2.1.0.json",
+        "CapabilityStatement-usdf-server-formulary-2.0.1.json",
+    ] {
+        let path = crate::common::root().join("tests/validate/ig").join(file);
+        let theirs: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let url = theirs["url"].as_str().unwrap();
+        assert!(
+            instantiates
+                .iter()
+                .any(|i| i.split('|').next() == Some(url)),
+            "{url} not in instantiates: {instantiates:?}"
+        );
+        for r in theirs["rest"][0]["resource"].as_array().unwrap() {
+            let t = r["type"].as_str().unwrap();
+            let mine = ours["rest"][0]["resource"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["type"] == t);
+            let Some(mine) = mine else {
+                if expectation(r) == "SHALL" {
+                    failures.push(format!("{url}: resource {t} missing"));
+                }
+                continue;
+            };
+            let declared = |key: &str, field: &str| -> BTreeSet<String> {
+                mine[key]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|x| x[field].as_str().map(String::from))
+                    .collect()
+            };
+            let interactions = declared("interaction", "code");
+            for i in r["interaction"].as_array().into_iter().flatten() {
+                let code = i["code"].as_str().unwrap();
+                if expectation(i) == "SHALL" && !interactions.contains(code) {
+                    failures.push(format!("{url}: {t} interaction {code}"));
+                }
+            }
+            let params = declared("searchParam", "name");
+            for p in r["searchParam"].as_array().into_iter().flatten() {
+                if expectation(p) != "SHALL" {
+                    continue;
+                }
+                let name = p["name"].as_str().unwrap();
+                if !params.contains(name) {
+                    failures.push(format!("{url}: {t} search parameter {name}"));
+                    continue;
+                }
+                let value = match p["type"].as_str().unwrap() {
+                    "date" => "ge2000-01-01",
+                    "reference" => "Patient/567834",
+                    _ => "x",
+                };
+                let auth = (!api::smart::is_public_resource(t)).then_some(token.as_str());
+                let query = format!("{t}?{name}={value}");
+                let (st, b) = s.get(&query, auth);
+                let understood = b["link"].as_array().into_iter().flatten().any(|l| {
+                    l["relation"] == "self"
+                        && l["url"]
+                            .as_str()
+                            .is_some_and(|u| u.contains(&format!("{name}=")))
+                });
+                if st != 200 || !understood {
+                    failures.push(format!("{url}: {query} answered {st} {}", b["link"]));
+                }
+                checked += 1;
+            }
+            let includes: BTreeSet<String> = mine["searchInclude"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect();
+            for inc in r["searchInclude"].as_array().into_iter().flatten() {
+                let inc = inc.as_str().unwrap();
+                // PDex 2.0.1 publishes its includes without the resource type.
+                let inc = if inc.contains(':') {
+                    inc.to_string()
+                } else {
+                    format!("{t}:{inc}")
+                };
+                if !includes.contains(&inc) {
+                    failures.push(format!("{url}: {t} _include {inc}"));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert!(checked > 30, "only {checked} parameters checked");
+}

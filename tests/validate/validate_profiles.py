@@ -125,8 +125,10 @@ class Ig:
         self.profiles, self.valuesets, self.codesystems = {}, {}, {}
         for f in sorted(pathlib.Path(folder).glob("*.json")):
             r = json.loads(f.read_text())
-            {"StructureDefinition": self.profiles, "ValueSet": self.valuesets,
-             "CodeSystem": self.codesystems}[r["resourceType"]][r["url"]] = r
+            kinds = {"StructureDefinition": self.profiles, "ValueSet": self.valuesets,
+                     "CodeSystem": self.codesystems}
+            if r["resourceType"] in kinds:
+                kinds[r["resourceType"]][r["url"]] = r
         self._compiled = {}
         self._expansions = {}
 
