@@ -26,6 +26,23 @@ fn reads_searches_paging_and_errors() {
     assert_eq!(p["gender"], "male");
     assert_eq!(p["meta"]["versionId"], "1");
 
+    // vread: the version the lake keeps is the current one; others are not kept (404), and a
+    // version read is gated like a read.
+    let (st, v) = s.get(&format!("Patient/{JOHN}/_history/1"), Some(&t));
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v, p);
+    let (st, o) = s.get(&format!("Patient/{JOHN}/_history/2"), Some(&t));
+    assert_eq!(st, 404, "{o}");
+    assert_eq!(o["resourceType"], "OperationOutcome");
+    assert!(o.to_string().contains("version 2"), "{o}");
+    let (st, _) = s.get(&format!("Patient/{JOHN}/_history/1"), None);
+    assert_eq!(st, 401);
+    let (st, o) = s.get("Patient/-1000014/_history/1", Some(&t));
+    assert_eq!(
+        st, 404,
+        "another member's record is not there for this token: {o}"
+    );
+
     // Search by patient: exactly John's four claims, in id order.
     let (st, b) = s.get(&format!("ExplanationOfBenefit?patient={JOHN}"), Some(&t));
     assert_eq!(st, 200, "{b}");

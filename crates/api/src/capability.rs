@@ -56,7 +56,7 @@ pub fn capability_statement(app: &App) -> Value {
         let mut r = json!({
             "type": t,
             "supportedProfile": profiles(t),
-            "interaction": [{ "code": "read" }, { "code": "search-type" }],
+            "interaction": [{ "code": "read" }, { "code": "vread" }, { "code": "search-type" }],
             "versioning": "versioned",
             "readHistory": false,
             "searchParam": params,

@@ -23,6 +23,7 @@ pub fn routes(app: Arc<App>) -> Router {
         .route("/{rtype}", any(type_level))
         .route("/{rtype}/_search", any(search_post))
         .route("/{rtype}/{id}", any(instance))
+        .route("/{rtype}/{id}/_history/{vid}", any(vread))
         .route("/{rtype}/{id}/{op}", get(operation).fallback(read_only))
         .with_state(app.clone());
     if app.settings().smart.is_some() {
@@ -316,15 +317,45 @@ async fn instance(
     Path((rtype, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let (text, version) = read_current(&app, &method, &rtype, &id, &headers).await?;
+    Ok(resource_response(text, version.as_deref()))
+}
+
+/// `GET [type]/[id]/_history/[vid]`: the lake keeps the current version of a resource, so
+/// that version is served; any other is 404 (not kept), as the FHIR read interaction allows.
+async fn vread(
+    State(app): State<Arc<App>>,
+    method: Method,
+    Path((rtype, id, vid)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (text, version) = read_current(&app, &method, &rtype, &id, &headers).await?;
+    if version.as_deref() != Some(vid.as_str()) {
+        return Err(ApiError::NotFound(format!(
+            "version {vid} of {rtype}/{id} is not kept (the current one is {})",
+            version.as_deref().unwrap_or("unversioned")
+        )));
+    }
+    Ok(resource_response(text, version.as_deref()))
+}
+
+/// The current version of a resource the caller may see, and its `meta.versionId`.
+async fn read_current(
+    app: &Arc<App>,
+    method: &Method,
+    rtype: &str,
+    id: &str,
+    headers: &HeaderMap,
+) -> Result<(String, Option<String>), ApiError> {
     if method != Method::GET && method != Method::HEAD {
         return Err(ApiError::MethodNotAllowed);
     }
-    known_type(&rtype)?;
-    let grant = gate(&app, &headers, &rtype, Interaction::Read).await?;
-    let snap = snapshot(&app)?;
+    known_type(rtype)?;
+    let grant = gate(app, headers, rtype, Interaction::Read).await?;
+    let snap = snapshot(app)?;
     let patients = grant.as_ref().map(|g| g.patients.as_slice());
-    let found = snap.read(&rtype, &id, patients).await?;
-    audit(&app, &grant, &rtype, u64::from(found.is_some()));
+    let found = snap.read(rtype, id, patients).await?;
+    audit(app, &grant, rtype, u64::from(found.is_some()));
     let Some(text) = found else {
         return Err(ApiError::NotFound(format!("{rtype}/{id} is not known")));
     };
@@ -337,19 +368,23 @@ async fn instance(
         #[serde(rename = "versionId")]
         version_id: Option<String>,
     }
-    let etag = match serde_json::from_str(&text) {
+    let version = match serde_json::from_str(&text) {
         Ok(Meta {
-            meta: Some(MetaInner {
-                version_id: Some(v),
-            }),
-        }) => HeaderValue::from_str(&format!("W/\"{v}\"")).ok(),
+            meta: Some(MetaInner { version_id }),
+        }) => version_id,
         _ => None,
     };
+    Ok((text, version))
+}
+
+/// A resource with its version as the ETag (`W/"vid"`).
+fn resource_response(text: String, version: Option<&str>) -> Response {
+    let etag = version.and_then(|v| HeaderValue::from_str(&format!("W/\"{v}\"")).ok());
     let mut r = fhir_response(StatusCode::OK, text);
     if let Some(h) = etag {
         r.headers_mut().insert(header::ETAG, h);
     }
-    Ok(r)
+    r
 }
 
 async fn operation(
