@@ -481,6 +481,13 @@ fn print_report(r: &mapper::pipeline::RunReport) {
         for n in &s.notices {
             println!("    notice: {n}");
         }
+        if s.invalid_npis > 0 {
+            println!(
+                "    data quality: {} provider(s) named by an NPI that fails the NPI check digit (e.g. {})",
+                s.invalid_npis,
+                s.invalid_npi_examples.join(", ")
+            );
+        }
     }
     println!(
         "{:<60} {:>9} {:>9} {:>9}",

@@ -101,6 +101,48 @@ fn broken_rows_become_rejects_and_the_run_goes_on() {
 
 /// A line far longer than any record (17 MiB with no line end) is one reject with its line,
 /// read past without being held, and every claim around it is ingested as from the clean file.
+/// Providers named by an "NPI" that fails the NPI check are counted per file in the run
+/// report and on the terminal, once each, in the file that first names them.
+#[test]
+fn the_run_report_counts_providers_whose_npi_fails_its_check_digit() {
+    let lake = tempfile::tempdir().unwrap();
+    let (code, out) = ingest(
+        lake.path(),
+        &["samples/plain/claims.csv", "samples/rif/synthea-pde.csv"],
+    );
+    assert_eq!(code, 0, "{out}");
+    let report: Value = serde_json::from_str(&snapshot_file(lake.path(), "report.json")).unwrap();
+    let source = |layout: &str| {
+        report["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["layout"] == layout)
+            .unwrap()
+            .clone()
+    };
+    // samples/plain's NPIs are valid.
+    assert_eq!(source("plain-claims")["invalid_npis"], 0);
+    // The Synthea PDE rows name pharmacies 220135 and PCP257488 and a prescriber 9999999499,
+    // among others, as NPIs (qualifier 01).
+    let pde = source("cms-rif-pde");
+    assert_eq!(pde["invalid_npis"], 4, "{pde}");
+    let examples: Vec<&str> = pde["invalid_npi_examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(examples.len(), 3);
+    for e in &examples {
+        assert!(!ingest::model::is_valid_npi(e), "{e}");
+    }
+    assert!(
+        out.contains("data quality: 4 provider(s) named by an NPI that fails"),
+        "{out}"
+    );
+}
+
 #[test]
 fn an_oversized_line_is_one_reject_and_the_rest_of_the_file_reads() {
     let clean = std::fs::read_to_string(root().join("samples/plain/claims.csv")).unwrap();

@@ -16,6 +16,26 @@ use std::sync::Arc;
 /// It dereferences to `str` and converts from `&str` and `String`.
 pub type Text = compact_str::CompactString;
 
+/// Whether `value` is a well-formed NPI: ten digits whose last is the Luhn check digit of the
+/// number with the `80840` prefix (the rule US Core's `us-core-16` and `us-core-17` enforce).
+pub fn is_valid_npi(value: &str) -> bool {
+    let b = value.as_bytes();
+    if b.len() != 10 || !b.iter().all(u8::is_ascii_digit) {
+        return false;
+    }
+    // 24 is what the doubled-and-summed digits of the 80840 prefix contribute.
+    let mut sum = 24;
+    for (i, &d) in b.iter().enumerate() {
+        let d = u32::from(d - b'0');
+        sum += match (i % 2 == 0, 2 * d) {
+            (true, twice) if twice > 9 => twice - 9,
+            (true, twice) => twice,
+            (false, _) => d,
+        };
+    }
+    sum % 10 == 0
+}
+
 /// Where a record came from: enough for an operator to find the bytes again.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Position {

@@ -485,6 +485,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn invalid_npis_are_told_apart() {
+        for bad in [
+            "1234567890",
+            "123456789",
+            "12345678931",
+            "PCP2574881",
+            "",
+            "220008",
+        ] {
+            assert!(!crate::model::is_valid_npi(bad), "{bad}");
+        }
+        assert!(crate::model::is_valid_npi("1234567893"));
+    }
+
+    #[test]
     fn npis_carry_their_check_digit() {
         // Published examples of valid NPIs, and their bases.
         assert_eq!(npi(23_456_789), "1234567893");
@@ -492,6 +507,7 @@ mod tests {
         for n in [0, 1, 99_999_999, 123_456_789_012] {
             let v = npi(n);
             assert_eq!(v.len(), 10);
+            assert!(crate::model::is_valid_npi(&v), "{v}");
             // The check: with the prefix, every second digit from the right doubled.
             let digits: Vec<u32> = format!("80840{v}")
                 .bytes()

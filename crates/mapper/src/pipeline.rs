@@ -145,6 +145,11 @@ pub struct SourceReport {
     pub cancels: u64,
     /// File-level notices (envelope/trailer mismatches).
     pub notices: Vec<String>,
+    /// Providers first met in this file whose identifier is labelled an NPI but is not one
+    /// (ten digits with a valid check digit): consumers validating against US Core reject them.
+    pub invalid_npis: u64,
+    /// The first few of those identifiers (provider NPIs are public, not member data).
+    pub invalid_npi_examples: Vec<String>,
     /// Seconds spent.
     pub seconds: f64,
 }
@@ -896,11 +901,30 @@ fn accept(
             tables.full.extend(full);
             for p in produced {
                 count_resource(report, p.resource.resource_type);
+                check_npi(report, &p.resource);
                 tables.add(p)?;
             }
         }
     }
     Ok(())
+}
+
+/// Count a provider resource filed under an NPI (`npi-` ids, see `ids::practitioner_id` and
+/// `ids::org_id`) whose NPI fails the NPI check. Each provider is built once per run, so each
+/// is counted once, in the file that first named it.
+fn check_npi(report: &mut SourceReport, r: &crate::lake::Prepared) {
+    if !matches!(r.resource_type, "Practitioner" | "Organization") {
+        return;
+    }
+    let Some(npi) = r.id.strip_prefix("npi-") else {
+        return;
+    };
+    if !ingest::model::is_valid_npi(npi) {
+        report.invalid_npis += 1;
+        if report.invalid_npi_examples.len() < 3 {
+            report.invalid_npi_examples.push(npi.to_string());
+        }
+    }
 }
 
 /// Count one resource of type `t` in a file's report (the type's name is allocated only the
