@@ -361,3 +361,90 @@ fn qhp_index_holds_no_records() {
     assert!(r.order.is_empty());
     assert_eq!(r.summary.notices.len(), 1);
 }
+
+/// Random damage to the XML and QHP JSON fixtures (and to a plan list with service areas):
+/// truncations, flipped bytes, stray markup and doubled elements. The readers never panic, and
+/// whatever they return accounts for itself: every item is a record or a reject with a reason.
+#[test]
+fn damaged_extracts_never_panic() {
+    let mut bases: Vec<(bool, Vec<u8>)> = Vec::new();
+    for name in [
+        "formulary-extract-example.xml",
+        "bad-trailer.xml",
+        "bad-ql-without-flag.xml",
+    ] {
+        bases.push((true, std::fs::read(fixture(name)).unwrap()));
+    }
+    let partd = crate::manifest_dir().join("../../samples/formulary/partd/plan-formularies.xml");
+    bases.push((true, std::fs::read(partd).unwrap()));
+    let mut kinds = Vec::new();
+    for (name, kind) in [
+        ("qhp_plans.json", QhpKind::Plans),
+        ("qhp_drugs-1.json", QhpKind::Drugs),
+    ] {
+        bases.push((false, std::fs::read(fixture(name)).unwrap()));
+        kinds.push(kind);
+    }
+    let mut rng = ingest::synth::Rng::new(0xF0);
+    let (mut records, mut rejects) = (0u64, 0u64);
+    for case in 0..3_000 {
+        let (xml, base) = &bases[case % bases.len()];
+        let mut data = base.clone();
+        for _ in 0..1 + rng.below(4) {
+            let i = rng.below(data.len() as u64 + 1) as usize;
+            match rng.below(5) {
+                0 => data.truncate(i),
+                1 if i < data.len() => data[i] = rng.next_u64() as u8,
+                2 => {
+                    let junk: &[&[u8]] = &[
+                        b"<", b">", b"&", b"</Plan>", b"<State>", b"\"", b"]", b"\xFF",
+                    ];
+                    let j = junk[rng.below(junk.len() as u64) as usize];
+                    data.splice(i..i, j.iter().copied());
+                }
+                3 => {
+                    let elem: &[u8] =
+                        b"<State>M\xC3\xA9</State><State></State><Plan><State>ME</State></Plan>";
+                    data.splice(i..i, elem.iter().copied());
+                }
+                _ => {
+                    let n = rng.below(64) as usize;
+                    let end = (i + n).min(data.len());
+                    let copy = data[i..end].to_vec();
+                    data.splice(i..i, copy);
+                }
+            }
+        }
+        let mut items: Vec<Item> = Vec::new();
+        let result = if *xml {
+            FormularyXmlReader::new()
+                .read_from("damaged.xml", data.as_slice(), &mut |i| items.push(i))
+        } else {
+            let kind = kinds[case % bases.len() - (bases.len() - kinds.len())];
+            QhpReader::new().read_from("damaged.json", kind, data.as_slice(), &mut |i| {
+                items.push(i)
+            })
+        };
+        // A damaged file may also fail as a whole (not XML, not JSON): an error, not a panic.
+        let _ = result;
+        for i in &items {
+            match i {
+                Ok(SourceRecord::FormularyDrug(_) | SourceRecord::FormularyPlan(_)) => records += 1,
+                Ok(other) => panic!("case {case}: unexpected record {other:?}"),
+                Err(r) => {
+                    assert!(
+                        !r.message.is_empty(),
+                        "case {case}: a reject without a reason"
+                    );
+                    rejects += 1;
+                }
+            }
+        }
+    }
+    // Records before the damage still read (a malformed XML file keeps what came before it),
+    // and damaged records are rejected, not dropped.
+    assert!(
+        records > 1_000 && rejects > 1_000,
+        "{records} records, {rejects} rejects"
+    );
+}
