@@ -483,7 +483,7 @@ fn print_report(r: &mapper::pipeline::RunReport) {
         }
         if s.invalid_npis > 0 {
             println!(
-                "    data quality: {} provider(s) named by an NPI that fails the NPI check digit (e.g. {})",
+                "    data quality: {} provider(s) without a valid NPI (e.g. {})",
                 s.invalid_npis,
                 s.invalid_npi_examples.join(", ")
             );

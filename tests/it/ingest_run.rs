@@ -101,10 +101,11 @@ fn broken_rows_become_rejects_and_the_run_goes_on() {
 
 /// A line far longer than any record (17 MiB with no line end) is one reject with its line,
 /// read past without being held, and every claim around it is ingested as from the clean file.
-/// Providers named by an "NPI" that fails the NPI check are counted per file in the run
-/// report and on the terminal, once each, in the file that first names them.
+/// Providers without a valid NPI (an "NPI" that fails the NPI check, or a practitioner named
+/// by another kind of id) are counted per file in the run report and on the terminal, once
+/// each, in the file that first names them.
 #[test]
-fn the_run_report_counts_providers_whose_npi_fails_its_check_digit() {
+fn the_run_report_counts_providers_without_a_valid_npi() {
     let lake = tempfile::tempdir().unwrap();
     let (code, out) = ingest(
         lake.path(),
@@ -138,9 +139,35 @@ fn the_run_report_counts_providers_whose_npi_fails_its_check_digit() {
         assert!(!ingest::model::is_valid_npi(e), "{e}");
     }
     assert!(
-        out.contains("data quality: 4 provider(s) named by an NPI that fails"),
+        out.contains("data quality: 4 provider(s) without a valid NPI"),
         "{out}"
     );
+
+    // A practitioner an 837 names by another kind of id (NM108 24, a tax id) is filed under
+    // that kind and counted too: C4BB-Practitioner requires an NPI. The same file with a valid
+    // NPI there counts one fewer.
+    let sample =
+        std::fs::read_to_string(root().join("samples/x12/zx12_837i_cob_line_adjudication.x12"))
+            .unwrap();
+    let rendering = "NM1*82*1*DAVIDSON*MICHELLE*S***XX*9995553336";
+    let mut counts = Vec::new();
+    for (name, qualifier) in [("npi", "XX"), ("tax", "24")] {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(format!("{name}.x12"));
+        let nm1 = format!("NM1*82*1*DAVIDSON*MICHELLE*S***{qualifier}*1234567893");
+        std::fs::write(&file, sample.replace(rendering, &nm1)).unwrap();
+        let lake = dir.path().join("lake");
+        let (code, out) = ingest(&lake, &[file.to_str().unwrap()]);
+        assert_eq!(code, 0, "{out}");
+        let practitioners = exported_ids(&lake, "Practitioner");
+        assert!(
+            practitioners.contains(&format!("{name}-1234567893")),
+            "{practitioners:?}"
+        );
+        let report: Value = serde_json::from_str(&snapshot_file(&lake, "report.json")).unwrap();
+        counts.push(report["sources"][0]["invalid_npis"].as_u64().unwrap());
+    }
+    assert_eq!(counts[1], counts[0] + 1, "{counts:?}");
 }
 
 #[test]

@@ -146,9 +146,11 @@ pub struct SourceReport {
     /// File-level notices (envelope/trailer mismatches).
     pub notices: Vec<String>,
     /// Providers first met in this file whose identifier is labelled an NPI but is not one
-    /// (ten digits with a valid check digit): consumers validating against US Core reject them.
+    /// (ten digits with a valid check digit), and practitioners named by no NPI at all:
+    /// consumers validating against C4BB / US Core reject them.
     pub invalid_npis: u64,
-    /// The first few of those identifiers (provider NPIs are public, not member data).
+    /// The first few of those identifiers (the NPI, or the resource id of a practitioner
+    /// without one; provider identifiers are public, not member data).
     pub invalid_npi_examples: Vec<String>,
     /// Seconds spent.
     pub seconds: f64,
@@ -910,19 +912,21 @@ fn accept(
 }
 
 /// Count a provider resource filed under an NPI (`npi-` ids, see `ids::practitioner_id` and
-/// `ids::org_id`) whose NPI fails the NPI check. Each provider is built once per run, so each
-/// is counted once, in the file that first named it.
+/// `ids::org_id`) whose NPI fails the NPI check, and a Practitioner filed under anything but
+/// an NPI (C4BB-Practitioner requires one). Each provider is built once per run, so each is
+/// counted once, in the file that first named it.
 fn check_npi(report: &mut SourceReport, r: &crate::lake::Prepared) {
-    if !matches!(r.resource_type, "Practitioner" | "Organization") {
-        return;
-    }
-    let Some(npi) = r.id.strip_prefix("npi-") else {
-        return;
+    let bad = match (r.resource_type, r.id.strip_prefix("npi-")) {
+        ("Practitioner" | "Organization", Some(npi)) => !ingest::model::is_valid_npi(npi),
+        ("Practitioner", None) => true,
+        _ => false,
     };
-    if !ingest::model::is_valid_npi(npi) {
+    if bad {
         report.invalid_npis += 1;
-        if report.invalid_npi_examples.len() < 3 {
-            report.invalid_npi_examples.push(npi.to_string());
+        let id = r.id.strip_prefix("npi-").unwrap_or(&r.id);
+        let examples = &mut report.invalid_npi_examples;
+        if examples.len() < 3 && !examples.iter().any(|e| e == id) {
+            examples.push(id.to_string());
         }
     }
 }
