@@ -16,14 +16,15 @@ use std::sync::Arc;
 /// It dereferences to `str` and converts from `&str` and `String`.
 pub type Text = compact_str::CompactString;
 
-/// Whether `value` is a well-formed NPI: ten digits whose last is the Luhn check digit of the
-/// number with the `80840` prefix (the rule US Core's `us-core-16` and `us-core-17` enforce).
-pub fn is_valid_npi(value: &str) -> bool {
-    let b = value.as_bytes();
-    if b.len() != 10 || !b.iter().all(u8::is_ascii_digit) {
-        return false;
+/// The check digit of an NPI whose first nine digits are `base`: the Luhn algorithm over the
+/// number with the `80840` prefix. `None` when `base` is not nine ASCII digits.
+pub fn npi_check_digit(base: &str) -> Option<u8> {
+    let b = base.as_bytes();
+    if b.len() != 9 || !b.iter().all(u8::is_ascii_digit) {
+        return None;
     }
-    // 24 is what the doubled-and-summed digits of the 80840 prefix contribute.
+    // 24 is what the doubled-and-summed digits of the 80840 prefix contribute; counting from
+    // the check digit, every second digit is doubled, i.e. the base's 1st, 3rd, … 9th.
     let mut sum = 24;
     for (i, &d) in b.iter().enumerate() {
         let d = u32::from(d - b'0');
@@ -33,7 +34,15 @@ pub fn is_valid_npi(value: &str) -> bool {
             (false, _) => d,
         };
     }
-    sum % 10 == 0
+    Some(b'0' + ((10 - sum % 10) % 10) as u8)
+}
+
+/// Whether `value` is a well-formed NPI: ten digits, the last the check digit of the first nine
+/// (the rule US Core's `us-core-16` and `us-core-17` enforce).
+pub fn is_valid_npi(value: &str) -> bool {
+    value.len() == 10
+        && value.is_char_boundary(9)
+        && npi_check_digit(&value[..9]) == Some(value.as_bytes()[9])
 }
 
 /// Where a record came from: enough for an operator to find the bytes again.

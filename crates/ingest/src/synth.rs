@@ -319,25 +319,14 @@ pub const PDE: ClaimShape = ClaimShape {
     max_stay_days: 0,
 };
 
-/// A valid NPI: `1` and eight digits from `n`, then the check digit (the Luhn algorithm over
-/// the number with the `80840` prefix, as US Core's `us-core-17` invariant checks it).
+/// A valid NPI: `1` and eight digits from `n`, then the check digit
+/// ([`crate::model::npi_check_digit`]).
 pub fn npi(n: u64) -> String {
-    let base = format!("1{:08}", n % 100_000_000);
-    // 24 is what the doubled-and-summed digits of the 80840 prefix contribute.
-    let mut sum = 24;
-    for (i, d) in base.bytes().map(|b| u32::from(b - b'0')).enumerate() {
-        sum += if i % 2 == 0 {
-            let twice = 2 * d;
-            if twice > 9 {
-                twice - 9
-            } else {
-                twice
-            }
-        } else {
-            d
-        };
-    }
-    format!("{base}{}", (10 - sum % 10) % 10)
+    let mut v = format!("1{:08}", n % 100_000_000);
+    v.push(char::from(
+        crate::model::npi_check_digit(&v).unwrap_or(b'0'),
+    ));
+    v
 }
 
 /// RIF claims of a shape: `claims` claims over `members` members (claim `n` is member

@@ -95,7 +95,6 @@ pub fn pharmacy_type_code(label: &str) -> Option<String> {
         .map(|l| l.to_ascii_lowercase())
 }
 
-/// Multiply a decimal text by 100 without going through floating point (`0.1` → `10`).
 /// USPS codes of the states, the District of Columbia and the territories a plan's service
 /// area can name.
 const US_STATES: [&str; 56] = [
@@ -116,6 +115,7 @@ pub fn hios_state(plan_id: &str) -> Option<&str> {
     plan_id.get(5..7).filter(|s| is_us_state(s))
 }
 
+/// Multiply a decimal text by 100 without going through floating point (`0.1` → `10`).
 pub(crate) fn rate_to_percent(rate: &str) -> Option<String> {
     let rate = rate.trim();
     let (neg, digits) = match rate.strip_prefix('-') {
