@@ -790,7 +790,7 @@ fn generate_dataset(dir: &Path, a: &GenerateArgs) -> Result<ExitCode> {
     )?;
     // Inpatient stays are rarer than office visits; every member fills prescriptions.
     let claims = a.members * a.claims_per_member;
-    let mut institutional = Vec::new();
+    let mut more_claims = Vec::new();
     for (name, shape, template, count) in [
         (
             "inpatient",
@@ -812,7 +812,7 @@ fn generate_dataset(dir: &Path, a: &GenerateArgs) -> Result<ExitCode> {
             })?;
         let out = &mut create(dir.join(format!("rif/{name}.txt")))?;
         let (bytes, rows) = synth::rif_claims(&t, shape, out, a.members, count, a.seed)?;
-        institutional.push(format!("{name} {bytes} bytes ({rows} lines)"));
+        more_claims.push(format!("{name} {bytes} bytes ({rows} lines)"));
     }
     let (pm, pc, prow) = synth::plain(
         &mut create(dir.join("plain/members.csv"))?,
@@ -823,7 +823,7 @@ fn generate_dataset(dir: &Path, a: &GenerateArgs) -> Result<ExitCode> {
     )?;
     println!(
         "rif: beneficiaries {b} bytes, carrier {c} bytes ({rows} lines), {}",
-        institutional.join(", ")
+        more_claims.join(", ")
     );
     println!("plain: members {pm} bytes, claims {pc} bytes ({prow} lines)");
     Ok(ExitCode::SUCCESS)
