@@ -672,6 +672,9 @@ async fn demo(a: DemoArgs) -> Result<ExitCode> {
         "  curl -s -H \"Authorization: Bearer $TOKEN\" '{base_url}/Patient/567834/$everything'"
     );
     println!("  curl -s '{base_url}/MedicationKnowledge?_count=3'        # formulary: public");
+    println!(
+        "  curl -s '{base_url}/InsurancePlan?coverage-area=Location/area-ME&_include=InsurancePlan:coverage-area'   # plans offered in Maine"
+    );
     println!("Stop with Ctrl-C.");
     use std::io::Write;
     std::io::stdout().flush()?;

@@ -444,3 +444,75 @@ fn paging_walks_forward_and_back_over_every_match_once() {
         assert_eq!(back_pages.concat(), want, "{query} count {count} backwards");
     }
 }
+
+/// README's first command: `fhirlake demo` ingests the samples, serves them and prints a
+/// token and requests to try. Every printed request answers 200 with what it names.
+#[test]
+fn the_demo_serves_every_request_it_prints() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = crate::common::bin()
+        .args(["demo", "--listen", "127.0.0.1:0", "--lake"])
+        .arg(dir.path().join("lake"))
+        .current_dir(crate::common::root())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start fhirlake demo");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().unwrap();
+    let _guard = Kill(child);
+    let (mut base, mut token, mut requests) = (String::new(), String::new(), Vec::new());
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        let line = line.trim();
+        if let Some(b) = line.strip_prefix("fhirlake serving ") {
+            base = b.to_string();
+        } else if let Some(t) = line.strip_prefix("TOKEN=") {
+            token = t.to_string();
+        } else if let Some(cmd) = line.strip_prefix("curl -s ") {
+            requests.push(cmd.to_string());
+        } else if line == "Stop with Ctrl-C." {
+            break;
+        }
+    }
+    assert!(base.starts_with("http://127.0.0.1:"), "{base}");
+    assert!(token.len() > 100, "{token}");
+    assert!(requests.len() >= 6, "{requests:?}");
+    let client = reqwest::blocking::Client::new();
+    for cmd in &requests {
+        let authorized = cmd.contains("$TOKEN");
+        let url = cmd
+            .split_whitespace()
+            .map(|w| w.trim_matches('\''))
+            .find(|w| w.starts_with("http"))
+            .unwrap_or_else(|| panic!("no URL in {cmd}"));
+        let mut req = client.get(url);
+        if authorized {
+            req = req.bearer_auth(&token);
+        }
+        let resp = req.send().unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "{cmd}");
+        let body: serde_json::Value = resp.json().unwrap();
+        let want = if url.ends_with("/metadata") {
+            "CapabilityStatement"
+        } else if url.ends_with("/Patient/567834") {
+            "Patient"
+        } else {
+            "Bundle"
+        };
+        assert_eq!(body["resourceType"], want, "{cmd}");
+        if want == "Bundle" {
+            assert!(
+                body["entry"].as_array().is_some_and(|e| !e.is_empty()),
+                "{cmd}: no entries"
+            );
+        }
+    }
+}
