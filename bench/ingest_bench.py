@@ -3,6 +3,9 @@
 the same delimited input straight to Parquet with no FHIR mapping at all — the bar to beat.
 
 Usage: python3 bench/ingest_bench.py [--members N] [--claims-per-member K] [--bin PATH] [--repeat R]
+                                     [--all-rif]
+`--all-rif` also measures the generated RIF inpatient (275 columns), outpatient (234) and Part D
+event (41) files.
 Run from the repository root with a release build (cargo build --release). Needs PyPI duckdb.
 Prints one table; figures are from this machine, this run (compare ratios, not absolutes).
 """
@@ -79,6 +82,8 @@ def main():
                     help="size of the delta run, as a share of the claims")
     ap.add_argument("--repeat", type=int, default=1,
                     help="full runs of each side, interleaved; the best time of each is compared")
+    ap.add_argument("--all-rif", action="store_true",
+                    help="also the RIF inpatient, outpatient and Part D event files")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="fhirlake-bench-")
     try:
@@ -87,15 +92,22 @@ def main():
                         "--claims-per-member", str(a.claims_per_member)], check=True, stdout=subprocess.DEVNULL)
         rows = []
         deltas = []
-        for name, claims, delim, quote, id_col, amount_col in [
+        inputs = [
             ("CMS RIF carrier (100 cols)", "rif/carrier.txt", "|", False, "CLM_ID", "LINE_NCH_PMT_AMT"),
             ("plain CSV claims (37 cols)", "plain/claims.csv", ",", True, "claim_id", "paid_amount"),
-        ]:
+        ]
+        if a.all_rif:
+            inputs += [
+                ("CMS RIF inpatient (275 cols)", "rif/inpatient.txt", "|", False, "CLM_ID", "CLM_PMT_AMT"),
+                ("CMS RIF outpatient (234 cols)", "rif/outpatient.txt", "|", False, "CLM_ID", "CLM_PMT_AMT"),
+                ("CMS RIF Part D events (41 cols)", "rif/pde.txt", "|", False, "PDE_ID", "TOT_RX_CST_AMT"),
+            ]
+        for name, claims, delim, quote, id_col, amount_col in inputs:
             src = os.path.join(data, claims)
             size = os.path.getsize(src)
             with open(src, "rb") as f:
                 lines = sum(1 for _ in f) - 1
-            lake = os.path.join(work, "lake-" + claims.split("/")[0])
+            lake = os.path.join(work, "lake-" + os.path.basename(claims))
             # Each side runs `--repeat` times, fhirlake and DuckDB in turn, so that both meet the
             # same moments of a noisy machine; the best time of each is compared.
             ours, theirs, rss = [], [], 0.0
@@ -120,17 +132,17 @@ def main():
             d_secs, d_rss, _ = run_measured([a.bin, "ingest", "--lake", lake, delta])
             deltas.append((name, dlines, d_secs, d_rss, secs))
             shutil.rmtree(lake, ignore_errors=True)
-        print(f"{'input':30} {'MB':>8} {'lines':>10} {'fhirlake s':>10} {'lines/s':>10} {'MB/s':>7} "
+        print(f"{'input':32} {'MB':>8} {'lines':>10} {'fhirlake s':>10} {'lines/s':>10} {'MB/s':>7} "
               f"{'res/s':>9} {'peak MiB':>9} {'duckdb s':>9} {'ratio':>6}")
         for name, size, lines, secs, rss, res, dsecs in rows:
-            print(f"{name:30} {size/1e6:8.1f} {lines:10d} {secs:10.2f} {lines/secs:10.0f} {size/1e6/secs:7.1f} "
+            print(f"{name:32} {size/1e6:8.1f} {lines:10d} {secs:10.2f} {lines/secs:10.0f} {size/1e6/secs:7.1f} "
                   f"{res/secs:9.0f} {rss:9.0f} {dsecs:9.2f} {dsecs/secs:6.2f}")
         print("ratio = DuckDB seconds / fhirlake seconds (>= 1.0 means fhirlake is at least as fast)"
               + (f"; best of {a.repeat} runs each" if a.repeat > 1 else ""))
         print()
-        print(f"{'delta run on that lake':30} {'lines':>10} {'seconds':>10} {'peak MiB':>9} {'share of full run':>18}")
+        print(f"{'delta run on that lake':32} {'lines':>10} {'seconds':>10} {'peak MiB':>9} {'share of full run':>18}")
         for name, dlines, d_secs, d_rss, full in deltas:
-            print(f"{name:30} {dlines:10d} {d_secs:10.2f} {d_rss:9.0f} {d_secs / full:18.3f}")
+            print(f"{name:32} {dlines:10d} {d_secs:10.2f} {d_rss:9.0f} {d_secs / full:18.3f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
