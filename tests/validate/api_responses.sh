@@ -10,7 +10,7 @@ out="$(mktemp --suffix=.ndjson)"
 log="$(mktemp)"
 $bin serve --lake "$lake" --listen 127.0.0.1:0 >"$log" 2>/dev/null &
 pid=$!
-trap 'kill "$pid" 2>/dev/null || true; rm -f "$out" "$log"' EXIT
+trap 'kill "$pid" 2>/dev/null || true; rm -f "$out" "$out.body" "$log"' EXIT
 for _ in $(seq 1 300); do
   grep -q '^fhirlake serving ' "$log" && break
   sleep 0.2
@@ -43,4 +43,3 @@ get 400 'ExplanationOfBenefit?service-date=bogus'
 get 404 'Patient/nobody'
 get 401 'ExplanationOfBenefit' no
 python3 tests/validate/validate_fhir.py "$out"
-rm -f "$out.body"

@@ -39,39 +39,47 @@ from fhirpathpy import evaluate as fhirpath
 from fhirpathpy.engine.nodes import ResourceNode
 from fhirpathpy.models import models as fhirpath_models
 
-# Codes of external code systems that C4BB's required bindings use, from FHIR R4
-# (terminology.hl7.org). Code systems not listed here and not in the IGs are not checked.
-EXTERNAL_CODE_SYSTEMS = {
-    "http://terminology.hl7.org/CodeSystem/adjudication": [
-        "submitted", "copay", "eligible", "deductible", "unallocdeduct", "eligpercent", "tax", "benefit",
-    ],
-    "http://terminology.hl7.org/CodeSystem/payeetype": ["subscriber", "provider", "other"],
-    "http://terminology.hl7.org/CodeSystem/claim-type": [
-        "institutional", "oral", "pharmacy", "professional", "vision",
-    ],
-    "http://terminology.hl7.org/CodeSystem/claiminformationcategory": [
-        "info", "discharge", "onset", "related", "exception", "material", "attachment", "missingtooth",
-        "prosthesis", "other", "hospitalized", "employmentimpacted", "externalcause", "patientreasonforvisit",
-    ],
-    "http://terminology.hl7.org/CodeSystem/ex-diagnosistype": [
-        "admitting", "clinical", "differential", "discharge", "laboratory", "nursing", "prenatal",
-        "principal", "radiology", "remote", "retrospective", "self",
-    ],
+# Codes of code systems outside the IGs that their required bindings use, from FHIR R4
+# (hl7.org/fhir and terminology.hl7.org). Code systems neither here nor in the IGs are not
+# checked.
+CODE_SYSTEMS = {
+    "http://terminology.hl7.org/CodeSystem/adjudication":
+        "submitted copay eligible deductible unallocdeduct eligpercent tax benefit",
+    "http://terminology.hl7.org/CodeSystem/payeetype": "subscriber provider other",
+    "http://terminology.hl7.org/CodeSystem/claim-type": "institutional oral pharmacy professional vision",
+    "http://terminology.hl7.org/CodeSystem/claiminformationcategory":
+        "info discharge onset related exception material attachment missingtooth prosthesis other "
+        "hospitalized employmentimpacted externalcause patientreasonforvisit",
+    "http://terminology.hl7.org/CodeSystem/ex-diagnosistype":
+        "admitting clinical differential discharge laboratory nursing prenatal principal radiology "
+        "remote retrospective self",
+    "http://hl7.org/fhir/administrative-gender": "male female other unknown",
+    "http://hl7.org/fhir/claim-use": "claim preauthorization predetermination",
+    "http://hl7.org/fhir/contact-point-system": "phone fax email pager url sms other",
+    "http://hl7.org/fhir/explanationofbenefit-status": "active cancelled draft entered-in-error",
+    "http://hl7.org/fhir/fm-status": "active cancelled draft entered-in-error",
+    "http://terminology.hl7.org/CodeSystem/medicationknowledge-status": "active inactive entered-in-error",
+    "http://hl7.org/fhir/publication-status": "draft active retired unknown",
+    "http://hl7.org/fhir/remittance-outcome": "queued complete error partial",
+    "http://terminology.hl7.org/CodeSystem/subscriber-relationship":
+        "child parent spouse common other self injured",
+    "http://unitsofmeasure.org": "s min h d wk mo a",
 }
 
-# FHIR R4 core value sets that the profiles bind as required: (system, codes).
+# FHIR R4 core value sets (http://hl7.org/fhir/ValueSet/NAME) that the profiles bind as
+# required, each all of one code system above.
 CORE_VALUE_SETS = {
-    "administrative-gender": ("http://hl7.org/fhir/administrative-gender", "male female other unknown"),
-    "claim-type": ("http://terminology.hl7.org/CodeSystem/claim-type", "institutional oral pharmacy professional vision"),
-    "claim-use": ("http://hl7.org/fhir/claim-use", "claim preauthorization predetermination"),
-    "contact-point-system": ("http://hl7.org/fhir/contact-point-system", "phone fax email pager url sms other"),
-    "explanationofbenefit-status": ("http://hl7.org/fhir/explanationofbenefit-status", "active cancelled draft entered-in-error"),
-    "fm-status": ("http://hl7.org/fhir/fm-status", "active cancelled draft entered-in-error"),
-    "medicationknowledge-status": ("http://terminology.hl7.org/CodeSystem/medicationknowledge-status", "active inactive entered-in-error"),
-    "publication-status": ("http://hl7.org/fhir/publication-status", "draft active retired unknown"),
-    "remittance-outcome": ("http://hl7.org/fhir/remittance-outcome", "queued complete error partial"),
-    "subscriber-relationship": ("http://terminology.hl7.org/CodeSystem/subscriber-relationship", "child parent spouse common other self injured"),
-    "units-of-time": ("http://unitsofmeasure.org", "s min h d wk mo a"),
+    "administrative-gender": "http://hl7.org/fhir/administrative-gender",
+    "claim-type": "http://terminology.hl7.org/CodeSystem/claim-type",
+    "claim-use": "http://hl7.org/fhir/claim-use",
+    "contact-point-system": "http://hl7.org/fhir/contact-point-system",
+    "explanationofbenefit-status": "http://hl7.org/fhir/explanationofbenefit-status",
+    "fm-status": "http://hl7.org/fhir/fm-status",
+    "medicationknowledge-status": "http://terminology.hl7.org/CodeSystem/medicationknowledge-status",
+    "publication-status": "http://hl7.org/fhir/publication-status",
+    "remittance-outcome": "http://hl7.org/fhir/remittance-outcome",
+    "subscriber-relationship": "http://terminology.hl7.org/CodeSystem/subscriber-relationship",
+    "units-of-time": "http://unitsofmeasure.org",
 }
 
 SKIP_CONSTRAINTS = {"ele-1", "ext-1"}
@@ -150,8 +158,8 @@ class Ig:
         out = None
         core = vs_url.rsplit("/", 1)[1]
         if vs_url.startswith("http://hl7.org/fhir/ValueSet/") and core in CORE_VALUE_SETS:
-            system, codes = CORE_VALUE_SETS[core]
-            out = {(system, c) for c in codes.split()}
+            system = CORE_VALUE_SETS[core]
+            out = {(system, c) for c in CODE_SYSTEMS[system].split()}
         elif vs is not None:
             out = self._expand(vs)
         self._expansions[vs_url] = out
@@ -191,8 +199,8 @@ class Ig:
                 own = {(system, c["code"]) for c in inc["concept"]}
             elif system in self.codesystems and self.codesystems[system].get("content") == "complete":
                 own = {(system, c) for c in all_concepts(self.codesystems[system].get("concept", []))}
-            elif system in EXTERNAL_CODE_SYSTEMS:
-                own = {(system, c) for c in EXTERNAL_CODE_SYSTEMS[system]}
+            elif system in CODE_SYSTEMS:
+                own = {(system, c) for c in CODE_SYSTEMS[system].split()}
             else:
                 return None
             sets.append(own)
@@ -378,7 +386,7 @@ class Validator:
             slicing = base["slicing"]
             for i, v in enumerate(values):
                 for s in slices:
-                    if self.in_slice(res, v, prof, s, slicing):
+                    if self.in_slice(v, prof, s, slicing):
                         assigned[i] = s
                         break
             for s in slices:
@@ -450,7 +458,7 @@ class Validator:
         if wanted and len(wanted) == len(allowed[rtype]) and not claimed.intersection(wanted):
             self.error(res, where, f"referenced {rtype} does not claim {wanted}")
 
-    def in_slice(self, res, v, prof, s, slicing):
+    def in_slice(self, v, prof, s, slicing):
         """Whether value `v` belongs to slice `s` by every discriminator that can be tested."""
         for d in slicing.get("discriminator", []):
             kind, path = d["type"], d["path"]

@@ -1343,25 +1343,19 @@ pub fn map_claim_with(
         kind,
         ClaimKind::Inpatient | ClaimKind::Outpatient | ClaimKind::Pharmacy
     );
-    if !c.adjudicated && header_status {
-        w.key("adjudication");
-        w.open_array();
+    let mut any = false;
+    let mut open_adj = |w: &mut JsonWriter| {
+        if !any {
+            w.key("adjudication");
+            w.open_array();
+            any = true;
+        }
+    };
+    if header_status {
+        open_adj(w);
         status_adjudication(w, "benefitpaymentstatus", network);
-        w.close_array();
     }
     if c.adjudicated {
-        let mut any = false;
-        let mut open_adj = |w: &mut JsonWriter| {
-            if !any {
-                w.key("adjudication");
-                w.open_array();
-                any = true;
-            }
-        };
-        if header_status {
-            open_adj(w);
-            status_adjudication(w, "benefitpaymentstatus", network);
-        }
         if let Some(ns) = &c.network_status {
             open_adj(w);
             status_adjudication(w, "billingnetworkstatus", ns);
@@ -1370,9 +1364,11 @@ pub fn map_claim_with(
             open_adj(w);
             adjustment(w, a)?;
         }
-        if any {
-            w.close_array();
-        }
+    }
+    if any {
+        w.close_array();
+    }
+    if c.adjudicated {
         let sums = totals(c)?;
         w.key("total");
         w.open_array();

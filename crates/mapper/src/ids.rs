@@ -69,6 +69,12 @@ pub fn practitioner_id(kind: &str, key: &str) -> String {
     fhir_id_of(&[kind, "-", key])
 }
 
+/// The NPI a provider's id was made from ([`practitioner_id`] or [`org_id`] with kind `npi`),
+/// when it was made from one and is still readable (not hashed).
+pub fn npi_in_id(id: &str) -> Option<&str> {
+    id.strip_prefix("npi-")
+}
+
 /// `Organization/` + [`org_id`], in one string.
 pub fn org_ref(kind: &str, key: &str) -> String {
     reference_of("Organization", &[kind, "-", key])
@@ -124,5 +130,11 @@ mod tests {
         assert_eq!(fhir_id(&"x".repeat(65)).len(), 41);
         assert_eq!(fhir_id_of(&["member", " 12/34"]), h);
         assert_eq!(fhir_id_of(&["npi-", "123"]), "npi-123");
+        assert_eq!(
+            npi_in_id(&practitioner_id("npi", "1234567893")),
+            Some("1234567893")
+        );
+        assert_eq!(npi_in_id(&org_id("npi", "1234567893")), Some("1234567893"));
+        assert_eq!(npi_in_id(&practitioner_id("tax", "1234567893")), None);
     }
 }

@@ -911,19 +911,20 @@ fn accept(
     Ok(())
 }
 
-/// Count a provider resource filed under an NPI (`npi-` ids, see `ids::practitioner_id` and
-/// `ids::org_id`) whose NPI fails the NPI check, and a Practitioner filed under anything but
-/// an NPI (C4BB-Practitioner requires one). Each provider is built once per run, so each is
-/// counted once, in the file that first named it.
+/// Count a provider resource filed under an NPI ([`crate::ids::npi_in_id`]) whose NPI fails
+/// the NPI check, and a Practitioner filed under anything but an NPI (C4BB-Practitioner
+/// requires one). Each provider is built once per run, so each is counted once, in the file
+/// that first named it.
 fn check_npi(report: &mut SourceReport, r: &crate::lake::Prepared) {
-    let bad = match (r.resource_type, r.id.strip_prefix("npi-")) {
+    let npi = crate::ids::npi_in_id(&r.id);
+    let bad = match (r.resource_type, npi) {
         ("Practitioner" | "Organization", Some(npi)) => !ingest::model::is_valid_npi(npi),
         ("Practitioner", None) => true,
         _ => false,
     };
     if bad {
         report.invalid_npis += 1;
-        let id = r.id.strip_prefix("npi-").unwrap_or(&r.id);
+        let id = npi.unwrap_or(&r.id);
         let examples = &mut report.invalid_npi_examples;
         if examples.len() < 3 && !examples.iter().any(|e| e == id) {
             examples.push(id.to_string());

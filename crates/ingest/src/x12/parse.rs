@@ -2485,10 +2485,6 @@ impl SetCtx {
         };
         let mut member = Member {
             member_id: member_id.clone(),
-            identifiers: vec![Ident {
-                kind: "member".into(),
-                value: member_id.clone(),
-            }],
             coverages: vec![coverage],
             position: claim.position.clone(),
             ..Member::default()
