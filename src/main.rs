@@ -401,7 +401,16 @@ fn ingest(a: &IngestArgs) -> Result<ExitCode> {
         buffer_bytes: a.buffer_mib.map(|m| m.saturating_mul(1 << 20)),
         memory_keys: None,
     };
-    let report = mapper::pipeline::run(&a.paths, &opts)?;
+    let lake = mapper::lake::Lake::new(&a.lake);
+    let before = lake.current_name().ok().flatten();
+    let report = match mapper::pipeline::run(&a.paths, &opts) {
+        Ok(report) => report,
+        Err(e) => {
+            let after = lake.current_name().ok().flatten();
+            let what = failed_run(&e, before.as_deref(), after.as_deref());
+            return Err(anyhow::Error::new(e).context(what));
+        }
+    };
     print_report(&report);
     if report.reject_rate() > a.max_reject_rate {
         eprintln!(
@@ -412,6 +421,41 @@ fn ingest(a: &IngestArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(3));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The start of a failed run's one-line message: what kind of failure (the disk is full,
+/// permission denied, …) and what state the lake is in, which is what an operator paged at
+/// night needs first. The error itself (file and OS message) follows it.
+fn failed_run(e: &mapper::pipeline::RunError, before: Option<&str>, after: Option<&str>) -> String {
+    use std::io::ErrorKind;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut kind = None;
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            kind = Some(io.kind());
+            break;
+        }
+        cause = c.source();
+    }
+    let what = match kind {
+        Some(ErrorKind::StorageFull | ErrorKind::QuotaExceeded) => {
+            "the disk is full (free space, then run again)"
+        }
+        Some(ErrorKind::PermissionDenied) => {
+            "permission denied (the user running fhirlake must be able to write the lake and read the inputs)"
+        }
+        Some(ErrorKind::ReadOnlyFilesystem) => "the file system is read-only",
+        _ => "the run failed",
+    };
+    let lake = match (before, after) {
+        (b, a) if b == a => match b {
+            Some(name) => format!("nothing was published, {name} is still the current snapshot"),
+            None => "nothing was published".to_string(),
+        },
+        (_, Some(name)) => format!("{name} was published before the failure"),
+        (_, None) => "the lake has no current snapshot".to_string(),
+    };
+    format!("{what}; {lake}")
 }
 
 /// Progress of an ingest: bars per source on a terminal, JSON log lines otherwise.

@@ -7,6 +7,7 @@ mod conformance;
 mod delta;
 mod direct_path;
 mod e2e;
+mod failures;
 mod formulary_api;
 mod ingest_run;
 mod nightly;

@@ -98,11 +98,37 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LakeError + '_ {
     }
 }
 
-fn pq_err(path: &Path, e: impl std::fmt::Display) -> LakeError {
-    LakeError::Parquet {
-        path: path.display().to_string(),
-        message: e.to_string(),
+/// A Parquet, Arrow or encoding error of `path`. An I/O error inside one (parquet-rs wraps
+/// the file's write errors) stays an I/O error, so that "disk full" or "permission denied"
+/// keeps its kind for the operator's message.
+fn pq_err<E: std::fmt::Display + 'static>(path: &Path, e: E) -> LakeError {
+    match io_cause(&e) {
+        Some(source) => LakeError::Io {
+            path: path.display().to_string(),
+            source,
+        },
+        None => LakeError::Parquet {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        },
     }
+}
+
+/// The I/O error a Parquet or Arrow error carries, rebuilt with its OS error code (or kind).
+fn io_cause(e: &dyn std::any::Any) -> Option<std::io::Error> {
+    use arrow::error::ArrowError;
+    use parquet::errors::ParquetError;
+    let io = if let Some(ParquetError::External(inner)) = e.downcast_ref::<ParquetError>() {
+        inner.downcast_ref::<std::io::Error>()?
+    } else if let Some(ArrowError::IoError(_, io)) = e.downcast_ref::<ArrowError>() {
+        io
+    } else {
+        return None;
+    };
+    Some(match io.raw_os_error() {
+        Some(code) => std::io::Error::from_raw_os_error(code),
+        None => std::io::Error::new(io.kind(), io.to_string()),
+    })
 }
 
 /// Whether rows of this type are clustered by patient (compartment types) or by id.
@@ -1414,6 +1440,7 @@ impl Lake {
             name,
             dir,
             parent,
+            published: false,
             _lock: lock,
         })
     }
@@ -1516,7 +1543,33 @@ pub struct Staged {
     pub dir: PathBuf,
     /// The snapshot this one builds on.
     pub parent: Option<String>,
+    /// Set by [`Staged::publish`]; a snapshot dropped unpublished removes what it wrote.
+    published: bool,
     _lock: LakeLock,
+}
+
+impl Drop for Staged {
+    /// A run that fails (disk full, permission denied, an unreadable input, …) leaves the lake
+    /// as it was: its staging directory and the table files and key runs it wrote are
+    /// removed, under the lock it still holds. (A killed run's leftovers are removed by the
+    /// next run's [`Lake::stage`].) A snapshot that `CURRENT` already names is never removed,
+    /// whatever failed after the switch.
+    fn drop(&mut self) {
+        if self.published {
+            return;
+        }
+        if self.lake.current_name().ok().flatten().as_deref() == Some(self.name.as_str()) {
+            return;
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+        let renamed = self.lake.snapshots().join(&self.name);
+        if renamed.exists() {
+            let _ = fs::remove_dir_all(&renamed);
+        }
+        if let Err(e) = self.lake.collect_garbage() {
+            tracing::warn!(error = %e, "removing the files of a run that did not publish");
+        }
+    }
 }
 
 impl Staged {
@@ -1530,7 +1583,7 @@ impl Staged {
     /// # Errors
     /// On I/O errors; the previous snapshot stays current.
     pub fn publish(
-        self,
+        mut self,
         counts: BTreeMap<String, u64>,
         files: BTreeMap<String, Vec<TableFile>>,
         keys: BTreeMap<String, Vec<String>>,
@@ -1557,6 +1610,7 @@ impl Staged {
         fs::rename(&self.dir, &fin).map_err(io_err(&fin))?;
         sync_dir(&self.lake.snapshots())?;
         write_atomic(self.lake.root(), "CURRENT", self.name.as_bytes())?;
+        self.published = true;
         // Files this run wrote and then replaced (side products written out early, then
         // rewritten with a richer description) are in no snapshot: remove them now rather
         // than at the next run, so that the lake holds only what its snapshots list. The

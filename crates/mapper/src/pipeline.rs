@@ -1546,27 +1546,11 @@ impl<'a> Tables<'a> {
         }
     }
 
-    /// Finish every table: side products, FULL formulary removals, copies of earlier files
-    /// without the rows this run replaced, the key index run of what it wrote. Returns the new
-    /// snapshot's files, row counts, merge statistics and key index runs per type. The writer
-    /// must be joined (all flushed files written) before the copies are made, so this takes
-    /// the join as a closure.
-    #[allow(clippy::type_complexity)]
-    fn finish(
-        mut self,
-        join_writer: impl FnOnce() -> Result<(), LakeError>,
-    ) -> Result<
-        (
-            BTreeMap<String, Vec<lake::TableFile>>,
-            BTreeMap<String, u64>,
-            BTreeMap<String, MergeStats>,
-            BTreeMap<String, Vec<String>>,
-        ),
-        LakeError,
-    > {
+    /// Spill and flush every touched type's remaining rows to the writer (the last step of
+    /// a run before the writer is joined).
+    fn write_out(&mut self, types: &[&'static str]) -> Result<(), LakeError> {
         let root = self.lake.root().to_path_buf();
-        let types: Vec<&'static str> = self.types.keys().copied().collect();
-        for t in &types {
+        for t in types {
             let t = *t;
             let full = self.full.clone();
             let table = self.types.get_mut(t).expect("listed");
@@ -1605,8 +1589,35 @@ impl<'a> Tables<'a> {
             }
             self.flush(t)?;
         }
+        Ok(())
+    }
+
+    /// Finish every table: side products, FULL formulary removals, copies of earlier files
+    /// without the rows this run replaced, the key index run of what it wrote. Returns the new
+    /// snapshot's files, row counts, merge statistics and key index runs per type. The writer
+    /// must be joined (all flushed files written) before the copies are made, so this takes
+    /// the join as a closure, and calls it whatever happens before, so that no file is still
+    /// being written when a failed run removes its files (`Staged`'s drop).
+    #[allow(clippy::type_complexity)]
+    fn finish(
+        mut self,
+        join_writer: impl FnOnce() -> Result<(), LakeError>,
+    ) -> Result<
+        (
+            BTreeMap<String, Vec<lake::TableFile>>,
+            BTreeMap<String, u64>,
+            BTreeMap<String, MergeStats>,
+            BTreeMap<String, Vec<String>>,
+        ),
+        LakeError,
+    > {
+        let root = self.lake.root().to_path_buf();
+        let types: Vec<&'static str> = self.types.keys().copied().collect();
+        let written = self.write_out(&types);
         self.jobs = None;
-        join_writer()?;
+        let joined = join_writer();
+        written?;
+        joined?;
 
         let mut files = BTreeMap::new();
         let mut counts = BTreeMap::new();
