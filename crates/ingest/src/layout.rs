@@ -548,7 +548,9 @@ fn parse_date_with(t: &str, format: &str) -> Option<Text> {
     std::str::from_utf8(&iso).ok().map(Text::from)
 }
 
-fn valid_ymd(y: i32, m: u32, d: u32) -> bool {
+/// Whether year `y`, month `m`, day `d` is a date of the Gregorian calendar (years 1 to 9999,
+/// the month's own length, 29 February in leap years only). Every reader's dates pass here.
+pub(crate) fn valid_ymd(y: i32, m: u32, d: u32) -> bool {
     if !(1..=9999).contains(&y) || !(1..=12).contains(&m) || d == 0 {
         return false;
     }

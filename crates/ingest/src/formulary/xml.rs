@@ -1477,20 +1477,8 @@ fn is_iso_date(s: &str) -> bool {
     if !(all_digits(y) && all_digits(m) && all_digits(d)) {
         return false;
     }
-    let (y, m, d): (u32, u32, u32) = (
-        y.parse().unwrap_or(0),
-        m.parse().unwrap_or(0),
-        d.parse().unwrap_or(0),
-    );
-    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
-    let days = match m {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if leap => 29,
-        2 => 28,
-        _ => return false,
-    };
-    (1..=days).contains(&d)
+    let number = |t: &str| t.parse::<u32>().unwrap_or(0);
+    crate::layout::valid_ymd(number(y) as i32, number(m), number(d))
 }
 
 #[cfg(test)]

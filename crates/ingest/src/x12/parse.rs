@@ -1041,9 +1041,10 @@ pub(crate) fn d8(b: &[u8]) -> Option<Text> {
     if b.len() < 8 || !b[..8].iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let m = (b[4] - b'0') * 10 + (b[5] - b'0');
-    let d = (b[6] - b'0') * 10 + (b[7] - b'0');
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+    let digits = |i: usize| u32::from(b[i] - b'0') * 10 + u32::from(b[i + 1] - b'0');
+    let (y, m, d) = (digits(0) * 100 + digits(2), digits(4), digits(6));
+    // CCYYMMDD is a calendar date: no 31 April, 29 February only in a leap year.
+    if !crate::layout::valid_ymd(y as i32, m, d) {
         return None;
     }
     let mut s = [0u8; 10];
@@ -2922,6 +2923,25 @@ mod tests {
     fn dates() {
         assert_eq!(d8(b"20240115").as_deref(), Some("2024-01-15"));
         assert_eq!(d8(b"20241315"), None);
+        // Calendar dates only: month lengths and leap years (2000 was one, 1900 was not).
+        for (good, date) in [
+            (true, b"20240229"),
+            (false, b"20230229"),
+            (true, b"20000229"),
+            (false, b"19000229"),
+            (false, b"20240231"),
+            (false, b"20240431"),
+            (true, b"20241231"),
+            (false, b"20240100"),
+        ] {
+            assert_eq!(
+                d8(date).is_some(),
+                good,
+                "{}",
+                String::from_utf8_lossy(date)
+            );
+        }
+        assert!(dtp_period(b"RD8", b"20240201-20240230").is_err());
         assert_eq!(
             dtp_period(b"RD8", b"20050314-20050325"),
             Ok((Some("2005-03-14".into()), Some("2005-03-25".into())))
