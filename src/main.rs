@@ -504,24 +504,56 @@ fn progress_reporter() -> mapper::pipeline::ProgressFn {
     }
 }
 
+/// The run's summary on the terminal: per source what `report.json` holds — records read,
+/// accepted, rejected, updated and cancelled, megabytes, seconds and records per second, then
+/// the resources it produced per type and its rejects per reason.
 fn print_report(r: &mapper::pipeline::RunReport) {
     println!("snapshot {} published ({:.2}s)", r.snapshot, r.seconds);
-    println!(
-        "{:<60} {:>9} {:>9} {:>9}",
-        "source", "read", "accepted", "rejected"
-    );
-    for s in &r.sources {
+    let label = |s: &mapper::pipeline::SourceReport| {
         let name = Path::new(&s.file)
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
+        format!("{name} [{}]", s.layout)
+    };
+    let width = r
+        .sources
+        .iter()
+        .map(|s| label(s).len())
+        .max()
+        .unwrap_or(0)
+        .max(24);
+    let row = |name: &str, counts: [u64; 5], bytes: u64, seconds: f64| {
+        let [read, accepted, rejected, updated, cancelled] = counts;
+        let rate = if seconds > 0.0 {
+            format!("{:.0}", read as f64 / seconds)
+        } else {
+            "-".to_string()
+        };
         println!(
-            "{:<60} {:>9} {:>9} {:>9}",
-            format!("{name} [{}]", s.layout),
-            s.records_read,
-            s.accepted,
-            s.rejected
+            "{name:<width$} {read:>9} {accepted:>9} {rejected:>9} {updated:>8} {cancelled:>9} {:>9.1} {seconds:>7.2} {rate:>10}",
+            bytes as f64 / 1e6
         );
+    };
+    println!(
+        "{:<width$} {:>9} {:>9} {:>9} {:>8} {:>9} {:>9} {:>7} {:>10}",
+        "source", "read", "accepted", "rejected", "updated", "cancelled", "MB", "s", "records/s"
+    );
+    let pairs = |m: &std::collections::BTreeMap<String, u64>| {
+        m.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for s in &r.sources {
+        let counts = [s.records_read, s.accepted, s.rejected, s.updates, s.cancels];
+        row(&label(s), counts, s.bytes, s.seconds);
+        if !s.resources.is_empty() {
+            println!("    resources: {}", pairs(&s.resources));
+        }
+        if !s.rejects_by_reason.is_empty() {
+            println!("    rejects: {}", pairs(&s.rejects_by_reason));
+        }
         for n in &s.notices {
             println!("    notice: {n}");
         }
@@ -533,24 +565,19 @@ fn print_report(r: &mapper::pipeline::RunReport) {
             );
         }
     }
-    println!(
-        "{:<60} {:>9} {:>9} {:>9}",
-        "total", r.records_read, r.accepted, r.rejected
-    );
+    let (updates, cancels, bytes) = r.sources.iter().fold((0, 0, 0), |(u, c, b), s| {
+        (u + s.updates, c + s.cancels, b + s.bytes)
+    });
+    let counts = [r.records_read, r.accepted, r.rejected, updates, cancels];
+    row("total", counts, bytes, r.seconds);
     if !r.rejects_by_reason.is_empty() {
-        let reasons: Vec<String> = r
-            .rejects_by_reason
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
         println!(
             "rejects by reason: {} (details: {})",
-            reasons.join(", "),
+            pairs(&r.rejects_by_reason),
             r.rejects_file
         );
     }
-    let tables: Vec<String> = r.tables.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    println!("lake tables: {}", tables.join(", "));
+    println!("lake tables: {}", pairs(&r.tables));
     let built: Vec<&str> = (r.merge.iter())
         .filter(|(_, s)| s.key_index_built)
         .map(|(t, _)| t.as_str())

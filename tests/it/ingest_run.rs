@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use std::process::Command;
+
 use serde_json::Value;
 
 use crate::common::{bin, export, exported_ids, ingest, key, root, stable, succeed};
@@ -433,4 +435,140 @@ fn many_small_x12_files_read_side_by_side_give_the_lake_of_a_sequential_run() {
         .collect();
     assert_eq!(claim.len(), 1, "{claim:?}");
     assert_eq!(claim[0]["status"], "cancelled");
+}
+
+/// The summary on the terminal tells, per source, what `report.json` holds; off a terminal the
+/// progress is JSON log lines (one per file at least, its last with `done`), on a terminal it is
+/// a bar per file; and neither names a member, a claim or a person.
+#[test]
+fn the_run_tells_its_progress_and_summary_without_naming_anyone() {
+    let lake = tempfile::tempdir().unwrap();
+    let out = bin()
+        .env("FHIRLAKE_LOG", "info")
+        .args(["ingest", "--lake"])
+        .arg(lake.path())
+        .args(["samples/plain", "tests/fixtures/broken-claims.csv"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    );
+    let report: Value = serde_json::from_str(&snapshot_file(lake.path(), "report.json")).unwrap();
+
+    // The summary: a row per source with the report's numbers, then its resources and rejects.
+    for s in report["sources"].as_array().unwrap() {
+        let file = s["file"].as_str().unwrap();
+        let name = std::path::Path::new(file)
+            .file_name()
+            .unwrap()
+            .to_string_lossy();
+        let label = format!("{name} [{}]", s["layout"].as_str().unwrap());
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{label} ")))
+            .unwrap_or_else(|| panic!("no row for {label}: {stdout}"));
+        let cells: Vec<&str> = row[label.len()..].split_whitespace().collect();
+        let n = |k: &str| s[k].as_u64().unwrap().to_string();
+        let mb = format!("{:.1}", s["bytes"].as_f64().unwrap() / 1e6);
+        let want = [
+            n("records_read"),
+            n("accepted"),
+            n("rejected"),
+            n("updates"),
+            n("cancels"),
+            mb,
+        ];
+        assert_eq!(cells[..6], want, "{row}");
+        let seconds: f64 = cells[6].parse().unwrap();
+        assert!(
+            (seconds - s["seconds"].as_f64().unwrap()).abs() < 0.006,
+            "{row}"
+        );
+        let resources: Vec<String> = (s["resources"].as_object().unwrap().iter())
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        assert!(stdout.contains(&format!("{row}\n    resources: {}\n", resources.join(", "))));
+        let reasons = s["rejects_by_reason"].as_object().unwrap();
+        if !reasons.is_empty() {
+            let reasons: Vec<String> = reasons.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            assert!(stdout.contains(&format!("    rejects: {}\n", reasons.join(", "))));
+        }
+    }
+    let total = stdout.lines().find(|l| l.starts_with("total ")).unwrap();
+    let cells: Vec<&str> = total.split_whitespace().collect();
+    assert_eq!(cells[1..4], ["18", "12", "6"], "{total}");
+
+    // Off a terminal: JSON lines, a `done` one per file with all its bytes and records.
+    let mut done = BTreeMap::new();
+    for line in stderr.lines() {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        let f = &v["fields"];
+        if f["message"] == "ingest progress" && f["done"] == true {
+            assert_eq!(f["bytes"], f["total_bytes"], "{line}");
+            done.insert(
+                f["file"].as_str().unwrap().to_string(),
+                f["records"].clone(),
+            );
+        }
+    }
+    for s in report["sources"].as_array().unwrap() {
+        assert_eq!(
+            done[s["file"].as_str().unwrap()],
+            s["records_read"],
+            "{stderr}"
+        );
+    }
+
+    // On a terminal (a pseudo-terminal from util-linux `script`): a bar per file.
+    let cmd = format!(
+        "{} ingest --lake {} samples/plain",
+        env!("CARGO_BIN_EXE_fhirlake"),
+        lake.path().display()
+    );
+    let tty = Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .current_dir(root())
+        .env("FHIRLAKE_LOG", "info")
+        .output();
+    let screen = match tty {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).to_string(),
+        _ => {
+            eprintln!("SKIPPED the terminal part: no `script` to give fhirlake a terminal");
+            String::new()
+        }
+    };
+    if !screen.is_empty() {
+        for bar in ["members.csv", "4 records", "864 B/864 B", "eta"] {
+            assert!(screen.contains(bar), "{bar} not in {screen}");
+        }
+        assert!(!screen.contains("\"ingest progress\""), "{screen}");
+    }
+
+    // Nobody is named: no member id, claim id or name of the inputs in the logs or on screen.
+    let words = |s: &str| -> std::collections::HashSet<String> {
+        s.split(|c: char| !c.is_ascii_alphanumeric() && c != '-')
+            .map(str::to_string)
+            .collect()
+    };
+    let said: std::collections::HashSet<String> = words(&stderr)
+        .union(&words(&stdout))
+        .cloned()
+        .chain(words(&screen))
+        .collect();
+    for r in export(lake.path()) {
+        if matches!(
+            r["resourceType"].as_str(),
+            Some("Patient" | "ExplanationOfBenefit")
+        ) {
+            let id = r["id"].as_str().unwrap();
+            assert!(!said.contains(id), "{id} is named");
+        }
+        for n in r["name"].as_array().into_iter().flatten() {
+            if let Some(family) = n["family"].as_str() {
+                assert!(!said.contains(family), "{family} is named");
+            }
+        }
+    }
 }

@@ -785,10 +785,11 @@ fn finish_report(
         .notices
         .iter()
         .map(|n| {
-            format!(
-                "{} (segment {:?}, line {}, byte {})",
-                n.message, n.position.segment, n.position.line, n.position.byte_offset
-            )
+            let p = &n.position;
+            match p.segment {
+                Some(seg) => format!("{} (segment {seg}, byte {})", n.message, p.byte_offset),
+                None => format!("{} (line {}, byte {})", n.message, p.line, p.byte_offset),
+            }
         })
         .collect();
     if report.records_read != report.accepted + report.rejected {
