@@ -217,3 +217,25 @@ pub fn stable(mut v: Vec<Value>) -> Vec<Value> {
     v.sort_by_key(|r| format!("{}/{}", r["resourceType"], r["id"]));
     v
 }
+
+/// Every file under `dir`, relative to it, sorted (partial files and staging directories of a
+/// failed run would show here).
+pub fn files_under(dir: &Path) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir)
+            .expect("read a lake directory")
+            .flatten()
+        {
+            let p = e.path();
+            if p.is_dir() {
+                walk(base, &p, out);
+            } else {
+                out.push(p.strip_prefix(base).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}

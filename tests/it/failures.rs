@@ -14,7 +14,7 @@ use std::process::{Child, Command, Output, Stdio};
 
 use serde_json::Value;
 
-use crate::common::{bin, export, ingest, root, stable, succeed};
+use crate::common::{bin, export, files_under, ingest, root, stable, succeed};
 
 /// A tmpfs of `size` KiB mounted on a directory inside a private namespace, held open by a
 /// sleeping process; commands run inside it through `nsenter`.
@@ -117,28 +117,6 @@ impl Drop for SmallDisk {
         let _ = self.holder.kill();
         let _ = self.holder.wait();
     }
-}
-
-/// Every file under `dir`, relative to it, sorted (partial files and staging directories of a
-/// failed run would show here).
-fn files_under(dir: &Path) -> Vec<String> {
-    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
-        for e in std::fs::read_dir(dir)
-            .expect("read a lake directory")
-            .flatten()
-        {
-            let p = e.path();
-            if p.is_dir() {
-                walk(base, &p, out);
-            } else {
-                out.push(p.strip_prefix(base).unwrap().display().to_string());
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out);
-    out.sort();
-    out
 }
 
 /// A plain CSV extract of 300 members' claims (about 1.3 MB, 3,000 claims).

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{bin, export, ingest, stable, Server};
+use crate::common::{bin, export, files_under, ingest, stable, Server};
 
 #[test]
 fn a_killed_run_leaves_the_previous_snapshot_serving_and_the_next_run_completes() {
@@ -108,13 +108,22 @@ fn unreadable_input_fails_the_run_and_leaves_the_lake_as_it_was() {
     let lake = tempfile::tempdir().unwrap();
     assert_eq!(ingest(lake.path(), &["samples/plain"]).0, 0);
     let before = std::fs::read_to_string(lake.path().join("CURRENT")).unwrap();
+    let before_files = files_under(lake.path());
     let (code, out) = ingest(lake.path(), &["samples/plain", "no/such/file.csv"]);
     assert_eq!(code, 1);
-    assert!(out.contains("no/such/file.csv"), "{out}");
+    let said = format!(
+        "fhirlake: the run failed; nothing was published, {} is still the current snapshot: ",
+        before.trim()
+    );
+    assert!(
+        out.starts_with(&said) && out.contains("no/such/file.csv"),
+        "{out}"
+    );
     assert_eq!(
         std::fs::read_to_string(lake.path().join("CURRENT")).unwrap(),
         before
     );
+    assert_eq!(files_under(lake.path()), before_files);
 }
 
 #[test]
