@@ -1,5 +1,6 @@
 //! Property-style tests: random mixes of good and corrupted records — the plain layout, RIF
-//! beneficiaries and every RIF claim layout, 837P and 837I, formulary XML — always satisfy
+//! beneficiaries and every RIF claim layout, 837P and 837I, formulary XML, the CMS Part D
+//! formulary file — always satisfy
 //! `read = accepted + rejected`, and every corrupted record is rejected rather than lost or
 //! accepted.
 
@@ -336,5 +337,50 @@ fn formulary_extracts_with_randomly_damaged_drugs_keep_the_accounting() {
         let report = run(&[p], &options(&work.path().join("lake"))).unwrap();
         // Each formulary's two plans are records too.
         assert_accounted(&report, drugs + 3 * 2, damaged, &format!("seed {seed}"));
+    }
+}
+
+#[test]
+fn partd_formulary_files_with_random_damage_keep_the_accounting() {
+    for seed in [4u64, 9] {
+        let work = tempfile::tempdir().unwrap();
+        let mut rng = Rng::new(seed);
+        let yn = |rng: &mut Rng| if rng.below(2) == 0 { "Y" } else { "N" };
+        let mut lines = vec![
+            "FORMULARY_ID|FORMULARY_VERSION|CONTRACT_YEAR|RXCUI|NDC|TIER_LEVEL_VALUE|QUANTITY_LIMIT_YN|QUANTITY_LIMIT_AMOUNT|QUANTITY_LIMIT_DAYS|PRIOR_AUTHORIZATION_YN|STEP_THERAPY_YN|SELECTED_DRUG_YN".to_string(),
+        ];
+        let (mut drugs, mut damaged) = (0u64, 0u64);
+        for n in 0..80u64 {
+            let limit = rng.below(4) == 0;
+            let mut fields = vec![
+                format!("000{}", 99901 + n % 2),
+                "13".into(),
+                "2026".into(),
+                (200_000 + n).to_string(),
+                format!("{:011}", 99_999_000_000 + n),
+                (1 + rng.below(7)).to_string(),
+                if limit { "Y" } else { "N" }.into(),
+                if limit { "30".into() } else { String::new() },
+                if limit { "30".into() } else { String::new() },
+                yn(&mut rng).into(),
+                yn(&mut rng).into(),
+                yn(&mut rng).into(),
+            ];
+            drugs += 1;
+            if rng.below(4) == 0 {
+                damaged += 1;
+                match rng.below(4) {
+                    0 => fields.truncate(6),         // wrong field count
+                    1 => fields[5] = "8".into(),     // a tier with no meaning
+                    2 => fields[9] = "MAYBE".into(), // a flag that is neither Y nor N
+                    _ => fields[3] = String::new(),  // no RxNorm code
+                }
+            }
+            lines.push(fields.join("|"));
+        }
+        let p = work.path().join("basic-formulary.txt");
+        std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+        let report = run(&[p], &options(&work.path().join("lake"))).unwrap();
+        assert_accounted(&report, drugs, damaged, &format!("Part D seed {seed}"));
     }
 }
