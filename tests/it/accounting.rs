@@ -1,8 +1,7 @@
 //! Property-style tests: random mixes of good and corrupted records — the plain layout, RIF
 //! beneficiaries and every RIF claim layout, 837P and 837I, formulary XML, the CMS Part D
-//! formulary file — always satisfy
-//! `read = accepted + rejected`, and every corrupted record is rejected rather than lost or
-//! accepted.
+//! formulary file — always satisfy `read = accepted + rejected`, and every corrupted record is
+//! rejected rather than lost or accepted.
 
 use std::path::PathBuf;
 
