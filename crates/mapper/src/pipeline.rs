@@ -693,7 +693,8 @@ fn process_file(
             let summary = reader.read(path, &mut |item: Item| {
                 read += 1;
                 if let Some(p) = progress {
-                    if read.is_multiple_of(4096) {
+                    // From the first record on, so that a bar's rate counts the whole file.
+                    if read == 1 || read.is_multiple_of(4096) {
                         p(&Progress {
                             file: &file_name,
                             records: read,
@@ -837,7 +838,7 @@ fn process_x12_files(
             FileEvent::Item((offset, m)) => {
                 report.records_read += 1;
                 if let Some(p) = progress {
-                    if report.records_read.is_multiple_of(4096) {
+                    if report.records_read == 1 || report.records_read.is_multiple_of(4096) {
                         p(&Progress {
                             file: &report.file,
                             records: report.records_read,
