@@ -550,6 +550,7 @@ fn parse_date_with(t: &str, format: &str) -> Option<Text> {
 
 /// Whether year `y`, month `m`, day `d` is a date of the Gregorian calendar (years 1 to 9999,
 /// the month's own length, 29 February in leap years only). Every reader's dates pass here.
+#[inline]
 pub(crate) fn valid_ymd(y: i32, m: u32, d: u32) -> bool {
     if !(1..=9999).contains(&y) || !(1..=12).contains(&m) || d == 0 {
         return false;
