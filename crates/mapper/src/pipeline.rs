@@ -1548,8 +1548,8 @@ impl<'a> Tables<'a> {
         }
     }
 
-    /// Spill and flush every touched type's remaining rows to the writer (the last step of
-    /// a run before the writer is joined).
+    /// The last rows of every touched type to the writer: side products nothing else
+    /// described, the removals of a FULL formulary extract, and the rows still buffered.
     fn write_out(&mut self, types: &[&'static str]) -> Result<(), LakeError> {
         let root = self.lake.root().to_path_buf();
         for t in types {
@@ -1594,7 +1594,7 @@ impl<'a> Tables<'a> {
         Ok(())
     }
 
-    /// Finish every table: side products, FULL formulary removals, copies of earlier files
+    /// Finish every table: its last rows ([`Self::write_out`]), copies of earlier files
     /// without the rows this run replaced, the key index run of what it wrote. Returns the new
     /// snapshot's files, row counts, merge statistics and key index runs per type. The writer
     /// must be joined (all flushed files written) before the copies are made, so this takes
