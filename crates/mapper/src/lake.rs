@@ -788,7 +788,7 @@ pub fn sync_file(path: &Path, file: &File) -> Result<(), LakeError> {
 
 /// A table file being written batch by batch.
 ///
-/// The `resource` column is encoded by [`json_column`] straight from each row's text; the
+/// The `resource` column is encoded by the `json_column` module straight from each row's text; the
 /// other columns go through parquet-rs's Arrow column writers. Row groups hold
 /// [`ROW_GROUP_ROWS`] rows.
 pub struct TableWriter {
