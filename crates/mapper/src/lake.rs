@@ -788,8 +788,8 @@ pub fn sync_file(path: &Path, file: &File) -> Result<(), LakeError> {
 
 /// A table file being written batch by batch.
 ///
-/// The `resource` column is encoded by the `json_column` module straight from each row's text; the
-/// other columns go through parquet-rs's Arrow column writers. Row groups hold
+/// The `resource` column is encoded by the `json_column` module straight from each row's
+/// text; the other columns go through parquet-rs's Arrow column writers. Row groups hold
 /// [`ROW_GROUP_ROWS`] rows.
 pub struct TableWriter {
     path: PathBuf,
