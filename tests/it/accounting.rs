@@ -1,7 +1,7 @@
 //! Property-style tests: random mixes of good and corrupted records — the plain layout, RIF
 //! beneficiaries and every RIF claim layout, 837P and 837I, formulary XML, the CMS Part D
-//! formulary file — always satisfy `read = accepted + rejected`, and every corrupted record is
-//! rejected rather than lost or accepted.
+//! formulary file, QHP drug JSON — always satisfy `read = accepted + rejected`, and every
+//! corrupted record is rejected rather than lost or accepted.
 
 use std::path::PathBuf;
 
@@ -381,5 +381,62 @@ fn partd_formulary_files_with_random_damage_keep_the_accounting() {
         std::fs::write(&p, lines.join("\n") + "\n").unwrap();
         let report = run(&[p], &options(&work.path().join("lake"))).unwrap();
         assert_accounted(&report, drugs, damaged, &format!("Part D seed {seed}"));
+    }
+}
+
+#[test]
+fn qhp_drug_files_with_random_damage_keep_the_accounting() {
+    use serde_json::{json, Value};
+    for seed in [6u64, 15] {
+        let work = tempfile::tempdir().unwrap();
+        let mut rng = Rng::new(seed);
+        let tiers = [
+            "GENERIC",
+            "PREFERRED-BRAND",
+            "NON-PREFERRED-BRAND",
+            "SPECIALTY",
+        ];
+        let (mut entries, mut damaged) = (0u64, 0u64);
+        let mut drugs = Vec::new();
+        for n in 0..50u64 {
+            // A record is one drug on one plan; a drug without an RxNorm code rejects on each.
+            let bad_drug = rng.below(10) == 0;
+            let mut plans = Vec::new();
+            for p in 0..1 + rng.below(3) {
+                let mut plan = json!({
+                    "plan_id_type": "HIOS-PLAN-ID",
+                    "plan_id": format!("12345XX98765{:02}", 40 + p),
+                    "drug_tier": rng.pick(&tiers),
+                    "prior_authorization": rng.below(2) == 0,
+                    "step_therapy": false,
+                    "quantity_limit": false,
+                    "years": [2026],
+                });
+                entries += 1;
+                if bad_drug {
+                    damaged += 1;
+                } else if rng.below(4) == 0 {
+                    damaged += 1;
+                    match rng.below(3) {
+                        0 => plan["drug_tier"] = json!("GOLD-STAR"), // no such tier
+                        1 => plan["plan_id"] = json!(""),            // no plan
+                        _ => plan["step_therapy"] = json!("yes"),    // not a boolean
+                    }
+                }
+                plans.push(plan);
+            }
+            let rxnorm: Value = if bad_drug {
+                json!("RX-12")
+            } else {
+                json!((300_000 + n).to_string())
+            };
+            drugs.push(
+                json!({"rxnorm_id": rxnorm, "drug_name": format!("drug {n}"), "plans": plans}),
+            );
+        }
+        let p = work.path().join("drugs.json");
+        std::fs::write(&p, serde_json::to_vec_pretty(&drugs).unwrap()).unwrap();
+        let report = run(&[p], &options(&work.path().join("lake"))).unwrap();
+        assert_accounted(&report, entries, damaged, &format!("QHP seed {seed}"));
     }
 }
