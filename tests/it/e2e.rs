@@ -35,8 +35,13 @@ fn reads_searches_paging_and_errors() {
     assert_eq!(st, 404, "{o}");
     assert_eq!(o["resourceType"], "OperationOutcome");
     assert!(o.to_string().contains("version 2"), "{o}");
-    let (st, _) = s.get(&format!("Patient/{JOHN}/_history/1"), None);
+    let (st, o) = s.get(&format!("Patient/{JOHN}/_history/1"), None);
     assert_eq!(st, 401);
+    assert_eq!(o["resourceType"], "OperationOutcome", "{o}");
+    assert!(
+        !o.to_string().contains(JOHN),
+        "no data without a token: {o}"
+    );
     let (st, o) = s.get("Patient/-1000014/_history/1", Some(&t));
     assert_eq!(
         st, 404,

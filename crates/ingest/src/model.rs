@@ -482,3 +482,23 @@ pub struct TierCostShare {
     /// Whether the tier is available by mail order.
     pub mail_order: Option<bool>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_npis_are_told_apart() {
+        for bad in [
+            "1234567890",
+            "123456789",
+            "12345678931",
+            "PCP2574881",
+            "",
+            "220008",
+        ] {
+            assert!(!is_valid_npi(bad), "{bad}");
+        }
+        assert!(is_valid_npi("1234567893"));
+    }
+}

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 use ingest::model::{Change, Claim, ClaimKind, ClaimLine, CoverageSpan, Member, Party, Text};
 
-use crate::ids::{fhir_id, fhir_id_of, org_ref, practitioner_ref};
+use crate::ids::{fhir_id, fhir_id_of, keyed_ref};
 use crate::jw::JsonWriter;
 use crate::lake::index_params;
 use crate::registry::{IndexLists, IndexValue, SearchParam};
@@ -285,7 +285,7 @@ fn payer_key(payer: &Party) -> Option<&str> {
 
 /// The payer Organization's id for a party (payer id, else its name).
 pub fn payer_ref(payer: &Party) -> Option<String> {
-    Some(org_ref("payer", payer_key(payer)?))
+    Some(keyed_ref("Organization", "payer", payer_key(payer)?))
 }
 
 /// What a provider is filed as: a Practitioner by identifier kind (an NPI unless the source
@@ -300,14 +300,10 @@ fn provider_key(p: &Party) -> Option<(&'static str, &str, &str)> {
     Some(("Organization", p.id_kind.as_deref().unwrap_or("org"), key))
 }
 
-/// A provider's reference: Practitioner for persons with an NPI, else Organization.
+/// A provider's reference, as [`provider_key`] files it.
 pub fn provider_ref(p: &Party) -> Option<String> {
-    let (_, kind, key) = provider_key(p)?;
-    Some(if p.person {
-        practitioner_ref(kind, key)
-    } else {
-        org_ref(kind, key)
-    })
+    let (rtype, kind, key) = provider_key(p)?;
+    Some(keyed_ref(rtype, kind, key))
 }
 
 /// The Patient id of a member id.

@@ -59,30 +59,21 @@ pub fn reference_of(resource_type: &str, parts: &[&str]) -> String {
     out
 }
 
-/// The id of an Organization from its identifier kind and value (or name).
-pub fn org_id(kind: &str, key: &str) -> String {
+/// The id of a resource filed under an identifier kind and value (or name): providers and
+/// payers, as `npi-1234567893`, `tax-123456789`, `payer-FLHP`, `org-Harbor Clinic` (hashed).
+pub fn keyed_id(kind: &str, key: &str) -> String {
     fhir_id_of(&[kind, "-", key])
 }
 
-/// The id of a Practitioner from their identifier kind (`npi`, …) and value.
-pub fn practitioner_id(kind: &str, key: &str) -> String {
-    fhir_id_of(&[kind, "-", key])
-}
-
-/// The NPI a provider's id was made from ([`practitioner_id`] or [`org_id`] with kind `npi`),
-/// when it was made from one and is still readable (not hashed).
+/// The NPI a provider's id was made from ([`keyed_id`] with kind `npi`), when it was made from
+/// one and is still readable (not hashed).
 pub fn npi_in_id(id: &str) -> Option<&str> {
     id.strip_prefix("npi-")
 }
 
-/// `Organization/` + [`org_id`], in one string.
-pub fn org_ref(kind: &str, key: &str) -> String {
-    reference_of("Organization", &[kind, "-", key])
-}
-
-/// `Practitioner/` + [`practitioner_id`], in one string.
-pub fn practitioner_ref(kind: &str, key: &str) -> String {
-    reference_of("Practitioner", &[kind, "-", key])
+/// `{resource_type}/` + [`keyed_id`], in one string.
+pub fn keyed_ref(resource_type: &str, kind: &str, key: &str) -> String {
+    reference_of(resource_type, &[kind, "-", key])
 }
 
 #[cfg(test)]
@@ -92,16 +83,16 @@ mod tests {
     #[test]
     fn references_are_type_and_id() {
         assert_eq!(
-            org_ref("tin", "12-3"),
-            format!("Organization/{}", org_id("tin", "12-3"))
+            keyed_ref("Organization", "tin", "12-3"),
+            format!("Organization/{}", keyed_id("tin", "12-3"))
         );
         assert_eq!(
-            practitioner_ref("npi", "1234567893"),
+            keyed_ref("Practitioner", "npi", "1234567893"),
             "Practitioner/npi-1234567893"
         );
         assert_eq!(
-            practitioner_ref("tax", "123"),
-            format!("Practitioner/{}", practitioner_id("tax", "123"))
+            keyed_ref("Practitioner", "org", "Harbor Family Medicine"),
+            format!("Practitioner/{}", keyed_id("org", "Harbor Family Medicine"))
         );
         for parts in [
             &["npi-", "1234567893"][..],
@@ -131,10 +122,9 @@ mod tests {
         assert_eq!(fhir_id_of(&["member", " 12/34"]), h);
         assert_eq!(fhir_id_of(&["npi-", "123"]), "npi-123");
         assert_eq!(
-            npi_in_id(&practitioner_id("npi", "1234567893")),
+            npi_in_id(&keyed_id("npi", "1234567893")),
             Some("1234567893")
         );
-        assert_eq!(npi_in_id(&org_id("npi", "1234567893")), Some("1234567893"));
-        assert_eq!(npi_in_id(&practitioner_id("tax", "1234567893")), None);
+        assert_eq!(npi_in_id(&keyed_id("tax", "1234567893")), None);
     }
 }

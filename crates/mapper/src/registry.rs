@@ -502,12 +502,18 @@ pub fn location() -> Vec<SearchParam> {
     ]
 }
 
+/// The resource types of the PDex drug formulary: plans, their formularies and service
+/// areas, formulary items and drugs. They hold no member data (the API serves them without a
+/// token).
+pub const FORMULARY_RESOURCE_TYPES: &[&str] =
+    &["InsurancePlan", "Basic", "MedicationKnowledge", "Location"];
+
 /// The whole registry: every supported parameter of every served resource type.
 pub fn all() -> &'static [SearchParam] {
     static ALL: std::sync::OnceLock<Vec<SearchParam>> = std::sync::OnceLock::new();
     ALL.get_or_init(|| {
         let mut v = c4bb();
-        for t in ["InsurancePlan", "Basic", "MedicationKnowledge", "Location"] {
+        for &t in FORMULARY_RESOURCE_TYPES {
             v.extend(common(t));
         }
         v.extend(location());

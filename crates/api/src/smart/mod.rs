@@ -46,8 +46,7 @@ use keys::KeyStore;
 use validate::{bearer, RevocationList, Validator};
 
 /// Resource types served without a token: the PDex drug formulary holds no member data.
-pub const PUBLIC_RESOURCE_TYPES: &[&str] =
-    &["InsurancePlan", "Basic", "MedicationKnowledge", "Location"];
+pub const PUBLIC_RESOURCE_TYPES: &[&str] = mapper::registry::FORMULARY_RESOURCE_TYPES;
 
 /// True when `resource_type` is public (formulary).
 pub fn is_public_resource(resource_type: &str) -> bool {

@@ -880,8 +880,8 @@ impl<R: BufRead> Parser<R> {
         if f.plans > 0 || f.standalone_emitted {
             return;
         }
-        let (line, offset, path) = (f.line, f.offset, f.path.clone());
-        let item = self.plan_record(String::new(), None, Party::default(), line, offset, path);
+        let at = self.position(f.line, f.offset, f.path.clone());
+        let item = self.plan_record(String::new(), None, Party::default(), Vec::new(), at);
         if let Some(f) = self.formulary.as_mut() {
             f.standalone_emitted = true;
         }
@@ -959,13 +959,15 @@ impl<R: BufRead> Parser<R> {
         plan_id: String,
         plan_type: Option<&str>,
         payer: Party,
-        line: u64,
-        offset: u64,
-        path: String,
+        coverage_areas: Vec<String>,
+        position: Position,
     ) -> Item {
         let ctx = match self.formulary_context() {
             Ok(c) => c,
-            Err(bad) => return self.reject(bad, offset, Stage::Validate, String::new()),
+            Err(bad) => {
+                let at = position.byte_offset;
+                return self.reject(bad, at, Stage::Validate, String::new());
+            }
         };
         Ok(SourceRecord::FormularyPlan(Box::new(FormularyPlan {
             plan_id,
@@ -975,12 +977,12 @@ impl<R: BufRead> Parser<R> {
             formulary_name: None,
             payer,
             tiers: Vec::new(),
-            coverage_areas: Vec::new(),
+            coverage_areas,
             period_start: ctx.start,
             period_end: ctx.end,
             contacts: Vec::new(),
             change: Change::Upsert,
-            position: self.position(line, offset, path),
+            position,
         })))
     }
 
@@ -989,17 +991,14 @@ impl<R: BufRead> Parser<R> {
         if let Some(bad) = p.problem {
             return self.reject(bad, p.offset, Stage::Validate, raw);
         }
-        let check = |v: &Option<Val>, name: &str, ok: fn(&str) -> bool, shape: &str| match v {
+        let check = |v: &Option<Val>, ok: fn(&str) -> bool, shape: &str| match v {
             Some(v) if ok(&v.text) => Ok(Some(v.text.clone())),
             Some(v) => Err(Bad::at(
                 v,
                 Reason::Malformed,
                 format!("{}: {:?} is not {shape}", v.path, v.text),
             )),
-            None => {
-                let _ = name;
-                Ok(None)
-            }
+            None => Ok(None),
         };
         let mut areas: Vec<String> = Vec::new();
         for v in &p.states {
@@ -1017,12 +1016,7 @@ impl<R: BufRead> Parser<R> {
             }
         }
         let result = (|| -> Result<(String, &'static str, Party), Bad> {
-            if let Some(h) = check(
-                &p.hios,
-                "HiosPlanId",
-                pattern_hios,
-                "a 14-character HIOS plan id",
-            )? {
+            if let Some(h) = check(&p.hios, pattern_hios, "a 14-character HIOS plan id")? {
                 let payer = Party {
                     id: Some(h[..5].into()),
                     id_kind: Some("hios-issuer".into()),
@@ -1030,14 +1024,9 @@ impl<R: BufRead> Parser<R> {
                 };
                 return Ok((h, "qhp", payer));
             }
-            let contract = check(
-                &p.contract,
-                "ContractId",
-                pattern_contract,
-                "a contract id (A9999)",
-            )?;
-            let plan = check(&p.plan, "PlanId", pattern_digits3, "3 digits")?;
-            let segment = check(&p.segment, "SegmentId", pattern_digits3, "3 digits")?;
+            let contract = check(&p.contract, pattern_contract, "a contract id (A9999)")?;
+            let plan = check(&p.plan, pattern_digits3, "3 digits")?;
+            let segment = check(&p.segment, pattern_digits3, "3 digits")?;
             let (Some(contract), Some(plan)) = (contract, plan) else {
                 return Err(Bad {
                     reason: Reason::MissingValue,
@@ -1070,11 +1059,8 @@ impl<R: BufRead> Parser<R> {
                 if areas.is_empty() && kind == "qhp" {
                     areas.extend(super::hios_state(&id).map(String::from));
                 }
-                let mut item = self.plan_record(id, Some(kind), payer, p.line, p.offset, p.path);
-                if let Ok(SourceRecord::FormularyPlan(plan)) = &mut item {
-                    plan.coverage_areas = areas;
-                }
-                item
+                let at = self.position(p.line, p.offset, p.path);
+                self.plan_record(id, Some(kind), payer, areas, at)
             }
             Err(bad) => self.reject(bad, p.offset, Stage::Validate, raw),
         }

@@ -367,28 +367,27 @@ fn qhp_index_holds_no_records() {
 /// whatever they return accounts for itself: every item is a record or a reject with a reason.
 #[test]
 fn damaged_extracts_never_panic() {
-    let mut bases: Vec<(bool, Vec<u8>)> = Vec::new();
+    // Each base with its QHP kind (none: formulary XML).
+    let mut bases: Vec<(Option<QhpKind>, Vec<u8>)> = Vec::new();
     for name in [
         "formulary-extract-example.xml",
         "bad-trailer.xml",
         "bad-ql-without-flag.xml",
     ] {
-        bases.push((true, std::fs::read(fixture(name)).unwrap()));
+        bases.push((None, std::fs::read(fixture(name)).unwrap()));
     }
     let partd = crate::manifest_dir().join("../../samples/formulary/partd/plan-formularies.xml");
-    bases.push((true, std::fs::read(partd).unwrap()));
-    let mut kinds = Vec::new();
+    bases.push((None, std::fs::read(partd).unwrap()));
     for (name, kind) in [
         ("qhp_plans.json", QhpKind::Plans),
         ("qhp_drugs-1.json", QhpKind::Drugs),
     ] {
-        bases.push((false, std::fs::read(fixture(name)).unwrap()));
-        kinds.push(kind);
+        bases.push((Some(kind), std::fs::read(fixture(name)).unwrap()));
     }
     let mut rng = ingest::synth::Rng::new(0xF0);
     let (mut records, mut rejects) = (0u64, 0u64);
     for case in 0..3_000 {
-        let (xml, base) = &bases[case % bases.len()];
+        let (qhp, base) = &bases[case % bases.len()];
         let mut data = base.clone();
         for _ in 0..1 + rng.below(4) {
             let i = rng.below(data.len() as u64 + 1) as usize;
@@ -416,14 +415,14 @@ fn damaged_extracts_never_panic() {
             }
         }
         let mut items: Vec<Item> = Vec::new();
-        let result = if *xml {
-            FormularyXmlReader::new()
-                .read_from("damaged.xml", data.as_slice(), &mut |i| items.push(i))
-        } else {
-            let kind = kinds[case % bases.len() - (bases.len() - kinds.len())];
-            QhpReader::new().read_from("damaged.json", kind, data.as_slice(), &mut |i| {
-                items.push(i)
-            })
+        let result = match *qhp {
+            None => FormularyXmlReader::new()
+                .read_from("damaged.xml", data.as_slice(), &mut |i| items.push(i)),
+            Some(kind) => {
+                QhpReader::new().read_from("damaged.json", kind, data.as_slice(), &mut |i| {
+                    items.push(i)
+                })
+            }
         };
         // A damaged file may also fail as a whole (not XML, not JSON): an error, not a panic.
         let _ = result;
