@@ -239,3 +239,14 @@ pub fn files_under(dir: &Path) -> Vec<String> {
     out.sort();
     out
 }
+
+/// The billed (`submitted`) amount of an EOB's first line.
+pub fn first_line_billed(eob: &Value) -> f64 {
+    eob["item"][0]["adjudication"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["category"]["coding"][0]["code"] == "submitted")
+        .and_then(|a| a["amount"]["value"].as_f64())
+        .unwrap_or_else(|| panic!("no submitted amount: {eob}"))
+}

@@ -9,7 +9,7 @@ use mapper::lake::Lake;
 use mapper::pipeline::{run, Options};
 use serde_json::Value;
 
-use crate::common::root;
+use crate::common::{first_line_billed, root};
 
 fn options(lake: &Path, file_rows: usize) -> Options {
     Options {
@@ -158,16 +158,6 @@ fn split_csv(line: &str) -> Vec<String> {
     out
 }
 
-fn eob_billed(eob: &Value) -> f64 {
-    eob["item"][0]["adjudication"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["category"]["coding"][0]["code"] == "submitted")
-        .and_then(|a| a["amount"]["value"].as_f64())
-        .unwrap()
-}
-
 #[test]
 fn a_delta_run_writes_only_the_rows_and_files_it_touches() {
     let work = tempfile::tempdir().unwrap();
@@ -220,7 +210,7 @@ fn a_delta_run_writes_only_the_rows_and_files_it_touches() {
     };
     let changed = &after_resources[&eob_id(&id)];
     assert_eq!(changed["meta"]["versionId"], "2");
-    assert_eq!(eob_billed(changed), 4321.0);
+    assert_eq!(first_line_billed(changed), 4321.0);
     assert_eq!(after_resources[&eob_id(new_id)]["meta"]["versionId"], "1");
     for (k, v) in &before_resources {
         if *k != eob_id(&id) {
@@ -271,7 +261,7 @@ fn a_claim_repeated_later_in_a_run_keeps_only_its_last_version() {
         .map(|(_, v)| v)
         .collect();
     assert_eq!(matching.len(), 1);
-    assert_eq!(eob_billed(matching[0]), 99.99);
+    assert_eq!(first_line_billed(matching[0]), 99.99);
     assert_eq!(matching[0]["meta"]["versionId"], "1");
     let eobs = all
         .keys()

@@ -26,8 +26,9 @@ fn reads_searches_paging_and_errors() {
     assert_eq!(p["gender"], "male");
     assert_eq!(p["meta"]["versionId"], "1");
 
-    // vread: the version the lake keeps is the current one; others are not kept (404), and a
-    // version read is gated like a read.
+    // vread: a lake of one snapshot keeps only the current version; others are 404 (earlier
+    // versions kept by older snapshots: tests/it/history.rs), and a version read is gated like a
+    // read.
     let (st, v) = s.get(&format!("Patient/{JOHN}/_history/1"), Some(&t));
     assert_eq!(st, 200, "{v}");
     assert_eq!(v, p);

@@ -9,6 +9,7 @@ mod direct_path;
 mod e2e;
 mod failures;
 mod formulary_api;
+mod history;
 mod ingest_run;
 mod nightly;
 mod search_params;

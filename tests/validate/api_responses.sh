@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The API's own JSON is valid FHIR R4: CapabilityStatement, searchset Bundles (with _include,
-# _summary=count, paging), a $everything page, and OperationOutcomes for a bad parameter, an
+# _summary=count, paging), a $everything page, history Bundles, and OperationOutcomes for a bad parameter, an
 # unknown id and a missing token. Serves LAKE on a free loopback port and stops it after.
 #   bash tests/validate/api_responses.sh LAKE   (run from the repository root)
 set -euo pipefail
@@ -37,6 +37,10 @@ get 200 'ExplanationOfBenefit?patient=567834&_summary=count'
 get 200 'Patient/567834/$everything?_count=3'
 get 200 'Coverage?patient=567834&_include=Coverage:payor'
 get 200 'Patient/567834/_history/1'
+get 200 'Patient/567834/_history'
+get 200 'InsurancePlan?_count=1' no
+plan="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["entry"][0]["resource"]["id"])' "$out.body")"
+get 200 "InsurancePlan/$plan/_history" no
 get 200 'InsurancePlan?_include=InsurancePlan:coverage-area' no
 get 200 'Basic?_count=2&_include=Basic:subject&_include=Basic:formulary' no
 get 400 'ExplanationOfBenefit?service-date=bogus'

@@ -56,9 +56,14 @@ pub fn capability_statement(app: &App) -> Value {
         let mut r = json!({
             "type": t,
             "supportedProfile": profiles(t),
-            "interaction": [{ "code": "read" }, { "code": "vread" }, { "code": "search-type" }],
+            "interaction": [
+                { "code": "read" },
+                { "code": "vread" },
+                { "code": "history-instance" },
+                { "code": "search-type" }
+            ],
             "versioning": "versioned",
-            "readHistory": false,
+            "readHistory": true,
             "searchParam": params,
         });
         if !includes.is_empty() {

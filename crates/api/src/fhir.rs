@@ -23,6 +23,7 @@ pub fn routes(app: Arc<App>) -> Router {
         .route("/{rtype}", any(type_level))
         .route("/{rtype}/_search", any(search_post))
         .route("/{rtype}/{id}", any(instance))
+        .route("/{rtype}/{id}/_history", any(history))
         .route("/{rtype}/{id}/_history/{vid}", any(vread))
         .route("/{rtype}/{id}/{op}", get(operation).fallback(read_only))
         .with_state(app.clone());
@@ -317,36 +318,140 @@ async fn instance(
     Path((rtype, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (text, version) = read_current(&app, &method, &rtype, &id, &headers).await?;
-    Ok(resource_response(text, version.as_deref()))
+    let current = read_current(&app, &method, &rtype, &id, &headers).await?;
+    Ok(resource_response(current.text, Some(&current.version)))
 }
 
-/// `GET [type]/[id]/_history/[vid]`: the lake keeps the current version of a resource, so
-/// that version is served; any other is 404 (not kept), as the FHIR read interaction allows.
+/// `GET [type]/[id]/_history/[vid]`: the current version, or an earlier one the lake's retained
+/// snapshots still hold; a version no snapshot holds is 404. Gated and confined like a read.
 async fn vread(
     State(app): State<Arc<App>>,
     method: Method,
     Path((rtype, id, vid)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (text, version) = read_current(&app, &method, &rtype, &id, &headers).await?;
-    if version.as_deref() != Some(vid.as_str()) {
+    let current = read_current(&app, &method, &rtype, &id, &headers).await?;
+    if current.version == vid {
+        return Ok(resource_response(current.text, Some(&current.version)));
+    }
+    let earlier = current.earlier(&app, &rtype, &id, Some(&vid)).await?;
+    let Some(v) = earlier.into_iter().next() else {
         return Err(ApiError::NotFound(format!(
             "version {vid} of {rtype}/{id} is not kept (the current one is {})",
-            version.as_deref().unwrap_or("unversioned")
+            current.version
         )));
-    }
-    Ok(resource_response(text, version.as_deref()))
+    };
+    Ok(resource_response(v.resource, Some(&v.version_id)))
 }
 
-/// The current version of a resource the caller may see, and its `meta.versionId`.
+/// `GET [type]/[id]/_history`: a `history` Bundle of the current version and the earlier ones
+/// the lake's retained snapshots hold, newest first. Gated and confined like a read.
+async fn history(
+    State(app): State<Arc<App>>,
+    method: Method,
+    Path((rtype, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    if strict(&headers) {
+        if let Some((name, _)) = parse_pairs(q.as_deref().unwrap_or("").as_bytes()).first() {
+            return Err(query::QueryError::UnsupportedParameter(name.clone()).into());
+        }
+    }
+    let current = read_current(&app, &method, &rtype, &id, &headers).await?;
+    let earlier = current.earlier(&app, &rtype, &id, None).await?;
+    let versions: Vec<query::history::Version> =
+        std::iter::once(query::history::Version::of(current.text))
+            .chain(earlier)
+            .collect();
+    let base = app.settings().base_url.trim_end_matches('/');
+    let size: usize = versions.iter().map(|v| v.resource.len() + 256).sum();
+    let mut out = String::with_capacity(size + 256);
+    out.push_str("{\"resourceType\":\"Bundle\",\"type\":\"history\",\"total\":");
+    out.push_str(&versions.len().to_string());
+    out.push_str(",\"link\":[{\"relation\":\"self\",\"url\":");
+    push_json_str(&mut out, &format!("{base}/{rtype}/{id}/_history"));
+    out.push_str("}],\"entry\":[");
+    for (i, v) in versions.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        // The first version was a create; any later one (or the oldest kept, when earlier ones
+        // are no longer kept) an update.
+        let (method, status) = if v.version_id == "1" {
+            ("POST", "201 Created")
+        } else {
+            ("PUT", "200 OK")
+        };
+        out.push_str("{\"fullUrl\":");
+        push_json_str(&mut out, &format!("{base}/{rtype}/{id}"));
+        out.push_str(",\"resource\":");
+        out.push_str(v.resource.trim());
+        out.push_str(",\"request\":{\"method\":\"");
+        out.push_str(method);
+        out.push_str("\",\"url\":");
+        push_json_str(&mut out, &format!("{rtype}/{id}"));
+        out.push_str("},\"response\":{\"status\":\"");
+        out.push_str(status);
+        out.push('"');
+        if !v.version_id.is_empty() {
+            out.push_str(",\"etag\":");
+            push_json_str(&mut out, &format!("W/\"{}\"", v.version_id));
+        }
+        if let Some(t) = &v.last_updated {
+            out.push_str(",\"lastModified\":");
+            push_json_str(&mut out, t);
+        }
+        out.push_str("}}");
+    }
+    out.push_str("]}");
+    Ok(fhir_response(StatusCode::OK, out))
+}
+
+/// The current version of a resource the caller may see, with what answered it.
+struct Current {
+    /// The snapshot it was read from (the rest of the request is answered from it too).
+    snap: Arc<query::Snapshot>,
+    /// The caller's grant (`None`: unconfined).
+    grant: Option<Grant>,
+    /// The resource as stored.
+    text: String,
+    /// Its `meta.versionId`.
+    version: String,
+}
+
+impl Current {
+    /// The earlier versions of the resource the caller may see (only `wanted`, with it),
+    /// newest first: [`query::history::earlier_versions`] from the snapshot this one came from.
+    async fn earlier(
+        &self,
+        app: &App,
+        rtype: &str,
+        id: &str,
+        wanted: Option<&str>,
+    ) -> Result<Vec<query::history::Version>, ApiError> {
+        let patients = self.grant.as_ref().map(|g| g.patients.as_slice());
+        Ok(query::history::earlier_versions(
+            &app.settings().lake,
+            &self.snap,
+            &self.version,
+            rtype,
+            id,
+            patients,
+            wanted,
+        )
+        .await?)
+    }
+}
+
+/// The current version of a resource the caller may see.
 async fn read_current(
     app: &Arc<App>,
     method: &Method,
     rtype: &str,
     id: &str,
     headers: &HeaderMap,
-) -> Result<(String, Option<String>), ApiError> {
+) -> Result<Current, ApiError> {
     if method != Method::GET && method != Method::HEAD {
         return Err(ApiError::MethodNotAllowed);
     }
@@ -359,27 +464,20 @@ async fn read_current(
     let Some(text) = found else {
         return Err(ApiError::NotFound(format!("{rtype}/{id} is not known")));
     };
-    #[derive(serde::Deserialize)]
-    struct Meta {
-        meta: Option<MetaInner>,
-    }
-    #[derive(serde::Deserialize)]
-    struct MetaInner {
-        #[serde(rename = "versionId")]
-        version_id: Option<String>,
-    }
-    let version = match serde_json::from_str(&text) {
-        Ok(Meta {
-            meta: Some(MetaInner { version_id }),
-        }) => version_id,
-        _ => None,
-    };
-    Ok((text, version))
+    let (version, _) = query::history::meta_version(&text);
+    Ok(Current {
+        snap,
+        grant,
+        text,
+        version,
+    })
 }
 
 /// A resource with its version as the ETag (`W/"vid"`).
 fn resource_response(text: String, version: Option<&str>) -> Response {
-    let etag = version.and_then(|v| HeaderValue::from_str(&format!("W/\"{v}\"")).ok());
+    let etag = version
+        .filter(|v| !v.is_empty())
+        .and_then(|v| HeaderValue::from_str(&format!("W/\"{v}\"")).ok());
     let mut r = fhir_response(StatusCode::OK, text);
     if let Some(h) = etag {
         r.headers_mut().insert(header::ETAG, h);

@@ -9,6 +9,7 @@
 
 pub mod cursor;
 mod direct;
+pub mod history;
 pub mod params;
 pub mod snapshot;
 

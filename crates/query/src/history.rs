@@ -1,0 +1,132 @@
+//! Earlier versions of a resource, from the snapshots the lake keeps.
+//!
+//! Each snapshot holds one version of each resource: the one current when it was published.
+//! A delta run writes anew only the files it touches, so an earlier version of a resource lives
+//! in a file of an earlier snapshot that the current snapshot no longer uses. [`earlier_versions`]
+//! walks the retained snapshots older than the one being served, newest first, and looks the id
+//! up only in files not looked at yet (the current snapshot's files and files shared between
+//! older snapshots are read at most once). How far back it reaches is the lake's retention
+//! (`fhirlake snapshots --keep N`).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use mapper::lake::Lake;
+
+use crate::snapshot::{OpenOptions, Snapshot};
+use crate::QueryError;
+
+/// One stored version of a resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    /// `meta.versionId` (empty when the resource carries none).
+    pub version_id: String,
+    /// `meta.lastUpdated`, when present.
+    pub last_updated: Option<String>,
+    /// The resource's JSON as stored.
+    pub resource: String,
+}
+
+impl Version {
+    /// A stored resource with its version and time read out of it.
+    pub fn of(resource: String) -> Self {
+        let (version_id, last_updated) = meta_version(&resource);
+        Self {
+            version_id,
+            last_updated,
+            resource,
+        }
+    }
+}
+
+/// `meta.versionId` (empty when absent) and `meta.lastUpdated` of a stored resource.
+pub fn meta_version(resource: &str) -> (String, Option<String>) {
+    #[derive(serde::Deserialize)]
+    struct Doc {
+        meta: Option<Meta>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Meta {
+        #[serde(rename = "versionId")]
+        version_id: Option<String>,
+        #[serde(rename = "lastUpdated")]
+        last_updated: Option<String>,
+    }
+    serde_json::from_str::<Doc>(resource)
+        .ok()
+        .and_then(|d| d.meta)
+        .map(|m| (m.version_id.unwrap_or_default(), m.last_updated))
+        .unwrap_or_default()
+}
+
+/// The versions of `resource_type/id` other than `current_version` (the one `current` serves),
+/// kept by the lake's snapshots published before `current`, newest first, one per
+/// `versionId`, confined to `patients` as a read is.
+/// With `wanted`, the walk stops at that version (and returns at most it).
+///
+/// A snapshot pruned while it is being read is passed over.
+///
+/// # Errors
+/// Engine errors, and I/O errors of snapshots that still exist.
+pub async fn earlier_versions(
+    lake: &Lake,
+    current: &Snapshot,
+    current_version: &str,
+    resource_type: &str,
+    id: &str,
+    patients: Option<&[String]>,
+    wanted: Option<&str>,
+) -> Result<Vec<Version>, QueryError> {
+    let mut seen_files: HashSet<PathBuf> = Lake::table_files(&current.dir, resource_type)?
+        .into_iter()
+        .collect();
+    let mut seen_versions: HashSet<String> = HashSet::from([current_version.to_string()]);
+    let mut out = Vec::new();
+    let snapshots = current.dir.parent().map(PathBuf::from).unwrap_or_default();
+    for name in lake.list()?.iter().rev() {
+        if name.as_str() >= current.name.as_str() {
+            continue;
+        }
+        let dir = snapshots.join(name);
+        let files: Vec<PathBuf> = Lake::table_files(&dir, resource_type)?
+            .into_iter()
+            .filter(|f| seen_files.insert(f.clone()))
+            .collect();
+        if files.is_empty() {
+            continue;
+        }
+        let options = OpenOptions {
+            direct: false,
+            row_cache_bytes: 0,
+        };
+        let found = match Snapshot::open_files(
+            name.clone(),
+            dir.clone(),
+            vec![(resource_type.to_string(), files)],
+            options,
+        )
+        .await
+        {
+            Ok(older) => older.read(resource_type, id, patients).await,
+            Err(e) => Err(e),
+        };
+        let found = match found {
+            Ok(found) => found,
+            Err(_) if !dir.join("manifest.json").exists() => continue,
+            Err(e) => return Err(e),
+        };
+        let Some(text) = found else {
+            continue;
+        };
+        let version = Version::of(text);
+        if !seen_versions.insert(version.version_id.clone()) {
+            continue;
+        }
+        match wanted {
+            Some(w) if w == version.version_id => return Ok(vec![version]),
+            Some(_) => {}
+            None => out.push(version),
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,138 @@
+//! Versions over HTTP: vread and `_history` serve the earlier versions the lake's retained
+//! snapshots hold, gated and confined like a read.
+
+use std::path::Path;
+
+use crate::common::{bin, export, first_line_billed, ingest, root, succeed, Server};
+
+const MEMBER: &str = "M1001";
+const OTHER_MEMBER: &str = "M1002";
+
+/// Send claim P-5001 of the plain sample again as an adjustment whose first line bills
+/// `billed`, as a delta run.
+fn adjust_p5001(lake: &Path, billed: &str) {
+    let claims = std::fs::read_to_string(root().join("samples/plain/claims.csv")).unwrap();
+    let mut lines = claims.lines();
+    let mut text = format!("{}\n", lines.next().unwrap());
+    for l in lines.filter(|l| l.starts_with("P-5001,")) {
+        text.push_str(
+            &l.replace(",ORIGINAL,", ",ADJUSTED,")
+                .replace(",180.00,", &format!(",{billed},")),
+        );
+        text.push('\n');
+    }
+    let delta = lake.with_extension(format!("delta-{billed}.csv"));
+    std::fs::write(&delta, text).unwrap();
+    let (code, out) = ingest(lake, &[delta.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn earlier_versions_are_read_from_the_snapshots_the_lake_keeps() {
+    let work = tempfile::tempdir().unwrap();
+    let lake = work.path().join("lake");
+    let (code, out) = ingest(&lake, &["samples/plain"]);
+    assert_eq!(code, 0, "{out}");
+    adjust_p5001(&lake, "190.00");
+    adjust_p5001(&lake, "200.00");
+    let eob = export(&lake)
+        .into_iter()
+        .find(|r| r["resourceType"] == "ExplanationOfBenefit" && r["meta"]["versionId"] == "3")
+        .expect("the twice-adjusted claim at version 3");
+    let path = format!("ExplanationOfBenefit/{}", eob["id"].as_str().unwrap());
+
+    let s = Server::start(&lake);
+    let t = s.token(MEMBER, "patient/*.rs");
+
+    // The current version, then each earlier one by vread, with its own ETag-worthy content.
+    let (st, now) = s.get(&path, Some(&t));
+    assert_eq!(st, 200, "{now}");
+    assert_eq!(first_line_billed(&now), 200.0);
+    for (vid, billed) in [("3", 200.0), ("2", 190.0), ("1", 180.0)] {
+        let (st, v) = s.get(&format!("{path}/_history/{vid}"), Some(&t));
+        assert_eq!(st, 200, "version {vid}: {v}");
+        assert_eq!(v["meta"]["versionId"], vid);
+        assert_eq!(first_line_billed(&v), billed, "version {vid}");
+    }
+    let (st, o) = s.get(&format!("{path}/_history/4"), Some(&t));
+    assert_eq!(st, 404, "{o}");
+    assert_eq!(o["resourceType"], "OperationOutcome");
+    assert!(o.to_string().contains("version 4"), "{o}");
+
+    // The history: every kept version, newest first, each with its request and response.
+    let (st, h) = s.get(&format!("{path}/_history"), Some(&t));
+    assert_eq!(st, 200, "{h}");
+    assert_eq!(h["resourceType"], "Bundle");
+    assert_eq!(h["type"], "history");
+    assert_eq!(h["total"], 3);
+    let entries = h["entry"].as_array().unwrap();
+    let versions: Vec<&str> = entries
+        .iter()
+        .map(|e| e["resource"]["meta"]["versionId"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, ["3", "2", "1"]);
+    let billed: Vec<f64> = entries
+        .iter()
+        .map(|e| first_line_billed(&e["resource"]))
+        .collect();
+    assert_eq!(billed, [200.0, 190.0, 180.0]);
+    assert_eq!(entries[0]["fullUrl"], format!("{}/{path}", s.base));
+    assert_eq!(entries[0]["request"]["method"], "PUT");
+    assert_eq!(entries[0]["request"]["url"], path);
+    assert_eq!(entries[0]["response"]["status"], "200 OK");
+    assert_eq!(entries[0]["response"]["etag"], "W/\"3\"");
+    assert_eq!(
+        entries[0]["response"]["lastModified"],
+        entries[0]["resource"]["meta"]["lastUpdated"]
+    );
+    assert_eq!(entries[2]["request"]["method"], "POST");
+    assert_eq!(entries[2]["response"]["status"], "201 Created");
+    assert_eq!(h["link"][0]["url"], format!("{}/{path}/_history", s.base));
+
+    // A resource no run changed has one version, although later snapshots were published.
+    let (st, h) = s.get(&format!("Patient/{MEMBER}/_history"), Some(&t));
+    assert_eq!(st, 200, "{h}");
+    assert_eq!(h["total"], 1);
+    assert_eq!(h["entry"][0]["resource"]["id"], MEMBER);
+
+    // Gated and confined like a read: no token is 401, another member's token finds nothing,
+    // and neither answer carries the claim.
+    let claim = eob["id"].as_str().unwrap();
+    for p in [format!("{path}/_history"), format!("{path}/_history/1")] {
+        let (st, o) = s.get(&p, None);
+        assert_eq!(st, 401, "{o}");
+        assert!(!o.to_string().contains(claim), "{o}");
+        let (st, o) = s.get(&p, Some(&s.token(OTHER_MEMBER, "patient/*.rs")));
+        assert_eq!(st, 404, "{o}");
+        assert!(!o.to_string().contains("180"), "{o}");
+    }
+
+    // The metadata says so.
+    let (_, cs) = s.get("metadata", None);
+    let eob_rest = cs["rest"][0]["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "ExplanationOfBenefit")
+        .unwrap();
+    assert!(eob_rest["interaction"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i["code"] == "history-instance"));
+    assert_eq!(eob_rest["readHistory"], true);
+
+    // Versions reach back as far as the retention: once only the newest snapshot is kept, the
+    // history is the current version alone and the earlier ones are 404.
+    succeed(
+        bin()
+            .args(["snapshots", "--keep", "1", "--lake"])
+            .arg(&lake),
+    );
+    let (st, h) = s.get(&format!("{path}/_history"), Some(&t));
+    assert_eq!(st, 200, "{h}");
+    assert_eq!(h["total"], 1);
+    assert_eq!(h["entry"][0]["resource"]["meta"]["versionId"], "3");
+    let (st, o) = s.get(&format!("{path}/_history/2"), Some(&t));
+    assert_eq!(st, 404, "{o}");
+}
