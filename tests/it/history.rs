@@ -122,17 +122,53 @@ fn earlier_versions_are_read_from_the_snapshots_the_lake_keeps() {
         .any(|i| i["code"] == "history-instance"));
     assert_eq!(eob_rest["readHistory"], true);
 
-    // Versions reach back as far as the retention: once only the newest snapshot is kept, the
-    // history is the current version alone and the earlier ones are 404.
+    // After a rollback to the second snapshot, the versions are those of its line: 2 and 1;
+    // the third, which the rollback withdrew, is not served.
+    let mut snapshots: Vec<String> = std::fs::read_dir(lake.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("snap-"))
+        .collect();
+    snapshots.sort();
+    assert_eq!(snapshots.len(), 3, "{snapshots:?}");
+    succeed(
+        bin()
+            .args(["snapshots", "--rollback", &snapshots[1], "--lake"])
+            .arg(&lake),
+    );
+    let served = (0..100).find_map(|_| {
+        let (_, v) = s.get(&path, Some(&t));
+        if v["meta"]["versionId"] == "2" {
+            return Some(v);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        None
+    });
+    assert!(served.is_some(), "the server picks up the rollback");
+    let (st, h) = s.get(&format!("{path}/_history"), Some(&t));
+    assert_eq!(st, 200, "{h}");
+    let versions: Vec<&str> = h["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["meta"]["versionId"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, ["2", "1"]);
+    let (st, o) = s.get(&format!("{path}/_history/3"), Some(&t));
+    assert_eq!(st, 404, "{o}");
+
+    // Versions reach back as far as the retention: once the first snapshot is pruned, the
+    // history is the served version alone and the first version is 404.
     succeed(
         bin()
             .args(["snapshots", "--keep", "1", "--lake"])
             .arg(&lake),
     );
+    assert!(!lake.join("snapshots").join(&snapshots[0]).exists());
     let (st, h) = s.get(&format!("{path}/_history"), Some(&t));
     assert_eq!(st, 200, "{h}");
     assert_eq!(h["total"], 1);
-    assert_eq!(h["entry"][0]["resource"]["meta"]["versionId"], "3");
-    let (st, o) = s.get(&format!("{path}/_history/2"), Some(&t));
+    assert_eq!(h["entry"][0]["resource"]["meta"]["versionId"], "2");
+    let (st, o) = s.get(&format!("{path}/_history/1"), Some(&t));
     assert_eq!(st, 404, "{o}");
 }

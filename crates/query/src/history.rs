@@ -2,11 +2,11 @@
 //!
 //! Each snapshot holds one version of each resource: the one current when it was published.
 //! A delta run writes anew only the files it touches, so an earlier version of a resource lives
-//! in a file of an earlier snapshot that the current snapshot no longer uses. [`earlier_versions`]
-//! walks the retained snapshots older than the one being served, newest first, and looks the id
-//! up only in files not looked at yet (the current snapshot's files and files shared between
-//! older snapshots are read at most once). How far back it reaches is the lake's retention
-//! (`fhirlake snapshots --keep N`).
+//! in a file of an earlier snapshot that the current snapshot no longer uses.
+//! [`earlier_versions`] walks back from the snapshot being served through the snapshots it was
+//! built on (each manifest names its parent) and looks the id up only in files not looked at
+//! yet: the served snapshot's files, and files shared between older snapshots, are read at
+//! most once. How far back it reaches is the lake's retention (`fhirlake snapshots --keep N`).
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -60,8 +60,9 @@ pub fn meta_version(resource: &str) -> (String, Option<String>) {
 }
 
 /// The versions of `resource_type/id` other than `current_version` (the one `current` serves),
-/// kept by the lake's snapshots published before `current`, newest first, one per
-/// `versionId`, confined to `patients` as a read is.
+/// kept by the snapshots `current` was built on (its parent, the parent's parent, … as long
+/// as they are retained), newest first, one per `versionId`, confined to `patients` as a read
+/// is. Snapshots a rollback left behind are not on that line and are not asked.
 /// With `wanted`, the walk stops at that version (and returns at most it).
 ///
 /// A snapshot pruned while it is being read is passed over.
@@ -83,11 +84,14 @@ pub async fn earlier_versions(
     let mut seen_versions: HashSet<String> = HashSet::from([current_version.to_string()]);
     let mut out = Vec::new();
     let snapshots = current.dir.parent().map(PathBuf::from).unwrap_or_default();
-    for name in lake.list()?.iter().rev() {
-        if name.as_str() >= current.name.as_str() {
-            continue;
+    let mut visited = HashSet::from([current.name.clone()]);
+    let mut next = parent_of(lake, &current.name);
+    while let Some(name) = next {
+        if !visited.insert(name.clone()) {
+            break;
         }
-        let dir = snapshots.join(name);
+        next = parent_of(lake, &name);
+        let dir = snapshots.join(&name);
         let files: Vec<PathBuf> = Lake::table_files(&dir, resource_type)?
             .into_iter()
             .filter(|f| seen_files.insert(f.clone()))
@@ -100,7 +104,7 @@ pub async fn earlier_versions(
             row_cache_bytes: 0,
         };
         let found = match Snapshot::open_files(
-            name.clone(),
+            name,
             dir.clone(),
             vec![(resource_type.to_string(), files)],
             options,
@@ -129,4 +133,10 @@ pub async fn earlier_versions(
         }
     }
     Ok(out)
+}
+
+/// The snapshot `name` was built on, if it names one and that one is still kept.
+fn parent_of(lake: &Lake, name: &str) -> Option<String> {
+    let parent = lake.manifest(name).ok()?.parent?;
+    lake.manifest(&parent).is_ok().then_some(parent)
 }
