@@ -522,3 +522,81 @@ fn the_demo_serves_every_request_it_prints() {
         }
     }
 }
+
+#[test]
+fn conditional_reads_answer_304_when_the_client_has_that_version() {
+    let lake = sample_lake();
+    let s = Server::start(lake.path());
+    let t = s.token(JOHN, "patient/*.rs");
+    let client = reqwest::blocking::Client::new();
+    let read = |path: &str, header: Option<(&str, &str)>, token: Option<&str>| {
+        let mut req = client.get(format!("{}/{path}", s.base));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        if let Some((name, value)) = header {
+            req = req.header(name, value);
+        }
+        let resp = req.send().expect("request");
+        let status = resp.status().as_u16();
+        let h = |n: &str| {
+            resp.headers()
+                .get(n)
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        let (etag, modified) = (h("etag"), h("last-modified"));
+        (status, etag, modified, resp.text().unwrap())
+    };
+    let patient = format!("Patient/{JOHN}");
+
+    // A plain read carries the version as ETag and meta.lastUpdated as an HTTP date.
+    let (st, etag, modified, body) = read(&patient, None, Some(&t));
+    assert_eq!(st, 200);
+    assert_eq!(etag.as_deref(), Some("W/\"1\""));
+    let p: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let updated = chrono::DateTime::parse_from_rfc3339(p["meta"]["lastUpdated"].as_str().unwrap())
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let modified = modified.expect("Last-Modified");
+    assert_eq!(
+        modified,
+        updated.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
+    );
+
+    // The client has that version: 304, no body, the same validators.
+    for (name, value) in [
+        ("if-none-match", "W/\"1\""),
+        ("if-none-match", "\"1\""),
+        ("if-none-match", "W/\"7\", W/\"1\""),
+        ("if-none-match", "*"),
+        ("if-modified-since", modified.as_str()),
+        ("if-modified-since", "Fri, 01 Jan 2100 00:00:00 GMT"),
+    ] {
+        let (st, etag, _, body) = read(&patient, Some((name, value)), Some(&t));
+        assert_eq!(st, 304, "{name}: {value}");
+        assert_eq!(body, "", "{name}: {value}");
+        assert_eq!(etag.as_deref(), Some("W/\"1\""));
+    }
+    let (st, _, _, body) = read(
+        &format!("{patient}/_history/1"),
+        Some(("if-none-match", "W/\"1\"")),
+        Some(&t),
+    );
+    assert_eq!((st, body.as_str()), (304, ""));
+
+    // It has another version, or an older copy: the resource.
+    for (name, value) in [
+        ("if-none-match", "W/\"2\""),
+        ("if-modified-since", "Mon, 01 Jan 2001 00:00:00 GMT"),
+        ("if-modified-since", "not a date"),
+    ] {
+        let (st, _, _, body) = read(&patient, Some((name, value)), Some(&t));
+        assert_eq!(st, 200, "{name}: {value}");
+        assert!(body.contains("\"family\":\"Doe\""), "{name}: {value}");
+    }
+
+    // A validator does not stand in for a token: 401, no validators of the member's record.
+    let (st, etag, modified, body) = read(&patient, Some(("if-none-match", "*")), None);
+    assert_eq!(st, 401, "{body}");
+    assert_eq!((etag, modified), (None, None));
+}

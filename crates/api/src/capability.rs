@@ -64,6 +64,7 @@ pub fn capability_statement(app: &App) -> Value {
             ],
             "versioning": "versioned",
             "readHistory": true,
+            "conditionalRead": "full-support",
             "searchParam": params,
         });
         if !includes.is_empty() {

@@ -319,7 +319,7 @@ async fn instance(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let current = read_current(&app, &method, &rtype, &id, &headers).await?;
-    Ok(resource_response(current.text, Some(&current.version)))
+    Ok(resource_response(&headers, current.now))
 }
 
 /// `GET [type]/[id]/_history/[vid]`: the current version, or an earlier one the lake's retained
@@ -331,17 +331,17 @@ async fn vread(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let current = read_current(&app, &method, &rtype, &id, &headers).await?;
-    if current.version == vid {
-        return Ok(resource_response(current.text, Some(&current.version)));
+    if current.now.version_id == vid {
+        return Ok(resource_response(&headers, current.now));
     }
     let earlier = current.earlier(&app, &rtype, &id, Some(&vid)).await?;
     let Some(v) = earlier.into_iter().next() else {
         return Err(ApiError::NotFound(format!(
             "version {vid} of {rtype}/{id} is not kept (the current one is {})",
-            current.version
+            current.now.version_id
         )));
     };
-    Ok(resource_response(v.resource, Some(&v.version_id)))
+    Ok(resource_response(&headers, v))
 }
 
 /// `GET [type]/[id]/_history`: a `history` Bundle of the current version and the earlier ones
@@ -361,9 +361,7 @@ async fn history(
     let current = read_current(&app, &method, &rtype, &id, &headers).await?;
     let earlier = current.earlier(&app, &rtype, &id, None).await?;
     let versions: Vec<query::history::Version> =
-        std::iter::once(query::history::Version::of(current.text))
-            .chain(earlier)
-            .collect();
+        std::iter::once(current.now).chain(earlier).collect();
     let base = app.settings().base_url.trim_end_matches('/');
     let size: usize = versions.iter().map(|v| v.resource.len() + 256).sum();
     let mut out = String::with_capacity(size + 256);
@@ -414,10 +412,8 @@ struct Current {
     snap: Arc<query::Snapshot>,
     /// The caller's grant (`None`: unconfined).
     grant: Option<Grant>,
-    /// The resource as stored.
-    text: String,
-    /// Its `meta.versionId`.
-    version: String,
+    /// The resource as stored, with its version and time.
+    now: query::history::Version,
 }
 
 impl Current {
@@ -434,7 +430,7 @@ impl Current {
         Ok(query::history::earlier_versions(
             &app.settings().lake,
             &self.snap,
-            &self.version,
+            &self.now.version_id,
             rtype,
             id,
             patients,
@@ -464,23 +460,50 @@ async fn read_current(
     let Some(text) = found else {
         return Err(ApiError::NotFound(format!("{rtype}/{id} is not known")));
     };
-    let (version, _) = query::history::meta_version(&text);
     Ok(Current {
         snap,
         grant,
-        text,
-        version,
+        now: query::history::Version::of(text),
     })
 }
 
-/// A resource with its version as the ETag (`W/"vid"`).
-fn resource_response(text: String, version: Option<&str>) -> Response {
-    let etag = version
-        .filter(|v| !v.is_empty())
-        .and_then(|v| HeaderValue::from_str(&format!("W/\"{v}\"")).ok());
-    let mut r = fhir_response(StatusCode::OK, text);
-    if let Some(h) = etag {
+/// A resource with its version as the ETag (`W/"vid"`) and its `meta.lastUpdated` as
+/// Last-Modified; `304 Not Modified` (no body) when the request's `If-None-Match` names that
+/// version, or, without `If-None-Match`, when `If-Modified-Since` is not before
+/// `meta.lastUpdated` (FHIR conditional read, RFC 9110 §13).
+fn resource_response(headers: &HeaderMap, v: query::history::Version) -> Response {
+    let etag = (!v.version_id.is_empty()).then(|| format!("W/\"{}\"", v.version_id));
+    let modified = v
+        .last_updated
+        .as_deref()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&chrono::Utc));
+    let not_modified = match headers.get(header::IF_NONE_MATCH) {
+        Some(inm) => etag.as_deref().is_some_and(|etag| {
+            let weak = |t: &str| t.trim().trim_start_matches("W/").to_string();
+            inm.to_str()
+                .unwrap_or("")
+                .split(',')
+                .any(|t| t.trim() == "*" || weak(t) == weak(etag))
+        }),
+        None => headers
+            .get(header::IF_MODIFIED_SINCE)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| chrono::DateTime::parse_from_rfc2822(h).ok())
+            .zip(modified)
+            .is_some_and(|(since, modified)| modified.timestamp() <= since.timestamp()),
+    };
+    let mut r = if not_modified {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        fhir_response(StatusCode::OK, v.resource)
+    };
+    if let Some(h) = etag.and_then(|e| HeaderValue::from_str(&e).ok()) {
         r.headers_mut().insert(header::ETAG, h);
+    }
+    let http_date = modified.map(|t| t.format("%a, %d %b %Y %H:%M:%S GMT").to_string());
+    if let Some(h) = http_date.and_then(|d| HeaderValue::from_str(&d).ok()) {
+        r.headers_mut().insert(header::LAST_MODIFIED, h);
     }
     r
 }

@@ -346,7 +346,8 @@ fn require_secure(u: &str) -> Result<(), SmartError> {
 }
 
 /// CORS for browser apps: any origin, no credentials (tokens travel in `Authorization`),
-/// GET/POST/OPTIONS, request headers Authorization, Content-Type, Accept, Prefer; exposes
+/// GET/POST/OPTIONS, request headers Authorization, Content-Type, Accept, Prefer and the
+/// conditional-read ones (If-None-Match, If-Modified-Since); exposes
 /// `Location`, `ETag`, `Content-Location` and `WWW-Authenticate`.
 pub fn cors_layer() -> CorsLayer {
     CorsLayer::new()
@@ -357,6 +358,8 @@ pub fn cors_layer() -> CorsLayer {
             HeaderName::from_static("content-type"),
             HeaderName::from_static("accept"),
             HeaderName::from_static("prefer"),
+            HeaderName::from_static("if-none-match"),
+            HeaderName::from_static("if-modified-since"),
         ])
         .expose_headers([
             HeaderName::from_static("location"),
