@@ -364,6 +364,36 @@ fn everything_returns_each_resource_of_the_compartment_once() {
         types.dedup();
         assert_eq!(types.first().map(String::as_str), Some("Patient"));
     }
+
+    // A parameter the operation does not apply (`start`) is left out of the links, as in a
+    // search; under strict handling it is refused with an OperationOutcome naming it.
+    let (st, b) = s.get(
+        &format!("Patient/{JOHN}/$everything?start=2020-01-01&_count=5"),
+        Some(&t),
+    );
+    assert_eq!(st, 200, "{b}");
+    let self_link = b["link"][0]["url"].as_str().unwrap();
+    assert!(
+        self_link.contains("_count=5") && !self_link.contains("start"),
+        "{self_link}"
+    );
+    let client = reqwest::blocking::Client::new();
+    let strict = |query: &str| {
+        let r = client
+            .get(format!("{}/Patient/{JOHN}/$everything?{query}", s.base))
+            .bearer_auth(&t)
+            .header("prefer", "handling=strict")
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.json::<serde_json::Value>().unwrap())
+    };
+    let (st, o) = strict("start=2020-01-01");
+    assert_eq!(st, 400, "{o}");
+    assert_eq!(o["resourceType"], "OperationOutcome");
+    assert!(o.to_string().contains("start"), "{o}");
+    let (st, b) = strict("_count=5&_type=Patient");
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(ids(&b, "match"), vec![format!("Patient/{JOHN}")]);
 }
 
 #[test]

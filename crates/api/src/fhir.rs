@@ -520,6 +520,14 @@ async fn operation(
         )));
     }
     let pairs = parse_pairs(q.as_deref().unwrap_or("").as_bytes());
+    // Parameters not applied (`start`, `end`, …) are left out of the links, as in a search,
+    // and refused under strict handling.
+    if strict(&headers) {
+        const APPLIED: [&str; 4] = ["_count", "_since", "_type", "_cursor"];
+        if let Some((name, _)) = pairs.iter().find(|(n, _)| !APPLIED.contains(&n.as_str())) {
+            return Err(query::QueryError::UnsupportedParameter(name.clone()).into());
+        }
+    }
     let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let count = match get("_count") {
         Some(c) => c
