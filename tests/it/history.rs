@@ -172,3 +172,79 @@ fn earlier_versions_are_read_from_the_snapshots_the_lake_keeps() {
     let (st, o) = s.get(&format!("{path}/_history/1"), Some(&t));
     assert_eq!(st, 404, "{o}");
 }
+
+/// Every `Type/id` of the lake's current snapshot.
+fn keys(lake: &Path) -> std::collections::BTreeSet<String> {
+    export(lake)
+        .iter()
+        .map(|r| {
+            format!(
+                "{}/{}",
+                r["resourceType"].as_str().unwrap(),
+                r["id"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_deleted_resource_is_gone_while_a_kept_snapshot_holds_it() {
+    let work = tempfile::tempdir().unwrap();
+    let lake = work.path().join("lake");
+    let sample = root().join("samples/formulary/formulary-extract-example.xml");
+    let (code, out) = ingest(&lake, &[sample.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let before = keys(&lake);
+
+    // A delta extract deleting one drug of the formulary.
+    let text = std::fs::read_to_string(&sample).unwrap();
+    let (head, rest) = text.split_once("    <Drug changeType=\"ADD\">").unwrap();
+    let (_, tail) = rest.rsplit_once("</Drug>").unwrap();
+    let delta = format!(
+        "{}    <Drug changeType=\"DEL\">\n      <RxCUI>209459</RxCUI>\n    </Drug>{}",
+        head.replace(
+            "<ExtractType>FULL</ExtractType>",
+            "<ExtractType>DELTA</ExtractType>"
+        ),
+        tail.replace(
+            "<DrugRecordCount>3</DrugRecordCount>",
+            "<DrugRecordCount>1</DrugRecordCount>"
+        )
+    );
+    let delta_path = work.path().join("delta.xml");
+    std::fs::write(&delta_path, delta).unwrap();
+    let (code, out) = ingest(&lake, &[delta_path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let after = keys(&lake);
+    let gone: Vec<&String> = before.difference(&after).collect();
+    assert!(!gone.is_empty(), "the delta deletes the drug's resources");
+    assert!(after.is_subset(&before), "{after:?}");
+
+    // Formulary data is public: no token needed. A deleted resource is 410 with an
+    // OperationOutcome saying so (C4BB and PDex list 410 for deleted resources); an id no
+    // snapshot knew is 404; a resource still there reads as before.
+    let s = Server::start(&lake);
+    for path in &gone {
+        for p in [path.to_string(), format!("{path}/_history")] {
+            let (st, o) = s.get(&p, None);
+            assert_eq!(st, 410, "{p}: {o}");
+            assert_eq!(o["resourceType"], "OperationOutcome");
+            assert_eq!(o["issue"][0]["code"], "deleted", "{o}");
+            assert!(o.to_string().contains("version 1"), "{o}");
+        }
+    }
+    let (st, o) = s.get("Basic/never-was", None);
+    assert_eq!(st, 404, "{o}");
+    let kept = after.iter().next().unwrap();
+    let (st, r) = s.get(kept, None);
+    assert_eq!(st, 200, "{r}");
+
+    // Once no kept snapshot holds it, it is unknown: 404.
+    succeed(
+        bin()
+            .args(["snapshots", "--keep", "1", "--lake"])
+            .arg(&lake),
+    );
+    let (st, o) = s.get(gone[0], None);
+    assert_eq!(st, 404, "{o}");
+}

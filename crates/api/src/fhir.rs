@@ -418,7 +418,7 @@ struct Current {
 
 impl Current {
     /// The earlier versions of the resource the caller may see (only `wanted`, with it),
-    /// newest first: [`query::history::earlier_versions`] from the snapshot this one came from.
+    /// newest first, from the line of snapshots behind the one this one came from.
     async fn earlier(
         &self,
         app: &App,
@@ -426,17 +426,16 @@ impl Current {
         id: &str,
         wanted: Option<&str>,
     ) -> Result<Vec<query::history::Version>, ApiError> {
-        let patients = self.grant.as_ref().map(|g| g.patients.as_slice());
-        Ok(query::history::earlier_versions(
-            &app.settings().lake,
-            &self.snap,
-            &self.now.version_id,
-            rtype,
+        let lookup = query::history::Lookup {
+            lake: &app.settings().lake,
+            current: &self.snap,
+            resource_type: rtype,
             id,
-            patients,
-            wanted,
-        )
-        .await?)
+            patients: self.grant.as_ref().map(|g| g.patients.as_slice()),
+        };
+        Ok(lookup
+            .earlier_versions(&self.now.version_id, wanted)
+            .await?)
     }
 }
 
@@ -458,7 +457,20 @@ async fn read_current(
     let found = snap.read(rtype, id, patients).await?;
     audit(app, &grant, rtype, u64::from(found.is_some()));
     let Some(text) = found else {
-        return Err(ApiError::NotFound(format!("{rtype}/{id} is not known")));
+        let lookup = query::history::Lookup {
+            lake: &app.settings().lake,
+            current: &snap,
+            resource_type: rtype,
+            id,
+            patients,
+        };
+        return Err(match lookup.deleted().await? {
+            Some(v) => ApiError::Gone(format!(
+                "{rtype}/{id} was deleted after version {}",
+                v.version_id
+            )),
+            None => ApiError::NotFound(format!("{rtype}/{id} is not known")),
+        });
     };
     Ok(Current {
         snap,

@@ -17,6 +17,8 @@ pub enum ApiError {
     BadRequest(&'static str, String),
     /// 404: unknown type or id (another member's resource reads as absent too).
     NotFound(String),
+    /// 410: a resource a later run deleted, while a kept snapshot still holds it.
+    Gone(String),
     /// 405: the API is read-only.
     MethodNotAllowed,
     /// 401/403 from the SMART gate.
@@ -65,6 +67,7 @@ impl IntoResponse for ApiError {
                 (StatusCode::BAD_REQUEST, outcome("error", code, &msg))
             }
             ApiError::NotFound(msg) => (StatusCode::NOT_FOUND, outcome("error", "not-found", &msg)),
+            ApiError::Gone(msg) => (StatusCode::GONE, outcome("error", "deleted", &msg)),
             ApiError::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
                 outcome("error", "not-supported", "this FHIR server is read-only"),
