@@ -1,5 +1,6 @@
 //! Versions over HTTP: vread and `_history` serve the earlier versions the lake's retained
-//! snapshots hold, gated and confined like a read.
+//! snapshots hold, and a resource a later run deleted is 410 while they hold it; all gated and
+//! confined like a read.
 
 use std::path::Path;
 
@@ -44,7 +45,7 @@ fn earlier_versions_are_read_from_the_snapshots_the_lake_keeps() {
     let s = Server::start(&lake);
     let t = s.token(MEMBER, "patient/*.rs");
 
-    // The current version, then each earlier one by vread, with its own ETag-worthy content.
+    // The current version, then each earlier one by vread, each with its own amounts.
     let (st, now) = s.get(&path, Some(&t));
     assert_eq!(st, 200, "{now}");
     assert_eq!(first_line_billed(&now), 200.0);
