@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The API's own JSON is valid FHIR R4: CapabilityStatement, searchset Bundles (with _include,
-# _summary=count, paging), a $everything page, history Bundles, and OperationOutcomes for a bad parameter, an
-# unknown id and a missing token. Serves LAKE on a free loopback port and stops it after.
+# _summary=count, paging), a $everything page, history Bundles, and OperationOutcomes for a bad
+# parameter, an unknown id and a missing token. Serves LAKE on a free loopback port and stops it after.
 #   bash tests/validate/api_responses.sh LAKE   (run from the repository root)
 set -euo pipefail
 lake="$1"
