@@ -100,6 +100,7 @@ async fn same_everything(
     b: &Snapshot,
     patient: &str,
     since: Option<&str>,
+    care: (Option<&str>, Option<&str>),
     types: Option<&[String]>,
     count: usize,
 ) {
@@ -109,6 +110,7 @@ async fn same_everything(
             .everything(
                 patient,
                 since,
+                care,
                 types,
                 count,
                 cursor.as_deref(),
@@ -121,6 +123,7 @@ async fn same_everything(
             .everything(
                 patient,
                 since,
+                care,
                 types,
                 count,
                 cursor.as_deref(),
@@ -130,7 +133,7 @@ async fn same_everything(
             .await
             .expect("b");
         page_eq(
-            &format!("$everything {since:?} {types:?} {count}"),
+            &format!("$everything {since:?} {care:?} {types:?} {count}"),
             &pa,
             &pb,
         );
@@ -250,13 +253,23 @@ async fn compare(a: &Snapshot, b: &Snapshot) {
                 seen += same_search(a, b, "Coverage", &q, s).await;
             }
         }
+        let all = (None, None);
         for count in [1, 3, 20] {
-            same_everything(a, b, p, None, None, count).await;
+            same_everything(a, b, p, None, all, None, count).await;
         }
-        same_everything(a, b, p, Some("2000-01-01"), None, 2).await;
-        same_everything(a, b, p, Some("2999-01-01"), None, 2).await;
+        same_everything(a, b, p, Some("2000-01-01"), all, None, 2).await;
+        same_everything(a, b, p, Some("2999-01-01"), all, None, 2).await;
         let types = vec!["Practitioner".to_string(), "Coverage".to_string()];
-        same_everything(a, b, p, None, Some(&types), 1).await;
+        same_everything(a, b, p, None, all, Some(&types), 1).await;
+        for care in [
+            (Some("2010-01-01"), None),
+            (None, Some("2015-12-31")),
+            (Some("2000"), Some("2019")),
+            (Some("2024-02"), Some("2024-02")),
+            (Some("2999-01-01"), None),
+        ] {
+            same_everything(a, b, p, None, care, None, 2).await;
+        }
     }
     assert!(seen > 20, "the comparisons saw matches");
 

@@ -365,16 +365,16 @@ fn everything_returns_each_resource_of_the_compartment_once() {
         assert_eq!(types.first().map(String::as_str), Some("Patient"));
     }
 
-    // A parameter the operation does not apply (`start`) is left out of the links, as in a
-    // search; under strict handling it is refused with an OperationOutcome naming it.
+    // A parameter the operation does not apply is left out of the links, as in a search;
+    // under strict handling it is refused with an OperationOutcome naming it.
     let (st, b) = s.get(
-        &format!("Patient/{JOHN}/$everything?start=2020-01-01&_count=5"),
+        &format!("Patient/{JOHN}/$everything?_elements=id&_count=5"),
         Some(&t),
     );
     assert_eq!(st, 200, "{b}");
     let self_link = b["link"][0]["url"].as_str().unwrap();
     assert!(
-        self_link.contains("_count=5") && !self_link.contains("start"),
+        self_link.contains("_count=5") && !self_link.contains("_elements"),
         "{self_link}"
     );
     let client = reqwest::blocking::Client::new();
@@ -387,11 +387,11 @@ fn everything_returns_each_resource_of_the_compartment_once() {
             .unwrap();
         (r.status().as_u16(), r.json::<serde_json::Value>().unwrap())
     };
-    let (st, o) = strict("start=2020-01-01");
+    let (st, o) = strict("_elements=id");
     assert_eq!(st, 400, "{o}");
     assert_eq!(o["resourceType"], "OperationOutcome");
-    assert!(o.to_string().contains("start"), "{o}");
-    let (st, b) = strict("_count=5&_type=Patient");
+    assert!(o.to_string().contains("_elements"), "{o}");
+    let (st, b) = strict("_count=5&_type=Patient&start=2000-01-01");
     assert_eq!(st, 200, "{b}");
     assert_eq!(ids(&b, "match"), vec![format!("Patient/{JOHN}")]);
 }
@@ -629,4 +629,91 @@ fn conditional_reads_answer_304_when_the_client_has_that_version() {
     let (st, etag, modified, body) = read(&patient, Some(("if-none-match", "*")), None);
     assert_eq!(st, 401, "{body}");
     assert_eq!((etag, modified), (None, None));
+}
+
+#[test]
+fn everything_keeps_the_claims_of_the_care_dates_asked_for() {
+    let lake = sample_lake();
+    let s = Server::start(lake.path());
+    let t = s.token(JOHN, "patient/*.rs");
+    // Every page of a $everything, as Type/id.
+    let everything = |query: &str| {
+        let mut url = format!("Patient/{JOHN}/$everything?_count=2{query}");
+        let mut seen = Vec::new();
+        loop {
+            let (st, b) = s.get(&url, Some(&t));
+            assert_eq!(st, 200, "{b}");
+            seen.extend(ids(&b, "match"));
+            match next(&b) {
+                Some(n) => url = n,
+                None => break,
+            }
+        }
+        seen
+    };
+    let claims = |all: &[String]| -> BTreeSet<String> {
+        all.iter()
+            .filter(|i| i.starts_with("ExplanationOfBenefit/"))
+            .cloned()
+            .collect()
+    };
+    let all = everything("");
+    assert_eq!(claims(&all).len(), JOHN_EOBS.len());
+    let mut narrowed = false;
+    for (start, end) in [
+        (Some("2000-01-01"), None),
+        (None, Some("2000-12-31")),
+        (Some("1999"), Some("2000")),
+        (Some("2010-06"), Some("2010-06")),
+        (Some("2999-01-01"), None),
+    ] {
+        let mut q = String::new();
+        let mut search = format!("ExplanationOfBenefit?patient={JOHN}&_count=50");
+        if let Some(v) = start {
+            q.push_str(&format!("&start={v}"));
+            search.push_str(&format!("&service-date=ge{v}"));
+        }
+        if let Some(v) = end {
+            q.push_str(&format!("&end={v}"));
+            search.push_str(&format!("&service-date=le{v}"));
+        }
+        // The claims are those whose service dates meet the range: what a service-date search
+        // with ge/le finds.
+        let got = everything(&q);
+        let (st, b) = s.get(&search, Some(&t));
+        assert_eq!(st, 200, "{b}");
+        let want: BTreeSet<String> = ids(&b, "match").into_iter().collect();
+        assert_eq!(claims(&got), want, "{q}");
+        narrowed |= !want.is_empty() && want.len() < JOHN_EOBS.len();
+        // The member, the coverage and the providers come as before.
+        let others = |v: &[String]| -> Vec<String> {
+            v.iter()
+                .filter(|i| {
+                    !i.starts_with("ExplanationOfBenefit/")
+                        && !i.starts_with("Organization/")
+                        && !i.starts_with("Practitioner/")
+                })
+                .cloned()
+                .collect()
+        };
+        assert_eq!(others(&got), others(&all), "{q}");
+    }
+    assert!(narrowed, "some range keeps some of the claims but not all");
+
+    // The range is in the links; a search prefix or a malformed date is a 400.
+    let (st, b) = s.get(
+        &format!("Patient/{JOHN}/$everything?start=2000-01-01&end=2000-12-31"),
+        Some(&t),
+    );
+    assert_eq!(st, 200, "{b}");
+    let self_link = b["link"][0]["url"].as_str().unwrap();
+    assert!(
+        self_link.contains("start=2000-01-01") && self_link.contains("end=2000-12-31"),
+        "{self_link}"
+    );
+    for bad in ["start=ge2000-01-01", "end=2000-13-01", "start=yesterday"] {
+        let (st, o) = s.get(&format!("Patient/{JOHN}/$everything?{bad}"), Some(&t));
+        assert_eq!(st, 400, "{bad}: {o}");
+        assert_eq!(o["resourceType"], "OperationOutcome");
+    }
 }

@@ -532,10 +532,10 @@ async fn operation(
         )));
     }
     let pairs = parse_pairs(q.as_deref().unwrap_or("").as_bytes());
-    // Parameters not applied (`start`, `end`, …) are left out of the links, as in a search,
-    // and refused under strict handling.
+    // Parameters not applied are left out of the links, as in a search, and refused under
+    // strict handling.
     if strict(&headers) {
-        const APPLIED: [&str; 4] = ["_count", "_since", "_type", "_cursor"];
+        const APPLIED: [&str; 6] = ["_count", "_since", "start", "end", "_type", "_cursor"];
         if let Some((name, _)) = pairs.iter().find(|(n, _)| !APPLIED.contains(&n.as_str())) {
             return Err(query::QueryError::UnsupportedParameter(name.clone()).into());
         }
@@ -606,11 +606,13 @@ async fn everything(
 ) -> Result<Response, ApiError> {
     let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let since = get("_since");
+    let (start, end) = (get("start"), get("end"));
     let cursor = get("_cursor");
     let page = snap
         .everything(
             id,
             since.as_deref(),
+            (start.as_deref(), end.as_deref()),
             types.as_deref(),
             count,
             cursor.as_deref(),
@@ -629,7 +631,7 @@ async fn everything(
     let base = app.settings().base_url.trim_end_matches('/');
     let path = format!("{base}/Patient/{id}/$everything");
     let mut params: Vec<(String, String)> = vec![("_count".into(), count.to_string())];
-    for k in ["_since", "_type"] {
+    for k in ["_since", "start", "end", "_type"] {
         if let Some(v) = get(k) {
             params.push((k.into(), v));
         }

@@ -546,7 +546,13 @@ pub(crate) fn date_eval(
 /// The instant range of a search date, and the date expression for a prefix.
 fn date_expr(name: &str, value: &str, start: Expr, end: Expr) -> Result<Expr, QueryError> {
     let (prefix, lo, hi) = date_parts(name, value)?;
-    Ok(match prefix {
+    Ok(date_filter(prefix, lo, hi, start, end))
+}
+
+/// The expression of a date comparison (`prefix`, the instant range `[lo, hi]` of the value)
+/// on a row's period `[start, end]`; [`date_eval`] evaluates it on one row.
+pub(crate) fn date_filter(prefix: &str, lo: i64, hi: i64, start: Expr, end: Expr) -> Expr {
+    match prefix {
         "eq" => start.gt_eq(ts(lo)).and(end.lt_eq(ts(hi))),
         "ne" => start.gt_eq(ts(lo)).and(end.lt_eq(ts(hi))).not(),
         "gt" => end.gt(ts(hi)),
@@ -560,7 +566,7 @@ fn date_expr(name: &str, value: &str, start: Expr, end: Expr) -> Result<Expr, Qu
             let slack = ap_slack(lo);
             start.lt_eq(ts(hi + slack)).and(end.gt_eq(ts(lo - slack)))
         }
-    })
+    }
 }
 
 #[cfg(test)]

@@ -29,7 +29,9 @@ use serde_json::Value;
 
 use crate::cursor::{self, Cursor};
 use crate::direct::{self, Direct, Loc};
-use crate::params::{date_eval, date_parts, reference_forms, ts, Include, SearchRequest, SortKey};
+use crate::params::{
+    date_eval, date_filter, date_parts, reference_forms, ts, Include, SearchRequest, SortKey,
+};
 use crate::QueryError;
 
 /// A page of results.
@@ -692,7 +694,9 @@ impl Snapshot {
 
     /// `Patient/{id}/$everything`: the member's resources, one phase (resource type) after
     /// another, `count` per page. Organizations and Practitioners are those the member's
-    /// Coverages and EOBs reference.
+    /// Coverages and EOBs reference. `care_dates` (`start`, `end`, dates) keep the claims whose
+    /// service dates meet them (`service-date` `ge` start and `le` end); the other phases are
+    /// not filtered by them.
     ///
     /// # Errors
     /// A malformed parameter or cursor (400) or an engine error.
@@ -701,6 +705,7 @@ impl Snapshot {
         &self,
         patient: &str,
         since: Option<&str>,
+        care_dates: (Option<&str>, Option<&str>),
         types: Option<&[String]>,
         count: usize,
         cursor_text: Option<&str>,
@@ -718,6 +723,21 @@ impl Snapshot {
             ),
             None => None,
         };
+        // Care dates: the claims whose service dates meet [start, end] (R4 `start`/`end`, of
+        // type date: no search prefix).
+        let mut care: Vec<(&'static str, i64, i64)> = Vec::new();
+        for (name, value, prefix) in [("start", care_dates.0, "ge"), ("end", care_dates.1, "le")] {
+            if let Some(v) = value {
+                let (given, lo, hi) = date_parts(name, v)?;
+                if given != "eq" || v.starts_with("eq") {
+                    return Err(QueryError::InvalidParameter {
+                        name: name.into(),
+                        message: format!("{v:?} is not a date"),
+                    });
+                }
+                care.push((prefix, lo, hi));
+            }
+        }
         let phases: Vec<&str> = EVERYTHING_PHASES
             .iter()
             .copied()
@@ -725,7 +745,8 @@ impl Snapshot {
             .collect();
         let scope = scope_key(patients);
         let fingerprint = {
-            let mut h = format!("everything|{patient}|{since:?}|{types:?}|{count}|{scope}");
+            let mut h =
+                format!("everything|{patient}|{since:?}|{care_dates:?}|{types:?}|{count}|{scope}");
             h = format!("{:x}", sha2_short(&h));
             h
         };
@@ -774,7 +795,7 @@ impl Snapshot {
                     t,
                     patient,
                     &ids,
-                    since_ms,
+                    (since_ms, &care),
                     after.as_deref(),
                     Some(count + 1),
                 )
@@ -795,7 +816,7 @@ impl Snapshot {
                 let mut found_next = None;
                 while p < phases.len() {
                     if self
-                        .phase_nonempty(phases[p], patient, since_ms, &mut referenced)
+                        .phase_nonempty(phases[p], patient, (since_ms, &care), &mut referenced)
                         .await?
                     {
                         found_next = Some(p);
@@ -843,7 +864,7 @@ impl Snapshot {
         &self,
         t: &str,
         patient: &str,
-        since_ms: Option<i64>,
+        when: When<'_>,
         referenced: &mut Option<(Vec<String>, Vec<String>)>,
     ) -> Result<bool, QueryError> {
         let ids = match t {
@@ -862,20 +883,21 @@ impl Snapshot {
             }
         };
         Ok(!self
-            .phase_rows(t, patient, &ids, since_ms, None, Some(1))
+            .phase_rows(t, patient, &ids, when, None, Some(1))
             .await?
             .is_empty())
     }
 
     /// The rows of an `$everything` phase, by id: the member's Patient, the member's rows
-    /// of a compartment type, or the given ids of another type; updated since `since_ms`,
-    /// after the id `after`, at most `limit`.
+    /// of a compartment type, or the given ids of another type; updated since the first of
+    /// `when`, claims with service dates meeting its care-date comparisons, after the id
+    /// `after`, at most `limit`.
     async fn phase_rows(
         &self,
         t: &str,
         patient: &str,
         ids: &[String],
-        since_ms: Option<i64>,
+        (since_ms, care): When<'_>,
         after: Option<&str>,
         limit: Option<usize>,
     ) -> Result<Vec<(String, String, Option<i64>)>, QueryError> {
@@ -890,6 +912,29 @@ impl Snapshot {
             };
             locs.sort_unstable();
             locs.dedup();
+            // The claims whose service dates meet the care dates, from the member's cached
+            // date columns.
+            let in_care: Option<HashSet<Box<str>>> = match (t, care.is_empty()) {
+                ("ExplanationOfBenefit", false) => {
+                    let c = service_date_column();
+                    let (si, ei) = (
+                        table.time_index(&format!("{c}__start"))?,
+                        table.time_index(&format!("{c}__end"))?,
+                    );
+                    let member = d.member(t, patient)?;
+                    let rows = member.iter().flat_map(|m| m.rows.iter());
+                    Some(
+                        rows.filter(|r| {
+                            care.iter().all(|(p, lo, hi)| {
+                                date_eval(p, *lo, *hi, r.times[si], r.times[ei]) == Some(true)
+                            })
+                        })
+                        .map(|r| r.id.clone())
+                        .collect(),
+                    )
+                }
+                _ => None,
+            };
             let mut found: Vec<(String, String, Option<i64>)> = d
                 .rows(t, &locs)?
                 .into_iter()
@@ -899,6 +944,7 @@ impl Snapshot {
                     _ => ids.iter().any(|i| **i == *r.id),
                 })
                 .filter(|r| since_ms.is_none_or(|ms| r.last_updated >= ms))
+                .filter(|r| in_care.as_ref().is_none_or(|c| c.contains(&r.id)))
                 .filter(|r| after.is_none_or(|a| &*r.id > a))
                 .map(|r| Ok((r.id.to_string(), r.resource()?, Some(0))))
                 .collect::<Result<_, QueryError>>()?;
@@ -915,6 +961,13 @@ impl Snapshot {
         };
         if let Some(ms) = since_ms {
             f = f.and(col("last_updated").gt_eq(ts(ms)));
+        }
+        if t == "ExplanationOfBenefit" {
+            let c = service_date_column();
+            for (p, lo, hi) in care {
+                let (start, end) = (col(format!("{c}__start")), col(format!("{c}__end")));
+                f = f.and(date_filter(p, *lo, *hi, start, end));
+            }
         }
         if let Some(a) = after {
             f = f.and(col("id").gt(lit(a.to_string())));
@@ -962,7 +1015,10 @@ impl Snapshot {
         keep: &mut impl FnMut(&str),
     ) -> Result<(), QueryError> {
         for t in ["Coverage", "ExplanationOfBenefit"] {
-            for (_, r, _) in self.phase_rows(t, patient, &[], None, None, None).await? {
+            for (_, r, _) in self
+                .phase_rows(t, patient, &[], (None, &[]), None, None)
+                .await?
+            {
                 let v: Value =
                     serde_json::from_str(&r).map_err(|e| QueryError::Corrupt(e.to_string()))?;
                 for p in registry::for_type(t).filter(|p| p.kind == registry::ParamType::Reference)
@@ -977,6 +1033,17 @@ impl Snapshot {
         }
         Ok(())
     }
+}
+
+/// What an `$everything` phase is filtered by: updated since (epoch ms), and the care-date
+/// comparisons (prefix, instant range) the claims' service dates must meet.
+type When<'a> = (Option<i64>, &'a [(&'static str, i64, i64)]);
+
+/// The column stem of ExplanationOfBenefit's `service-date`, the claims' care dates.
+fn service_date_column() -> String {
+    registry::find("ExplanationOfBenefit", "service-date")
+        .map(|p| p.column())
+        .unwrap_or_else(|| "sp_service_date".into())
 }
 
 fn sha2_short(s: &str) -> u128 {
