@@ -226,13 +226,29 @@ fn a_deleted_resource_is_gone_while_a_kept_snapshot_holds_it() {
     // snapshot knew is 404; a resource still there reads as before.
     let s = Server::start(&lake);
     for path in &gone {
-        for p in [path.to_string(), format!("{path}/_history")] {
+        for p in [
+            path.to_string(),
+            format!("{path}/_history"),
+            format!("{path}/_history/2"),
+        ] {
             let (st, o) = s.get(&p, None);
             assert_eq!(st, 410, "{p}: {o}");
             assert_eq!(o["resourceType"], "OperationOutcome");
             assert_eq!(o["issue"][0]["code"], "deleted", "{o}");
             assert!(o.to_string().contains("version 1"), "{o}");
         }
+        // The version it had before the delete stays readable by vread.
+        let (st, v) = s.get(&format!("{path}/_history/1"), None);
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(
+            format!(
+                "{}/{}",
+                v["resourceType"].as_str().unwrap(),
+                v["id"].as_str().unwrap()
+            ),
+            **path
+        );
+        assert_eq!(v["meta"]["versionId"], "1");
     }
     let (st, o) = s.get("Basic/never-was", None);
     assert_eq!(st, 404, "{o}");
@@ -246,6 +262,8 @@ fn a_deleted_resource_is_gone_while_a_kept_snapshot_holds_it() {
             .args(["snapshots", "--keep", "1", "--lake"])
             .arg(&lake),
     );
-    let (st, o) = s.get(gone[0], None);
-    assert_eq!(st, 404, "{o}");
+    for p in [gone[0].to_string(), format!("{}/_history/1", gone[0])] {
+        let (st, o) = s.get(&p, None);
+        assert_eq!(st, 404, "{p}: {o}");
+    }
 }

@@ -318,34 +318,44 @@ async fn instance(
     Path((rtype, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let current = read_current(&app, &method, &rtype, &id, &headers).await?;
-    Ok(resource_response(&headers, current.now))
+    let mut current = read_current(&app, &method, &rtype, &id, &headers).await?;
+    match current.now.take() {
+        Some(now) => Ok(resource_response(&headers, now)),
+        None => Err(current.absent(&app, &rtype, &id).await),
+    }
 }
 
 /// `GET [type]/[id]/_history/[vid]`: the current version, or an earlier one the lake's retained
-/// snapshots still hold; a version no snapshot holds is 404. Gated and confined like a read.
+/// snapshots still hold (also of a resource a later run deleted); a version no snapshot holds
+/// is 404, and a deleted resource's is 410. Gated and confined like a read.
 async fn vread(
     State(app): State<Arc<App>>,
     method: Method,
     Path((rtype, id, vid)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let current = read_current(&app, &method, &rtype, &id, &headers).await?;
-    if current.now.version_id == vid {
-        return Ok(resource_response(&headers, current.now));
+    let mut current = read_current(&app, &method, &rtype, &id, &headers).await?;
+    if let Some(now) = current.now.take_if(|now| now.version_id == vid) {
+        return Ok(resource_response(&headers, now));
     }
-    let earlier = current.earlier(&app, &rtype, &id, Some(&vid)).await?;
-    let Some(v) = earlier.into_iter().next() else {
-        return Err(ApiError::NotFound(format!(
-            "version {vid} of {rtype}/{id} is not kept (the current one is {})",
-            current.now.version_id
-        )));
-    };
-    Ok(resource_response(&headers, v))
+    let now = current.now.as_ref().map(|v| v.version_id.clone());
+    let earlier = current
+        .earlier(&app, &rtype, &id, now.as_deref().unwrap_or(""), Some(&vid))
+        .await?;
+    if let Some(v) = earlier.into_iter().next() {
+        return Ok(resource_response(&headers, v));
+    }
+    Err(match now {
+        Some(now) => ApiError::NotFound(format!(
+            "version {vid} of {rtype}/{id} is not kept (the current one is {now})"
+        )),
+        None => current.absent(&app, &rtype, &id).await,
+    })
 }
 
 /// `GET [type]/[id]/_history`: a `history` Bundle of the current version and the earlier ones
-/// the lake's retained snapshots hold, newest first. Gated and confined like a read.
+/// the lake's retained snapshots hold, newest first; 410 for a resource a later run deleted.
+/// Gated and confined like a read.
 async fn history(
     State(app): State<Arc<App>>,
     method: Method,
@@ -358,10 +368,14 @@ async fn history(
             return Err(query::QueryError::UnsupportedParameter(name.clone()).into());
         }
     }
-    let current = read_current(&app, &method, &rtype, &id, &headers).await?;
-    let earlier = current.earlier(&app, &rtype, &id, None).await?;
-    let versions: Vec<query::history::Version> =
-        std::iter::once(current.now).chain(earlier).collect();
+    let mut current = read_current(&app, &method, &rtype, &id, &headers).await?;
+    let Some(now) = current.now.take() else {
+        return Err(current.absent(&app, &rtype, &id).await);
+    };
+    let earlier = current
+        .earlier(&app, &rtype, &id, &now.version_id, None)
+        .await?;
+    let versions: Vec<query::history::Version> = std::iter::once(now).chain(earlier).collect();
     let base = app.settings().base_url.trim_end_matches('/');
     let size: usize = versions.iter().map(|v| v.resource.len() + 256).sum();
     let mut out = String::with_capacity(size + 256);
@@ -406,40 +420,63 @@ async fn history(
     Ok(fhir_response(StatusCode::OK, out))
 }
 
-/// The current version of a resource the caller may see, with what answered it.
+/// What the served snapshot holds of a resource the caller may see, with what answered it.
 struct Current {
     /// The snapshot it was read from (the rest of the request is answered from it too).
     snap: Arc<query::Snapshot>,
     /// The caller's grant (`None`: unconfined).
     grant: Option<Grant>,
-    /// The resource as stored, with its version and time.
-    now: query::history::Version,
+    /// The resource as stored, with its version and time; `None` when the snapshot does not
+    /// hold it (or not in the caller's compartment).
+    now: Option<query::history::Version>,
 }
 
 impl Current {
-    /// The earlier versions of the resource the caller may see (only `wanted`, with it),
-    /// newest first, from the line of snapshots behind the one this one came from.
-    async fn earlier(
-        &self,
-        app: &App,
-        rtype: &str,
-        id: &str,
-        wanted: Option<&str>,
-    ) -> Result<Vec<query::history::Version>, ApiError> {
-        let lookup = query::history::Lookup {
+    /// The resource along the line of snapshots behind the served one, as the caller may see it.
+    fn lookup<'a>(
+        &'a self,
+        app: &'a App,
+        rtype: &'a str,
+        id: &'a str,
+    ) -> query::history::Lookup<'a> {
+        query::history::Lookup {
             lake: &app.settings().lake,
             current: &self.snap,
             resource_type: rtype,
             id,
             patients: self.grant.as_ref().map(|g| g.patients.as_slice()),
-        };
-        Ok(lookup
-            .earlier_versions(&self.now.version_id, wanted)
-            .await?)
+        }
+    }
+
+    /// The versions of the resource other than `now_version` the caller may see (only
+    /// `wanted`, with it), newest first.
+    async fn earlier(
+        &self,
+        app: &App,
+        rtype: &str,
+        id: &str,
+        now_version: &str,
+        wanted: Option<&str>,
+    ) -> Result<Vec<query::history::Version>, ApiError> {
+        let lookup = self.lookup(app, rtype, id);
+        Ok(lookup.earlier_versions(now_version, wanted).await?)
+    }
+
+    /// The answer for a resource the served snapshot does not hold: 410 when a kept snapshot
+    /// on its line holds it (a later run deleted it), 404 otherwise.
+    async fn absent(&self, app: &App, rtype: &str, id: &str) -> ApiError {
+        match self.lookup(app, rtype, id).deleted().await {
+            Ok(Some(v)) => ApiError::Gone(format!(
+                "{rtype}/{id} was deleted after version {}",
+                v.version_id
+            )),
+            Ok(None) => ApiError::NotFound(format!("{rtype}/{id} is not known")),
+            Err(e) => e.into(),
+        }
     }
 }
 
-/// The current version of a resource the caller may see.
+/// What the served snapshot holds of a resource the caller may see.
 async fn read_current(
     app: &Arc<App>,
     method: &Method,
@@ -456,26 +493,10 @@ async fn read_current(
     let patients = grant.as_ref().map(|g| g.patients.as_slice());
     let found = snap.read(rtype, id, patients).await?;
     audit(app, &grant, rtype, u64::from(found.is_some()));
-    let Some(text) = found else {
-        let lookup = query::history::Lookup {
-            lake: &app.settings().lake,
-            current: &snap,
-            resource_type: rtype,
-            id,
-            patients,
-        };
-        return Err(match lookup.deleted().await? {
-            Some(v) => ApiError::Gone(format!(
-                "{rtype}/{id} was deleted after version {}",
-                v.version_id
-            )),
-            None => ApiError::NotFound(format!("{rtype}/{id} is not known")),
-        });
-    };
     Ok(Current {
         snap,
         grant,
-        now: query::history::Version::of(text),
+        now: found.map(query::history::Version::of),
     })
 }
 
