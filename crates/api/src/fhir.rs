@@ -377,6 +377,20 @@ async fn history(
         .await?;
     let versions: Vec<query::history::Version> = std::iter::once(now).chain(earlier).collect();
     let base = app.settings().base_url.trim_end_matches('/');
+    Ok(fhir_response(
+        StatusCode::OK,
+        history_bundle(base, &rtype, &id, &versions),
+    ))
+}
+
+/// The `history` Bundle of a resource's versions (newest first), written directly: the
+/// stored resources are spliced in as they are.
+fn history_bundle(
+    base: &str,
+    rtype: &str,
+    id: &str,
+    versions: &[query::history::Version],
+) -> String {
     let size: usize = versions.iter().map(|v| v.resource.len() + 256).sum();
     let mut out = String::with_capacity(size + 256);
     out.push_str("{\"resourceType\":\"Bundle\",\"type\":\"history\",\"total\":");
@@ -417,7 +431,7 @@ async fn history(
         out.push_str("}}");
     }
     out.push_str("]}");
-    Ok(fhir_response(StatusCode::OK, out))
+    out
 }
 
 /// What the served snapshot holds of a resource the caller may see, with what answered it.
