@@ -90,6 +90,16 @@ fn earlier_versions_are_read_from_the_snapshots_the_lake_keeps() {
     assert_eq!(entries[2]["response"]["status"], "201 Created");
     assert_eq!(h["link"][0]["url"], format!("{}/{path}/_history", s.base));
 
+    // The audit log records the versions the history disclosed.
+    let audit = std::fs::read_to_string(lake.join("audit.ndjson")).unwrap();
+    let record = audit
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["resource_type"] == "ExplanationOfBenefit/_history")
+        .expect("an audit record of the history");
+    assert_eq!(record["count"], 3, "{record}");
+    assert_eq!(record["patients"][0], MEMBER, "{record}");
+
     // A resource no run changed has one version, although later snapshots were published.
     let (st, h) = s.get(&format!("Patient/{MEMBER}/_history"), Some(&t));
     assert_eq!(st, 200, "{h}");

@@ -319,7 +319,9 @@ async fn instance(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let mut current = read_current(&app, &method, &rtype, &id, &headers).await?;
-    match current.now.take() {
+    let now = current.now.take();
+    audit(&app, &current.grant, &rtype, u64::from(now.is_some()));
+    match now {
         Some(now) => Ok(resource_response(&headers, now)),
         None => Err(current.absent(&app, &rtype, &id).await),
     }
@@ -336,12 +338,14 @@ async fn vread(
 ) -> Result<Response, ApiError> {
     let mut current = read_current(&app, &method, &rtype, &id, &headers).await?;
     if let Some(now) = current.now.take_if(|now| now.version_id == vid) {
+        audit(&app, &current.grant, &rtype, 1);
         return Ok(resource_response(&headers, now));
     }
     let now = current.now.as_ref().map(|v| v.version_id.clone());
     let earlier = current
         .earlier(&app, &rtype, &id, now.as_deref().unwrap_or(""), Some(&vid))
         .await?;
+    audit(&app, &current.grant, &rtype, earlier.len() as u64);
     if let Some(v) = earlier.into_iter().next() {
         return Ok(resource_response(&headers, v));
     }
@@ -369,13 +373,16 @@ async fn history(
         }
     }
     let mut current = read_current(&app, &method, &rtype, &id, &headers).await?;
+    let label = format!("{rtype}/_history");
     let Some(now) = current.now.take() else {
+        audit(&app, &current.grant, &label, 0);
         return Err(current.absent(&app, &rtype, &id).await);
     };
     let earlier = current
         .earlier(&app, &rtype, &id, &now.version_id, None)
         .await?;
     let versions: Vec<query::history::Version> = std::iter::once(now).chain(earlier).collect();
+    audit(&app, &current.grant, &label, versions.len() as u64);
     let base = app.settings().base_url.trim_end_matches('/');
     Ok(fhir_response(
         StatusCode::OK,
@@ -490,7 +497,8 @@ impl Current {
     }
 }
 
-/// What the served snapshot holds of a resource the caller may see.
+/// What the served snapshot holds of a resource the caller may see (the caller audits what it
+/// returns).
 async fn read_current(
     app: &Arc<App>,
     method: &Method,
@@ -506,7 +514,6 @@ async fn read_current(
     let snap = snapshot(app)?;
     let patients = grant.as_ref().map(|g| g.patients.as_slice());
     let found = snap.read(rtype, id, patients).await?;
-    audit(app, &grant, rtype, u64::from(found.is_some()));
     Ok(Current {
         snap,
         grant,
