@@ -739,3 +739,114 @@ fn a_damaged_key_index_is_rebuilt_from_the_table_not_believed() {
     // (Row counts are no check here: the traded files above keep each other's counts.)
     mapper::pipeline::verify_key_index(&damaged).unwrap();
 }
+
+/// Rewrite a table file as a fhirlake that did not have the columns of `dropped` wrote it.
+fn without_columns(path: &Path, dropped: &[&str]) {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let file = std::fs::File::open(path).unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let batches: Vec<arrow::array::RecordBatch> = reader.map(Result::unwrap).collect();
+    let keep: Vec<usize> = batches[0]
+        .schema()
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| !dropped.iter().any(|d| f.name().starts_with(d)))
+        .map(|(i, _)| i)
+        .collect();
+    let old: Vec<arrow::array::RecordBatch> =
+        batches.iter().map(|b| b.project(&keep).unwrap()).collect();
+    let out = std::fs::File::create(path).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(out, old[0].schema(), None).unwrap();
+    for b in &old {
+        w.write(b).unwrap();
+    }
+    w.close().unwrap();
+}
+
+/// A member's Patient ids found by a search of the current snapshot.
+fn patients_found(lake: &Path, query: &[(&str, &str)]) -> Vec<String> {
+    let pairs: Vec<(String, String)> = query
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let snap = query::Snapshot::open(&Lake::new(lake)).await.unwrap();
+        let req = query::SearchRequest::parse("Patient", &pairs, true, Default::default()).unwrap();
+        let page = snap.search(&req, None, None, b"k").await.unwrap();
+        page.matches
+            .iter()
+            .map(|m| {
+                serde_json::from_str::<Value>(m).unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    })
+}
+
+#[test]
+fn files_from_before_a_new_search_parameter_get_its_columns_in_the_next_run() {
+    let work = tempfile::tempdir().unwrap();
+    let lake = work.path().join("lake");
+    let samples = root().join("samples/plain");
+    let claims = samples.join("claims.csv");
+    run(
+        &[samples.join("members.csv"), claims.clone()],
+        &options(&lake, 100),
+    )
+    .unwrap();
+    let by_name = [("family", "nunez"), ("birthdate", "1984-03-12")];
+    assert_eq!(patients_found(&lake, &by_name), ["M1001"]);
+
+    // The lake as a fhirlake without the US Core Patient parameters wrote it.
+    let new_columns = [
+        "sp_name",
+        "sp_family",
+        "sp_given",
+        "sp_gender",
+        "sp_birthdate",
+    ];
+    let patient_files = Lake::table_files(&Lake::new(&lake).current().unwrap(), "Patient").unwrap();
+    for f in &patient_files {
+        without_columns(f, &new_columns);
+        assert!(mapper::lake::outdated(f, "Patient").unwrap());
+    }
+    let before = resources(&lake);
+    assert!(
+        patients_found(&lake, &by_name).is_empty(),
+        "old files have no values for the new parameters (and serve without error)"
+    );
+
+    // A delta that touches no member: the run rewrites the Patient files with the columns,
+    // changing no resource, version or time, and the key index follows the copies.
+    let (header, lines) = claim_lines(&claims, "P-5001");
+    let delta = write_delta(
+        work.path().join("delta.csv"),
+        &header,
+        &adjusted(&lines, "181.00"),
+    );
+    let report = run(&[delta], &options(&lake, 100)).unwrap();
+    assert_eq!(report.merge["ExplanationOfBenefit"].updated, 1);
+    let after = resources(&lake);
+    for (k, v) in &before {
+        if k.starts_with("Patient/") {
+            assert_eq!(&after[k], v, "{k} changed");
+        }
+    }
+    let now = Lake::table_files(&Lake::new(&lake).current().unwrap(), "Patient").unwrap();
+    assert!(now.iter().all(|f| !patient_files.contains(f)), "{now:?}");
+    for f in &now {
+        assert!(!mapper::lake::outdated(f, "Patient").unwrap(), "{f:?}");
+    }
+    mapper::pipeline::verify_key_index(&lake).unwrap();
+    assert_eq!(patients_found(&lake, &by_name), ["M1001"]);
+    assert_eq!(
+        patients_found(&lake, &[("gender", "female"), ("given", "ana")]),
+        ["M1001"]
+    );
+}

@@ -159,4 +159,31 @@ fn every_parameter_selects_exactly_what_it_should() {
         q("Organization?_id=payer-CMS"),
         vec!["Organization/payer-CMS".to_string()]
     );
+    // The US Core Patient parameters (John Doe, male, born 1981-03-17), confined to the
+    // token's member: another member's name finds nothing.
+    let john = vec!["Patient/567834".to_string()];
+    let none: Vec<String> = Vec::new();
+    for (query, want) in [
+        ("Patient?name=doe", &john),
+        ("Patient?name=JOHN", &john),
+        ("Patient?name:contains=oh", &john),
+        ("Patient?family=doe&given=john", &john),
+        ("Patient?family:exact=Doe", &john),
+        ("Patient?family:exact=DOE", &none),
+        ("Patient?given=a", &john),
+        ("Patient?name=smith", &none),
+        ("Patient?gender=male", &john),
+        (
+            "Patient?gender=http://hl7.org/fhir/administrative-gender|male",
+            &john,
+        ),
+        ("Patient?gender=female", &none),
+        ("Patient?gender=http://example.org/other|male", &none),
+        ("Patient?birthdate=1981-03-17", &john),
+        ("Patient?birthdate=1981", &john),
+        ("Patient?birthdate=lt1981-03-17", &none),
+        ("Patient?birthdate=ge1981-03-17&name=doe", &john),
+    ] {
+        assert_eq!(&q(query), want, "{query}");
+    }
 }

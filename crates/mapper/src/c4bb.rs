@@ -19,7 +19,7 @@ use ingest::model::{Change, Claim, ClaimKind, ClaimLine, CoverageSpan, Member, P
 use crate::ids::{fhir_id, fhir_id_of, keyed_ref};
 use crate::jw::JsonWriter;
 use crate::lake::index_params;
-use crate::registry::{IndexLists, IndexValue, SearchParam};
+use crate::registry::{IndexLists, IndexValue, SearchParam, ADMINISTRATIVE_GENDER};
 use crate::resource::{Json, Written};
 use crate::{MapError, Resource};
 
@@ -578,6 +578,16 @@ pub fn map_member(m: &Member, systems: &Systems) -> Result<Vec<Resource>, MapErr
         m.postal_code.as_deref(),
     );
     doc.index("identifier", tokens);
+    let string = |s: &Text| IndexValue::String(s.clone());
+    doc.index("name", m.family.iter().chain(&m.given).map(string));
+    doc.index("family", m.family.iter().map(string));
+    doc.index("given", m.given.iter().map(string));
+    let gender = m.gender.as_deref();
+    doc.index(
+        "gender",
+        gender.map(|g| static_token(ADMINISTRATIVE_GENDER, g)),
+    );
+    doc.index("birthdate", m.birth_date.as_deref().map(date_value));
     let deleted = m.change == Change::Delete;
     let mut out = vec![Resource {
         resource_type: "Patient",

@@ -1108,7 +1108,56 @@ pub fn list_column(path: &Path, column: &str) -> Result<Vec<(String, Vec<String>
     Ok(out)
 }
 
-/// Copy a table file without the rows whose positions are keys of `dead`, and fsync the copy.
+/// Whether a table file lacks columns its type's table has now: it was written before a search
+/// parameter was added to the registry, so its rows are not found by that parameter until a
+/// run rewrites the file ([`copy_without`] fills the columns in).
+///
+/// # Errors
+/// When the file cannot be opened or its footer read.
+pub fn outdated(path: &Path, resource_type: &str) -> Result<bool, LakeError> {
+    let file = File::open(path).map_err(io_err(path))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| pq_err(path, e))?;
+    let has = builder.schema();
+    Ok(schema(resource_type)
+        .fields()
+        .iter()
+        .any(|f| has.index_of(f.name()).is_err()))
+}
+
+/// A batch of a table file in the table's current schema: as it is when it has it; otherwise
+/// its base columns and resources as they are, with every index column made anew from the
+/// stored JSON by the search registry's extractors (which find the values the builders
+/// record, `tests/it/c4bb.rs`), so that no version or time moves.
+fn upgraded(b: RecordBatch, resource_type: &str, path: &Path) -> Result<RecordBatch, LakeError> {
+    let target = schema(resource_type);
+    if b.schema().fields().len() == target.fields().len()
+        && target
+            .fields()
+            .iter()
+            .all(|f| b.schema().index_of(f.name()).is_ok())
+    {
+        return Ok(b);
+    }
+    let resources = strings(&b, "resource", path)?;
+    let docs = (0..b.num_rows())
+        .map(|i| serde_json::from_str::<Value>(resources.value(i)).map_err(|e| pq_err(path, e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut cols: Vec<ArrayRef> = Vec::with_capacity(target.fields().len());
+    for f in target.fields().iter().take(RESOURCE_COLUMN + 1) {
+        let c = b
+            .column_by_name(f.name())
+            .ok_or_else(|| pq_err(path, format!("column {} is missing", f.name())))?;
+        cols.push(c.clone());
+    }
+    for p in index_params(resource_type) {
+        let values: Vec<Vec<IndexValue>> = docs.iter().map(|d| (p.extract)(d)).collect();
+        index_arrays(p, values.iter().map(Vec::as_slice), &mut cols);
+    }
+    RecordBatch::try_new(target, cols).map_err(|e| pq_err(path, e))
+}
+
+/// Copy a table file without the rows whose positions are keys of `dead`, and fsync the copy;
+/// a file written before the table's current columns gets them ([`outdated`]).
 /// Each dropped row must hold the id its entry stands for (`holds(entry, id)`), and be in the
 /// file: a row is only ever dropped for the id the run meant to retire. Returns the number of
 /// rows kept.
@@ -1126,7 +1175,7 @@ pub fn copy_without<K>(
     let mut w = TableWriter::create(dst, resource_type)?;
     let (mut row, mut dropped) = (0u32, 0);
     for b in open_batches(src, &[])? {
-        let b = b.map_err(|e| pq_err(src, e))?;
+        let b = upgraded(b.map_err(|e| pq_err(src, e))?, resource_type, src)?;
         let ids = b
             .column_by_name("id")
             .and_then(|c| c.as_any().downcast_ref::<StringArray>())

@@ -1630,6 +1630,17 @@ impl<'a> Tables<'a> {
         for t in types {
             let mut table = self.types.remove(t).expect("listed");
             let dead = std::mem::take(&mut table.dead_prev);
+            // Files from before the type's current search columns are copied with them; the
+            // key index then gets a run of the copies, so it is opened if the run did not
+            // touch the type.
+            let outdated = table
+                .prev_files
+                .iter()
+                .map(|f| lake::outdated(&root.join(&f.path), t))
+                .collect::<Result<Vec<bool>, _>>()?;
+            if outdated.contains(&true) {
+                table.prev()?;
+            }
             let mut list = Vec::new();
             // The files this run wrote: the key index gets a run of their rows.
             let mut written = Vec::new();
@@ -1643,6 +1654,7 @@ impl<'a> Tables<'a> {
                     // A table of a snapshot from before file lists lives in that snapshot's
                     // directory, which pruning removes: copy it into data/.
                     _ if !f.path.starts_with("data/") => copies.push((f, HashMap::new())),
+                    _ if outdated[fi] => copies.push((f, HashMap::new())),
                     _ => list.push(f),
                 }
             }

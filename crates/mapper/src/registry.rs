@@ -367,8 +367,33 @@ fn eob_service_start(v: &Value) -> Vec<IndexValue> {
     out
 }
 
+/// The code system of `Patient.gender` (FHIR `AdministrativeGender`).
+pub const ADMINISTRATIVE_GENDER: &str = "http://hl7.org/fhir/administrative-gender";
+
+/// Token values of a `code` element at a path, in the code system its binding fixes.
+pub fn system_codes(v: &Value, path: &str, system: &'static str) -> Vec<IndexValue> {
+    at(v, path)
+        .into_iter()
+        .filter_map(|c| {
+            Some(IndexValue::Token {
+                system: system.into(),
+                code: text(c)?,
+            })
+        })
+        .collect()
+}
+
+/// Patient `name`: every part of every `HumanName` (text, family, given, prefix, suffix).
+fn patient_name(v: &Value) -> Vec<IndexValue> {
+    ["text", "family", "given", "prefix", "suffix"]
+        .iter()
+        .flat_map(|part| strings(v, &format!("name.{part}")))
+        .collect()
+}
+
 /// The C4BB search parameters (CARIN BB 2.1.0 CapabilityStatement), plus what `_include`
-/// needs on ExplanationOfBenefit and Coverage.
+/// needs on ExplanationOfBenefit and Coverage, and the US Core Patient parameters (C4BB-Patient
+/// is a US Core Patient 6.1).
 pub fn c4bb() -> Vec<SearchParam> {
     const EOB: &str = "ExplanationOfBenefit";
     let mut v = Vec::new();
@@ -398,6 +423,11 @@ pub fn c4bb() -> Vec<SearchParam> {
         param!("Coverage", "payor", Reference, "http://hl7.org/fhir/us/carin-bb/SearchParameter/coverage-payor", &["Organization", "Patient"], |v| references(v, "payor")),
         param!("Coverage", "identifier", Token, "http://hl7.org/fhir/SearchParameter/Coverage-identifier", &[], |v| identifiers(v, "identifier")),
         param!("Patient", "identifier", Token, "http://hl7.org/fhir/SearchParameter/Patient-identifier", &[], |v| identifiers(v, "identifier")),
+        param!("Patient", "name", String, "http://hl7.org/fhir/SearchParameter/Patient-name", &[], patient_name),
+        param!("Patient", "family", String, "http://hl7.org/fhir/SearchParameter/individual-family", &[], |v| strings(v, "name.family")),
+        param!("Patient", "given", String, "http://hl7.org/fhir/SearchParameter/individual-given", &[], |v| strings(v, "name.given")),
+        param!("Patient", "gender", Token, "http://hl7.org/fhir/SearchParameter/individual-gender", &[], |v| system_codes(v, "gender", ADMINISTRATIVE_GENDER)),
+        param!("Patient", "birthdate", Date, "http://hl7.org/fhir/SearchParameter/individual-birthdate", &[], |v| dates(v, "birthDate")),
         param!("Organization", "identifier", Token, "http://hl7.org/fhir/SearchParameter/Organization-identifier", &[], |v| identifiers(v, "identifier")),
         param!("Practitioner", "identifier", Token, "http://hl7.org/fhir/SearchParameter/Practitioner-identifier", &[], |v| identifiers(v, "identifier")),
     ]);
