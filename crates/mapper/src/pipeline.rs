@@ -1632,15 +1632,24 @@ impl<'a> Tables<'a> {
             let dead = std::mem::take(&mut table.dead_prev);
             // Files from before the type's current search columns are copied with them; the
             // key index then gets a run of the copies, so it is opened if the run did not
-            // touch the type.
-            let outdated = table
-                .prev_files
-                .iter()
-                .map(|f| lake::outdated(&root.join(&f.path), t))
-                .collect::<Result<Vec<bool>, _>>()?;
-            if outdated.contains(&true) {
+            // touch the type. A published snapshot's files of a type all have the columns of
+            // the release that published it (a run rewrites every file that lacks them), so
+            // one footer tells whether the others need reading: a delta run does not read
+            // every file of the lake.
+            let first_outdated = match table.prev_files.first() {
+                Some(f) => lake::outdated(&root.join(&f.path), t)?,
+                None => false,
+            };
+            let outdated = if first_outdated {
                 table.prev()?;
-            }
+                table
+                    .prev_files
+                    .iter()
+                    .map(|f| lake::outdated(&root.join(&f.path), t))
+                    .collect::<Result<Vec<bool>, _>>()?
+            } else {
+                vec![false; table.prev_files.len()]
+            };
             let mut list = Vec::new();
             // The files this run wrote: the key index gets a run of their rows.
             let mut written = Vec::new();
