@@ -167,6 +167,7 @@ fn earlier_versions_are_read_from_the_snapshots_the_lake_keeps() {
     assert_eq!(versions, ["2", "1"]);
     let (st, o) = s.get(&format!("{path}/_history/3"), Some(&t));
     assert_eq!(st, 404, "{o}");
+    assert!(o.to_string().contains("version 3 of"), "{o}");
 
     // Versions reach back as far as the retention: once the first snapshot is pruned, the
     // history is the served version alone and the first version is 404.
@@ -182,6 +183,7 @@ fn earlier_versions_are_read_from_the_snapshots_the_lake_keeps() {
     assert_eq!(h["entry"][0]["resource"]["meta"]["versionId"], "2");
     let (st, o) = s.get(&format!("{path}/_history/1"), Some(&t));
     assert_eq!(st, 404, "{o}");
+    assert!(o.to_string().contains("version 1 of"), "{o}");
 }
 
 /// Every `Type/id` of the lake's current snapshot.
@@ -262,9 +264,18 @@ fn a_deleted_resource_is_gone_while_a_kept_snapshot_holds_it() {
     }
     let (st, o) = s.get("Basic/never-was", None);
     assert_eq!(st, 404, "{o}");
+    assert_eq!(o["issue"][0]["code"], "not-found", "{o}");
     let kept = after.iter().next().unwrap();
     let (st, r) = s.get(kept, None);
     assert_eq!(st, 200, "{r}");
+    assert_eq!(
+        format!(
+            "{}/{}",
+            r["resourceType"].as_str().unwrap(),
+            r["id"].as_str().unwrap()
+        ),
+        *kept
+    );
 
     // Once no kept snapshot holds it, it is unknown: 404.
     succeed(
@@ -275,5 +286,6 @@ fn a_deleted_resource_is_gone_while_a_kept_snapshot_holds_it() {
     for p in [gone[0].to_string(), format!("{}/_history/1", gone[0])] {
         let (st, o) = s.get(&p, None);
         assert_eq!(st, 404, "{p}: {o}");
+        assert_eq!(o["issue"][0]["code"], "not-found", "{p}: {o}");
     }
 }

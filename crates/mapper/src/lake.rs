@@ -1117,11 +1117,15 @@ pub fn list_column(path: &Path, column: &str) -> Result<Vec<(String, Vec<String>
 pub fn outdated(path: &Path, resource_type: &str) -> Result<bool, LakeError> {
     let file = File::open(path).map_err(io_err(path))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| pq_err(path, e))?;
-    let has = builder.schema();
-    Ok(schema(resource_type)
+    Ok(!has_columns_of(builder.schema(), resource_type))
+}
+
+/// Whether `has` holds every column of the type's table.
+fn has_columns_of(has: &Schema, resource_type: &str) -> bool {
+    schema(resource_type)
         .fields()
         .iter()
-        .any(|f| has.index_of(f.name()).is_err()))
+        .all(|f| has.index_of(f.name()).is_ok())
 }
 
 /// A batch of a table file in the table's current schema: as it is when it has it; otherwise
@@ -1130,12 +1134,7 @@ pub fn outdated(path: &Path, resource_type: &str) -> Result<bool, LakeError> {
 /// record, `tests/it/c4bb.rs`), so that no version or time moves.
 fn upgraded(b: RecordBatch, resource_type: &str, path: &Path) -> Result<RecordBatch, LakeError> {
     let target = schema(resource_type);
-    if b.schema().fields().len() == target.fields().len()
-        && target
-            .fields()
-            .iter()
-            .all(|f| b.schema().index_of(f.name()).is_ok())
-    {
+    if b.num_columns() == target.fields().len() && has_columns_of(&b.schema(), resource_type) {
         return Ok(b);
     }
     let resources = strings(&b, "resource", path)?;

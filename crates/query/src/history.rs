@@ -180,8 +180,8 @@ impl Lookup<'_> {
     }
 }
 
-/// The snapshot `name` was built on, if it names one and that one is still kept.
+/// The snapshot `name` was built on, if it is still kept (a pruned snapshot has no manifest, so
+/// the line ends there).
 fn parent_of(lake: &Lake, name: &str) -> Option<String> {
-    let parent = lake.manifest(name).ok()?.parent?;
-    lake.manifest(&parent).is_ok().then_some(parent)
+    lake.manifest(name).ok()?.parent
 }
